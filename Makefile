@@ -1,0 +1,56 @@
+# Quick start: `make reproduce` (set up, then the default Snakemake run) and `make test`.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.ncn-installed
+CORES ?= all
+# Offline machines (ours, CI): the TinyStories excerpt beside the checkout.
+export NCN_DATA_DIR ?= $(if $(wildcard ../shared/data/tinystories/train.txt),$(abspath ../shared/data/tinystories),)
+
+.PHONY: setup test test-fast reproduce smoke paper bench mlflow-ui clean help tex
+
+help:
+	@echo "make setup      create $(VENV) and install the pinned environment (idempotent)"
+	@echo "make reproduce  setup, then 'snakemake --cores $(CORES)' (the default profile)"
+	@echo "make test       setup, then the whole pytest suite"
+	@echo "make smoke      setup, then the smoke profile (~3 min)"
+	@echo "make bench      speed benchmarks -> results/bench/"
+	@echo "make mlflow-ui  browse the runs at http://127.0.0.1:5000"
+
+setup: $(STAMP) tex
+
+$(STAMP): envs/requirements.txt pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r envs/requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+# LaTeX for the paper rule: Debian's packages, installed when missing and we are root.
+TEX_PKGS := latexmk texlive-latex-recommended texlive-fonts-recommended lmodern poppler-utils
+tex:
+	@if command -v latexmk >/dev/null && command -v pdftotext >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing TeX: $(TEX_PKGS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEX_PKGS) >/dev/null; \
+	else echo "WARNING: latexmk/pdftotext missing; the paper rule needs: apt-get install $(TEX_PKGS) (or conda: envs/paper.yaml)"; fi
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow"
+
+reproduce: setup
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+smoke: setup
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/smoke.yaml
+
+bench: setup
+	$(VENV)/bin/ncn bench model --out results/bench/model.csv
+
+mlflow-ui: setup
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf results/data results/runs results/traces results/tables results/figures results/paper results/logs results/benchmarks results/claims.json results/mlflow.db .snakemake

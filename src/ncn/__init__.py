@@ -1,0 +1,3 @@
+"""Neuromodulatory Control Networks: a reproducible replication pipeline."""
+
+__version__ = "0.1.0"

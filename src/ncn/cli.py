@@ -1,0 +1,67 @@
+"""`ncn <stage> ...`: the one command line that Snakemake calls and a person can call too.
+
+Each stage lives in its own module exposing `main(argv: list[str]) -> int | None`, which
+builds its own argparse parser (prog "ncn <stage>"). Modules are imported only when their
+stage runs, so `ncn --help` stays fast and a broken optional stage cannot break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ncn.errors import NCNError
+
+# stage -> (module, one-line help). Order is the order of the pipeline.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("ncn.config", "validate a config file and print it resolved with defaults"),
+    "data": ("ncn.data.cli", "fetch TinyStories, build the tokenizer, tokenize the splits"),
+    "mlflow-init": ("ncn.tracking", "create the MLflow store and experiment before parallel jobs"),
+    "train": ("ncn.train", "train one (variant, size, seed) run; resumes from its checkpoint"),
+    "evaluate": ("ncn.evaluate", "validation loss, perplexity and bits-per-byte of a run"),
+    "generate": ("ncn.generate", "sample text from a run with the KV cache"),
+    "analyze": ("ncn.analysis.cli", "brain scans, A/B statistics, claims, scaling, block skipping"),
+    "paper": ("ncn.paper", "generate the numbers the LaTeX paper quotes"),
+    "mlflow-sync": ("ncn.tracking", "replay finished runs' files into the MLflow store"),
+    "bench": ("ncn.bench", "speed benchmarks (tables, never test asserts)"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    epilog = "stages:\n" + "\n".join(f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items())
+    epilog += "\n\nRun 'ncn <stage> --help' for a stage's options. The whole pipeline: 'snakemake --cores all'."
+    p = argparse.ArgumentParser(
+        prog="ncn",
+        description="Neuromodulatory Control Networks (NCN) replication pipeline.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"ncn {__import__('ncn').__version__}")
+    p.add_argument("stage", choices=list(COMMANDS), metavar="stage", help="one of the stages below")
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ns = _top_parser().parse_args(argv)
+    module_name, _ = COMMANDS[ns.stage]
+    module = importlib.import_module(module_name)
+    entry = getattr(module, "main_" + ns.stage.replace("-", "_"), None) or module.main
+    try:
+        rc = entry(ns.args)
+    except NCNError as e:
+        print(f"ncn {ns.stage}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:  # `ncn config ... | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print(f"ncn {ns.stage}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

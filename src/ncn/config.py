@@ -1,0 +1,168 @@
+"""Load and validate a pipeline config; resolve named sizes into model configs.
+
+The schema is `workflow/schemas/config.schema.yaml`, the same file Snakemake validates
+against, so `ncn <stage> --config FILE` and `snakemake` accept and reject the same configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ncn.errors import NCNError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = Path(os.environ.get("NCN_SCHEMA", REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+
+
+def load_schema() -> dict:
+    if not SCHEMA_PATH.exists():
+        raise NCNError(f"config schema not found at {SCHEMA_PATH} (install the package editable: pip install -e .)")
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _fill_defaults(schema: dict, obj: Any) -> Any:
+    """Fill `default`s from the schema, recursively (as Snakemake's validate(set_default=True) does)."""
+    if not isinstance(obj, dict) or schema.get("type") != "object":
+        return obj
+    for key, sub in schema.get("properties", {}).items():
+        if key not in obj and "default" in sub:
+            obj[key] = copy.deepcopy(sub["default"])
+        if key in obj:
+            obj[key] = _fill_defaults(sub, obj[key])
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in obj:
+            if key not in schema.get("properties", {}):
+                obj[key] = _fill_defaults(extra, obj[key])
+    return obj
+
+
+def _where(error) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return path or "<top level>"
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Validate `cfg` in place (defaults filled) and check cross-field rules. Returns cfg."""
+    import jsonschema
+
+    if not isinstance(cfg, dict):
+        raise NCNError(f"{source}: expected a mapping at the top level, got {type(cfg).__name__}")
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        raise NCNError(f"{source}: invalid value at '{_where(e)}': {e.message}")
+    _fill_defaults(schema, cfg)
+    for size in cfg["sizes"]:
+        if size not in cfg["size_defs"]:
+            raise NCNError(
+                f"{source}: unknown size '{size}' in 'sizes' (defined in size_defs: {', '.join(cfg['size_defs'])})"
+            )
+    for name, sd in cfg["size_defs"].items():
+        if sd["d_model"] % sd["n_head"]:
+            raise NCNError(f"{source}: size_defs.{name}: d_model {sd['d_model']} is not divisible by n_head {sd['n_head']}")
+    if cfg["train"]["tokens"] is None and cfg["train"]["epochs"] is None:
+        raise NCNError(f"{source}: set train.tokens or train.epochs")
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """Read a YAML (or JSON) config, apply `overrides` (nested dict), validate and fill defaults."""
+    path = Path(path)
+    if not path.exists():
+        raise NCNError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise NCNError(f"{path}: not valid YAML: {e}") from None
+    if overrides:
+        cfg = deep_update(cfg or {}, overrides)
+    return validate(cfg, source=str(path))
+
+
+def deep_update(base: dict, upd: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def size_def(cfg: dict, size: str) -> dict:
+    if size not in cfg["size_defs"]:
+        raise NCNError(f"unknown size '{size}' (defined: {', '.join(cfg['size_defs'])})")
+    return cfg["size_defs"][size]
+
+
+def train_settings(cfg: dict, size: str) -> dict:
+    """`train` section with the per-size overrides (micro_batch, grad_accum, lr) applied."""
+    out = dict(cfg["train"])
+    for key in ("micro_batch", "grad_accum", "lr"):
+        if key in cfg["size_defs"][size]:
+            out[key] = cfg["size_defs"][size][key]
+    return out
+
+
+def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
+    """The ModelConfig of (variant, size). The baseline "none" is matched in parameter count
+    to the reference NCN variant by changing d_ff only (model.match_params)."""
+    from ncn.model import ModelConfig, match_params
+
+    if variant not in ("none", "asrun", "causal", "tonic", "static"):
+        raise NCNError(f"unknown variant '{variant}' (one of none, asrun, causal, tonic, static)")
+    sd = size_def(cfg, size)
+    m = cfg["model"]
+    kw = dict(
+        vocab_size=vocab_size,
+        block_size=sd["block_size"],
+        n_layer=sd["n_layer"],
+        n_head=sd["n_head"],
+        d_model=sd["d_model"],
+        d_ff=sd["d_ff"],
+        dropout=m["dropout"],
+        ncn_hidden=m["ncn_hidden"],
+        ncn_heads=m["ncn_heads"],
+        reg_lambda=m["reg_lambda"],
+        beta_max=m["beta_max"],
+        gate_init=m["gate_init"],
+    )
+    if variant == "none":
+        return match_params(ModelConfig(ncn=cfg["ncn_reference"], **kw))
+    return ModelConfig(ncn=variant, **kw)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="ncn config",
+        description="Validate a pipeline config against workflow/schemas/config.schema.yaml and "
+        "print it with every default filled in (YAML, or JSON with --json).",
+    )
+    p.add_argument("--config", required=True, help="config file, e.g. config/default.yaml")
+    p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    p.add_argument("--out", help="also write the resolved config to this file (JSON)")
+    a = p.parse_args(argv)
+    cfg = load_config(a.config)
+    if a.out:
+        from ncn.fileio import write_json
+
+        write_json(a.out, cfg)
+    if a.json:
+        json.dump(cfg, sys.stdout, indent=2, sort_keys=True)
+        print()
+    else:
+        yaml.safe_dump(cfg, sys.stdout, sort_keys=False)
+    return 0
