@@ -1,0 +1,1 @@
+# analysis stage rules (to be written)

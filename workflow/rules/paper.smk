@@ -1,0 +1,1 @@
+# paper stage rules (to be written)

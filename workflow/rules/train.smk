@@ -1,0 +1,1 @@
+# train stage rules (to be written)
