@@ -1,0 +1,75 @@
+"""Training data order: a seeded permutation of windows of the token stream.
+
+The stream (train.bin) is cut into windows of `block_size + 1` tokens that start every
+`block_size` tokens: the inputs x = w[:-1] of consecutive windows do not overlap and every
+token after the first is a target exactly once per epoch (y = w[1:] shares one token with
+the next window's x, as in nanoGPT). Window k covers tokens [k*T, k*T + T + 1).
+
+The order is a permutation of the window indices drawn from a `torch.Generator` seeded by
+the run's seed alone, so every variant (and the iso-parameter baseline) of one seed sees the
+same data in the same order; a budget beyond one epoch draws the next epoch's permutation
+from the same generator. The order is a pure function of (seed, n_windows, position), so a
+resumed run needs only the position (the "data cursor"), and `order_sha256` can hash the
+whole order at the end without any state carried through checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import numpy as np
+import torch
+
+from ncn.errors import NCNError
+
+
+def n_windows(n_tokens: int, block_size: int) -> int:
+    return max(0, (n_tokens - 1) // block_size)
+
+
+class WindowOrder:
+    """Maps a global window position (0, 1, 2, ... across epochs) to a window index."""
+
+    def __init__(self, seed: int, n_win: int):
+        if n_win < 1:
+            raise NCNError("the training stream is shorter than one context window; use more data or a smaller block_size")
+        self.seed, self.n_win = seed, n_win
+        self._gen = torch.Generator().manual_seed(seed)
+        self._perms: list[torch.Tensor] = []
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        while len(self._perms) <= epoch:  # draw epochs in order from the one generator
+            self._perms.append(torch.randperm(self.n_win, generator=self._gen))
+            if len(self._perms) > 2:  # only the current and next epoch are ever needed
+                self._perms[-3] = None  # type: ignore[call-overload]
+        return self._perms[epoch]
+
+    def indices(self, start: int, count: int) -> torch.Tensor:
+        out = []
+        pos = start
+        while pos < start + count:
+            epoch, off = divmod(pos, self.n_win)
+            take = min(self.n_win - off, start + count - pos)
+            out.append(self._perm(epoch)[off : off + take])
+            pos += take
+        return torch.cat(out)
+
+    def sha256(self, total: int) -> str:
+        """sha256 of the first `total` window indices in order (int64 little-endian)."""
+        h = hashlib.sha256()
+        order = WindowOrder(self.seed, self.n_win)
+        pos = 0
+        while pos < total:
+            epoch, off = divmod(pos, self.n_win)
+            take = min(self.n_win - off, total - pos)
+            chunk = order._perm(epoch)[off : off + take].numpy().astype("<i8")
+            h.update(chunk.tobytes())
+            pos += take
+        return h.hexdigest()
+
+
+def get_windows(tokens: np.ndarray, idx: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (B, T) int64 for the windows `idx`."""
+    T = block_size
+    rows = np.stack([np.asarray(tokens[k * T : k * T + T + 1], dtype=np.int64) for k in idx.tolist()])
+    w = torch.from_numpy(rows)
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()

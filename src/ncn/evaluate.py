@@ -1,0 +1,141 @@
+"""`ncn evaluate --run RUN`: validation loss, perplexity and bits-per-byte -> RUN/eval.json.
+
+The validation stream (valid.bin) of N tokens has N-1 predictable tokens (every token after
+the first). It is cut into non-overlapping windows of block_size inputs, the shorter tail
+included: window i predicts tokens i*T+1 .. i*T+L from inputs i*T .. i*T+L-1 (L = T, or less
+for the tail), so every predictable token is scored exactly once. With eval.max_tokens = M
+only the first min(M, N-1) predictable tokens are scored.
+
+    val_loss   = Σ CE (nats) / val_tokens          (mean cross-entropy per token)
+    val_ppl    = exp(val_loss)
+    val_bytes  = meta.valid.bytes · val_tokens / (N-1)
+    val_bpb    = Σ CE / ln 2 / val_bytes            (total bits / UTF-8 bytes of the text)
+
+Without a cap val_bytes is exactly the UTF-8 byte count of the validation text (the bytes of
+the unpredicted first token are counted: it is one token of a whole split). With a cap the
+evaluated prefix is credited its share of the bytes in proportion to its tokens, the one
+approximation made.
+
+For "asrun" also `val_loss_prefix_pool`: the same loss with the NCN pool restricted to the
+prefix (forward with causal_pool=True), which measures how much the future-token leak helps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ncn.errors import NCNError
+from ncn.fileio import write_json
+
+
+def stream_ce(model, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device,
+              max_tokens: int | None = None, causal_pool: bool | None = None, desc: str = "eval") -> tuple[float, int]:
+    """(sum of token cross-entropies in nats, number of tokens scored) over the stream."""
+    n_pred = len(tokens) - 1
+    if n_pred < 1:
+        raise NCNError("the validation stream has fewer than 2 tokens; nothing to evaluate")
+    if max_tokens is not None:
+        n_pred = min(n_pred, max_tokens)
+    T = block_size
+    n_full, tail = divmod(n_pred, T)
+    batches = [list(range(i, min(i + batch_size, n_full))) for i in range(0, n_full, batch_size)]
+    if tail:
+        batches.append([n_full])  # the shorter last window, alone
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    total, count = 0.0, 0
+    from tqdm import tqdm
+
+    with torch.no_grad(), autocast:
+        for windows in tqdm(batches, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True):
+            L = T if windows[0] < n_full else tail
+            rows = np.stack([np.asarray(tokens[w * T : w * T + L + 1], dtype=np.int64) for w in windows])
+            xy = torch.from_numpy(rows).to(device)
+            x, y = xy[:, :-1], xy[:, 1:]
+            kw = {"causal_pool": True} if causal_pool else {}
+            logits = model(x, **kw).logits.float()
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").double().item()
+            count += y.numel()
+    assert count == n_pred
+    return total, count
+
+
+def bits_per_byte(ce_sum_nats: float, n_scored: int, n_predictable: int, total_bytes: int) -> tuple[float, float]:
+    """(bpb, bytes credited): bytes scaled by the fraction of predictable tokens scored."""
+    nbytes = total_bytes if n_scored == n_predictable else total_bytes * n_scored / n_predictable
+    return ce_sum_nats / math.log(2) / nbytes, nbytes
+
+
+def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, threads: int = 1) -> dict:
+    from ncn.data import load_meta, open_split
+    from ncn.model import load_model
+    from ncn.runs import check_data_matches, data_dir_of, pick_device, require_finished, run_config
+
+    run_dir = Path(run_dir)
+    metrics = require_finished(run_dir)
+    if cfg is None:
+        rc = run_config(run_dir)
+        if rc is None:
+            raise NCNError(f"{run_dir}/config.json is missing; pass --config")
+        cfg = rc["config"]
+    torch.set_num_threads(threads)
+    data_dir = data_dir_of(run_dir, data)
+    meta = load_meta(data_dir)
+    device = pick_device(cfg["train"]["device"])
+    model, payload = load_model(run_dir / "model.pt", map_location=device)
+    check_data_matches(payload, meta, run_dir / "model.pt", data_dir)
+    model.to(device).eval()
+    tokens = open_split(data_dir, "valid", meta)
+    bs, T, cap = cfg["eval"]["batch_size"], model.cfg.block_size, cfg["eval"]["max_tokens"]
+
+    ce, n = stream_ce(model, tokens, T, bs, device, cap, desc=f"eval {run_dir}")
+    bpb, nbytes = bits_per_byte(ce, n, len(tokens) - 1, int(meta["valid"]["bytes"]))
+    prefix = None
+    if model.cfg.ncn == "asrun":
+        ce_p, _ = stream_ce(model, tokens, T, bs, device, cap, causal_pool=True, desc="eval prefix pool")
+        prefix = ce_p / n
+    out = {
+        "variant": payload.get("variant", metrics.get("variant")), "size": payload.get("size", metrics.get("size")),
+        "seed": payload.get("seed", metrics.get("seed")),
+        "val_loss": ce / n, "val_ppl": math.exp(ce / n), "val_bpb": bpb,
+        "val_tokens": n, "val_bytes": nbytes, "val_ce_sum_nats": ce,
+        "n_params": model.num_params(), "n_params_non_embedding": model.num_params(non_embedding=True),
+        "val_loss_prefix_pool": prefix, "max_tokens": cap, "device": device.type,
+    }
+    write_json(run_dir / "eval.json", out)
+    from ncn.tracking import log_eval
+
+    log_eval(run_dir, {k: v for k, v in out.items() if k.startswith("val_")})
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="ncn evaluate",
+        description="Evaluate a finished run on the whole validation stream (non-overlapping windows of "
+        "the context length, the tail included; eval.max_tokens caps it): mean cross-entropy, "
+        "perplexity and bits-per-byte (total CE in bits / UTF-8 bytes of the text). For 'asrun' also "
+        "the loss with the NCN pool restricted to the prefix. Writes RUN/eval.json.",
+    )
+    p.add_argument("--run", required=True, help="a finished run folder (with model.pt and metrics.json)")
+    p.add_argument("--data", help="tokenized data folder (default: the one the run was trained on)")
+    p.add_argument("--config", help="config for the eval section (default: the run's own config.json)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    a = p.parse_args(argv)
+    cfg = None
+    if a.config:
+        from ncn.config import load_config
+
+        cfg = load_config(a.config)
+    out = evaluate(Path(a.run), a.data, cfg, a.threads)
+    print(f"{a.run}: val_loss {out['val_loss']:.4f}  ppl {out['val_ppl']:.2f}  bpb {out['val_bpb']:.4f}  "
+          f"({out['val_tokens']} tokens)")
+    return 0

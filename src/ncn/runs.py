@@ -1,0 +1,57 @@
+"""Shared helpers for commands that read a finished training run (evaluate, generate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ncn.errors import NCNError
+from ncn.fileio import read_json
+
+
+def require_finished(run_dir: Path) -> dict:
+    """metrics.json of a finished run, or an NCNError saying what is missing."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NCNError(f"run folder not found: {run_dir} (train it first with 'ncn train ... --out {run_dir}')")
+    metrics_path, model_path = run_dir / "metrics.json", run_dir / "model.pt"
+    metrics = read_json(metrics_path) if metrics_path.exists() else {}
+    if not model_path.exists() or not metrics.get("finished"):
+        missing = [n for n, ok in (("no model.pt", model_path.exists()),
+                                   ("no metrics.json finished flag", metrics.get("finished"))) if not ok]
+        raise NCNError(f"run {run_dir} is not finished: {' / '.join(missing)}; rerun its 'ncn train' command to resume it")
+    return metrics
+
+
+def run_config(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "config.json"
+    return read_json(path) if path.exists() else None
+
+
+def data_dir_of(run_dir: Path, data: str | None) -> Path:
+    """--data if given, else the folder the run was trained on, else results/data."""
+    if data:
+        return Path(data)
+    rc = run_config(run_dir)
+    if rc and rc.get("data_dir"):
+        return Path(rc["data_dir"])
+    return Path("results/data")
+
+
+def check_data_matches(payload: dict, meta: dict, model_path: Path, data_dir: Path) -> None:
+    """Refuse data tokenized with another tokenizer / vocabulary than the checkpoint's."""
+    v_model, v_data = payload["model_config"]["vocab_size"], int(meta["vocab_size"])
+    if v_model != v_data:
+        raise NCNError(f"vocabulary mismatch: {model_path} has vocab_size {v_model} but {data_dir}/meta.json has "
+                       f"{v_data}; evaluate with the data the run was trained on (--data)")
+    a, b = payload.get("tokenizer_sha256"), meta.get("tokenizer_sha256")
+    if a and b and a != b:
+        raise NCNError(f"tokenizer mismatch: {model_path} was trained with tokenizer {a[:12]}… but {data_dir} "
+                       f"was tokenized with {b[:12]}…; use the run's own data folder (--data)")
+
+
+def pick_device(pref: str = "auto") -> torch.device:
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise NCNError("device 'cuda' requested but no CUDA device is available")
+    return torch.device("cuda" if pref != "cpu" and torch.cuda.is_available() else "cpu")

@@ -1,0 +1,134 @@
+"""`ncn evaluate` and `ncn generate`: bits-per-byte by hand, whole-stream coverage, refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ncn.errors import NCNError
+from test_train import make_data, run_train, tiny_config
+
+
+class Uniform(torch.nn.Module):
+    """Predicts every token with probability 1/V: CE is exactly ln V per token."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+        self.seen = []
+
+    def forward(self, x, **kw):
+        self.seen.append(tuple(x.shape))
+        return SimpleNamespace(logits=torch.zeros(*x.shape, self.vocab))
+
+
+def test_bits_per_byte_by_hand():
+    from ncn.evaluate import bits_per_byte, stream_ce
+
+    V, T = 16, 4
+    tokens = np.arange(11, dtype=np.uint16) % V  # 10 predictable tokens: windows 4 + 4 + tail 2
+    model = Uniform(V)
+    ce, n = stream_ce(model, tokens, T, batch_size=8, device=torch.device("cpu"))
+    assert n == 10 and model.seen == [(2, 4), (1, 2)]
+    assert ce == pytest.approx(10 * math.log(16))
+    # 10 tokens x log2(16) = 40 bits over 20 bytes of text = 2 bits per byte
+    bpb, nbytes = bits_per_byte(ce, n, 10, total_bytes=20)
+    assert (bpb, nbytes) == (pytest.approx(2.0), 20)
+    # capped at 6 tokens: 24 bits over 6/10 of the 20 bytes
+    ce6, n6 = stream_ce(Uniform(V), tokens, T, 8, torch.device("cpu"), max_tokens=6)
+    assert n6 == 6
+    assert bits_per_byte(ce6, n6, 10, 20) == (pytest.approx(24 / 12), pytest.approx(12))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ev")
+    data = make_data(tmp / "data")
+    cfg = tiny_config(tmp, train={"tokens": 8 * 64})
+    runs = {}
+    for v in ("causal", "asrun"):
+        runs[v] = tmp / v
+        run_train(cfg, runs[v], data, variant=v)
+    return SimpleNamespace(tmp=tmp, data=data, cfg=cfg, runs=runs)
+
+
+def test_evaluate_whole_stream_matches_manual(trained):
+    from ncn.evaluate import main
+    from ncn.model import load_model
+
+    run = trained.runs["causal"]
+    assert main(["--run", str(run)]) == 0  # data folder found through RUN/config.json
+    ev = json.loads((run / "eval.json").read_text())
+    for k in ("variant", "size", "seed", "val_loss", "val_ppl", "val_bpb", "val_tokens", "val_bytes", "n_params",
+              "n_params_non_embedding", "val_loss_prefix_pool", "max_tokens"):
+        assert k in ev, k
+    meta = json.loads((trained.data / "meta.json").read_text())
+    toks = np.fromfile(trained.data / "valid.bin", dtype=np.uint16).astype(np.int64)
+    assert ev["val_tokens"] == len(toks) - 1 and ev["val_bytes"] == meta["valid"]["bytes"]
+    model, _ = load_model(run / "model.pt")
+    T, total = model.cfg.block_size, 0.0
+    with torch.no_grad():
+        for i in range(0, len(toks) - 1, T):  # one window at a time, the tail included
+            x = torch.tensor(toks[i : i + T + 1])
+            x, y = x[:-1][None], x[1:][None]
+            total += F.cross_entropy(model(x).logits[0], y[0], reduction="sum").item()
+    assert ev["val_loss"] == pytest.approx(total / (len(toks) - 1), rel=1e-5)
+    assert ev["val_ppl"] == pytest.approx(math.exp(ev["val_loss"]))
+    assert ev["val_bpb"] == pytest.approx(total / math.log(2) / meta["valid"]["bytes"], rel=1e-5)
+    assert ev["val_loss_prefix_pool"] is None
+
+
+def test_asrun_reports_prefix_pool_loss(trained):
+    from ncn.evaluate import evaluate
+
+    ev = evaluate(trained.runs["asrun"])
+    assert ev["val_loss_prefix_pool"] is not None and math.isfinite(ev["val_loss_prefix_pool"])
+    assert ev["val_loss_prefix_pool"] != ev["val_loss"]
+
+
+def test_evaluate_max_tokens_cap(trained, tmp_path):
+    from ncn.evaluate import main
+
+    cfg = tiny_config(tmp_path, eval={"max_tokens": 100, "batch_size": 3})
+    assert main(["--run", str(trained.runs["causal"]), "--config", str(cfg)]) == 0
+    ev = json.loads((trained.runs["causal"] / "eval.json").read_text())
+    assert ev["val_tokens"] == 100 and ev["max_tokens"] == 100
+
+
+def test_refuses_missing_unfinished_and_mismatched(trained, tmp_path):
+    from ncn.evaluate import main
+
+    with pytest.raises(NCNError, match="run folder not found"):
+        main(["--run", str(tmp_path / "nope")])
+    half = tmp_path / "half"
+    shutil.copytree(trained.runs["causal"], half)
+    (half / "model.pt").unlink()
+    (half / "metrics.json").write_text(json.dumps({"finished": False}))
+    with pytest.raises(NCNError, match=r"is not finished: no model.pt / no metrics.json finished flag"):
+        main(["--run", str(half)])
+    # data tokenized with another vocabulary
+    other = make_data(tmp_path / "other", vocab=280)
+    with pytest.raises(NCNError, match="vocabulary mismatch"):
+        main(["--run", str(trained.runs["causal"]), "--data", str(other)])
+
+
+def test_generate_writes_samples(trained):
+    from ncn.generate import main
+
+    run = trained.runs["causal"]
+    assert main(["--run", str(run)]) == 0
+    out = json.loads((run / "samples.json").read_text())
+    s = out["samples"][0]
+    assert s["prompt"].startswith("Once upon a time")
+    assert s["text"].startswith(s["prompt"]) and s["new_tokens"] == 8 and s["tokens_per_s"] > 0
+    assert out["tokens_per_s"] > 0 and out["kv_cache"] is True
+    first = s["text"]
+    main(["--run", str(run)])  # seeded: the same sample again
+    assert json.loads((run / "samples.json").read_text())["samples"][0]["text"] == first
