@@ -1,0 +1,570 @@
+"""A decoder-only Transformer LM with Neuromodulatory Control Networks (NCNs).
+
+An NCN is a small network beside the Transformer that emits, for every layer l and token t,
+three signals that modulate the layer:
+
+    gain       g = 2·sigmoid(z)                     multiplies both residual branches
+    precision  β = min(softplus(z) + 0.01, beta_max) multiplies the queries (inverse temperature)
+    gate       γ = sigmoid(z)                       multiplies the FFN output
+
+    x = x + g·Attn(N(x); q ← β·q)
+    x = x + g·γ·FFN(N(x))
+
+and a homeostatic regulariser  reg = reg_lambda · Σ_{s∈{g,β,γ}} mean((s − 1)²)  keeps them near 1.
+
+Variants (`ModelConfig.ncn`):
+  "none"    the plain Transformer (the iso-parameter baseline: see `match_params`).
+  "asrun"   the original as it really ran: one learned query attends (ncn_heads heads) over the
+            token+position embeddings of the WHOLE window, without a causal mask, so position t
+            sees the future (the "leak"); each token's input = pooled + own embedding
+            → RMSNorm → Linear(d→ncn_hidden) → tanh → Linear(→3·n_layer). All NCN biases start
+            at zero, so at init β ≈ softplus(0)+0.01 ≈ 0.703, γ ≈ 0.5, g ≈ 1.
+  "causal"  as intended: the same, but position t pools over positions ≤ t only, and the output
+            bias starts at g = 1, β = 1, γ = gate_init.
+  "tonic"   order-blind control: signals depend only on a causal pool over the *content*
+            (token) embeddings, no positions and no per-token term, so they are a function of
+            the multiset of prefix tokens (reordering the prefix leaves them unchanged).
+  "static"  context-free control: learned per-layer constants, initialised as "causal".
+
+Design choices where the description is silent:
+  * The NCN reads the same token(+position) embeddings the trunk starts from, NOT detached:
+    the NCN's gradient also trains the shared embeddings (as a module reading the embedding
+    output would in the original). The NCN input is taken before embedding dropout.
+  * The pool's key projection has no bias (softmax is shift-invariant, so a key bias could
+    never receive a gradient); value and output projections have none either (a bias there
+    is redundant with the next Linear's). The two MLP Linears have biases.
+  * Trunk Linears have no biases (attention, FFN); the baseline and NCN variants share that.
+  * The causal prefix pool is computed in O(T) with a stable log-cumulative-sum-exp over the
+    sequence (see `PrefixPool`); generation updates running softmax sums in O(1) per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ncn.errors import NCNError
+
+VARIANTS = ("none", "asrun", "causal", "tonic", "static")
+SIGNAL_NAMES = ("g", "beta", "gamma")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    block_size: int
+    n_layer: int
+    n_head: int
+    d_model: int
+    d_ff: int
+    dropout: float = 0.0
+    ncn: str = "none"
+    ncn_hidden: int = 64
+    ncn_heads: int = 2
+    reg_lambda: float = 0.01
+    beta_max: float = 4.0
+    gate_init: float = 0.95
+
+    def __post_init__(self):
+        if self.ncn not in VARIANTS:
+            raise NCNError(f"ModelConfig.ncn: unknown variant '{self.ncn}' (one of {', '.join(VARIANTS)})")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff", "ncn_hidden", "ncn_heads"):
+            if int(getattr(self, name)) < 1:
+                raise NCNError(f"ModelConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            raise NCNError(f"ModelConfig: d_model {self.d_model} is not divisible by n_head {self.n_head}")
+        if self.ncn in ("asrun", "causal", "tonic") and self.d_model % self.ncn_heads:
+            raise NCNError(f"ModelConfig: d_model {self.d_model} is not divisible by ncn_heads {self.ncn_heads}")
+        if not 0.0 < self.gate_init < 1.0:
+            raise NCNError(f"ModelConfig.gate_init must be in (0, 1), got {self.gate_init}")
+        if self.beta_max <= 1.0:
+            raise NCNError(f"ModelConfig.beta_max must be > 1 (the init value of β), got {self.beta_max}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise NCNError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, T, vocab): every position (analysis needs per-token surprisal)
+    loss: torch.Tensor | None  # ce + reg; None without targets
+    ce: torch.Tensor | None
+    reg: torch.Tensor  # 0 for "none"
+    signals: torch.Tensor | None  # (B, T, n_layer, 3) in SIGNAL_NAMES order, when asked
+    skip_frac: float | None = None  # fraction of (layer, token) FFN evaluations skipped
+
+
+# ----------------------------------------------------------------------------------------------
+# signals
+
+
+def signal_map(z: torch.Tensor, beta_max: float) -> torch.Tensor:
+    """Raw controller outputs z (..., 3) -> signals (..., 3) in order (g, β, γ)."""
+    g = 2.0 * torch.sigmoid(z[..., 0])
+    beta = (F.softplus(z[..., 1]) + 0.01).clamp(max=beta_max)
+    gamma = torch.sigmoid(z[..., 2])
+    return torch.stack((g, beta, gamma), dim=-1)
+
+
+def signal_bias_init(gate_init: float) -> torch.Tensor:
+    """The raw z that maps to g = 1, β = 1, γ = gate_init (the "causal" and "static" start)."""
+    z_g = 0.0  # 2·sigmoid(0) = 1
+    z_beta = math.log(math.expm1(1.0 - 0.01))  # softplus⁻¹(0.99)
+    z_gamma = math.log(gate_init / (1.0 - gate_init))  # logit
+    return torch.tensor([z_g, z_beta, z_gamma])
+
+
+class PrefixPool(nn.Module):
+    """Attention pooling with one learned query and `n_heads` heads.
+
+    causal=False: one pooled vector over the whole window (the "asrun" leak), shape (B, 1, d).
+    causal=True:  position t pools over positions ≤ t, shape (B, T, d).
+
+    The causal pool is a prefix softmax, pooled_t = Σ_{s≤t} exp(a_s) v_s / Σ_{s≤t} exp(a_s),
+    computed by `prefix_softmax_pool` in O(T·C) with chunks of C positions instead of a (T×T)
+    attention. `PREFIX_POOL_IMPL = "sdpa"` switches to the O(T²) reference:
+    scaled_dot_product_attention with the query repeated per position.
+    """
+
+    def __init__(self, d_model: int, n_heads: int):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
+        self.query = nn.Parameter(torch.zeros(n_heads, self.head_dim))
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+
+    def _scores_values(self, e):
+        B, T, _ = e.shape
+        k, v = self.kv(e).view(B, T, 2, self.n_heads, self.head_dim).unbind(2)  # (B, T, H, hd)
+        scores = torch.einsum("bthd,hd->bth", k, self.query) / math.sqrt(self.head_dim)
+        return scores, k, v
+
+    def forward(self, e: torch.Tensor, causal: bool) -> torch.Tensor:
+        B, T, d = e.shape
+        scores, k, v = self._scores_values(e)
+        if not causal:
+            p = torch.softmax(scores, dim=1)  # over all T positions: the future included
+            pooled = torch.einsum("bth,bthd->bhd", p, v).reshape(B, 1, d)
+        elif PREFIX_POOL_IMPL == "sdpa":  # the O(T²) reference: the query repeated per position
+            q = self.query.view(1, self.n_heads, 1, self.head_dim).expand(B, -1, T, -1).contiguous()
+            pooled = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+            pooled = pooled.transpose(1, 2).reshape(B, T, d)
+        else:
+            pooled = prefix_softmax_pool(scores, v).reshape(B, T, d)
+        return self.proj(pooled)
+
+    # -- incremental (generation): running softmax sums (max m, denominator, numerator) --------
+    def prefix_state(self, e: torch.Tensor):
+        """The running-sum state after pooling all of `e` (B, T, d), to continue with `step`."""
+        scores, _, v = self._scores_values(e)
+        m = scores.amax(dim=1)  # (B, H)
+        w = torch.exp(scores - m.unsqueeze(1))
+        return m, w.sum(dim=1), torch.einsum("bth,bthd->bhd", w, v)
+
+    def step(self, e: torch.Tensor, state):
+        """Pool one more position e (B, 1, d) onto `state`: O(1) per token, no prefix recompute."""
+        B, _, d = e.shape
+        scores, _, v = self._scores_values(e)
+        s, v = scores[:, 0], v[:, 0]  # (B, H), (B, H, hd)
+        m, den, num = state
+        m_new = torch.maximum(m, s)
+        old, new = torch.exp(m - m_new), torch.exp(s - m_new)
+        den = den * old + new
+        num = num * old.unsqueeze(-1) + new.unsqueeze(-1) * v
+        return self.proj((num / den.unsqueeze(-1)).reshape(B, 1, d)), (m_new, den, num)
+
+
+PREFIX_POOL_IMPL = "chunked"  # or "sdpa"; both exactly causal (tests check both)
+POOL_CHUNK = 32
+
+
+def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """out_t = Σ_{j≤t} softmax_{j≤t}(scores)_j · v_j for every t: scores (B, T, H), v (B, T, H, D).
+
+    Positions are cut into chunks of C. Within a chunk, a masked (C×C) weight matrix; earlier
+    chunks enter through their summaries Σ_j exp(s_j − μ_i)·v_j (μ_i = the chunk's max). Every
+    exponent is taken relative to r_t = max_{j≤t} s_j (a running max), so each weight is ≤ 1
+    and the denominator ≥ 1: no overflow or underflow for any score range. Only j ≤ t ever
+    enter row t (future entries are exact zeros), so the result is exactly causal. The
+    reference maxima are detached: the ratio does not depend on them, so this is exact.
+    Cost O(T·C·D + T·(T/C)·D): linear in T for a fixed chunk, vs O(T²·D) for attention.
+    """
+    B, T, H = scores.shape
+    D = v.size(-1)
+    C = min(chunk or POOL_CHUNK, T)
+    n = -(-T // C)
+    s, vv = scores.transpose(1, 2), v.transpose(1, 2)  # (B, H, T), (B, H, T, D)
+    if n * C > T:  # pad the last chunk with positions that weigh exactly 0
+        s = F.pad(s, (0, n * C - T), value=float("-inf"))
+        vv = F.pad(vv, (0, 0, 0, n * C - T))
+    s, vv = s.reshape(B, H, n, C), vv.reshape(B, H, n, C, D)
+    with torch.no_grad():
+        r = s.reshape(B, H, n * C).cummax(dim=-1).values.view(B, H, n, C)  # running max, row t
+        mu = s.amax(dim=-1)  # (B, H, n) chunk maxima
+    tri = torch.ones(C, C, dtype=torch.bool, device=s.device).tril()
+    # within the chunk: w[t, j] = exp(s_j − r_t) for j ≤ t
+    w = torch.exp((s.unsqueeze(-2) - r.unsqueeze(-1)).masked_fill(~tri, float("-inf")))  # (B,H,n,C,C)
+    num = w @ vv  # (B, H, n, C, D)
+    den = w.sum(dim=-1)  # (B, H, n, C)
+    if n > 1:  # earlier chunks i < k: exp(μ_i − r_t) · Σ_{j∈i} exp(s_j − μ_i) v_j
+        e = torch.exp(s - mu.unsqueeze(-1))  # (B, H, n, C)
+        summ_num = e.unsqueeze(-2) @ vv  # (B, H, n, 1, D)
+        earlier = torch.ones(n, n, dtype=torch.bool, device=s.device).tril(-1).view(n, 1, n)
+        a = torch.exp((mu.view(B, H, 1, 1, n) - r.unsqueeze(-1)).masked_fill(~earlier, float("-inf")))
+        num = num + (a.reshape(B, H, n * C, n) @ summ_num.reshape(B, H, n, D)).view(B, H, n, C, D)
+        den = den + (a * e.sum(dim=-1).view(B, H, 1, 1, n)).sum(dim=-1)
+    out = (num / den.unsqueeze(-1)).reshape(B, H, n * C, D)[:, :, :T]
+    return out.transpose(1, 2)  # (B, T, H, D)
+
+
+class NCNController(nn.Module):
+    """Pool → (+ own embedding) → RMSNorm → Linear → tanh → Linear → raw z (B, T, n_layer, 3)."""
+
+    def __init__(self, cfg: ModelConfig, per_token: bool):
+        super().__init__()
+        self.n_layer, self.per_token = cfg.n_layer, per_token
+        self.pool = PrefixPool(cfg.d_model, cfg.ncn_heads)
+        self.norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.fc1 = nn.Linear(cfg.d_model, cfg.ncn_hidden)
+        self.fc2 = nn.Linear(cfg.ncn_hidden, 3 * cfg.n_layer)
+
+    def head(self, pooled, e):
+        u = pooled + e if self.per_token else pooled
+        z = self.fc2(torch.tanh(self.fc1(self.norm(u))))
+        return z.view(*z.shape[:2], self.n_layer, 3)
+
+    def forward(self, e, causal: bool):
+        return self.head(self.pool(e, causal), e)
+
+    def forward_cached(self, e, cache: "KVCache"):
+        if cache.pool_state is None:  # prefill: the parallel path, then remember the sums
+            z = self.forward(e, causal=True)
+            cache.pool_state = self.pool.prefix_state(e)
+            return z
+        assert e.size(1) == 1, "after the prefill, the cache advances one token at a time"
+        pooled, cache.pool_state = self.pool.step(e, cache.pool_state)
+        return self.head(pooled, e)
+
+
+# ----------------------------------------------------------------------------------------------
+# the trunk
+
+
+class KVCache:
+    """Per-layer key/value buffers (B, H, block_size, hd), filled up to `length`, plus the NCN
+    pool's running sums. Positions are absolute, so once the window slides every cached key
+    is stale: `generate` then re-fills the cache from the cropped window (recompute)."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, device, dtype):
+        shape = (cfg.n_layer, batch, cfg.n_head, cfg.block_size, cfg.d_model // cfg.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.pool_state = None
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, beta=None, gain=None, kv=None):
+        """x (B, T, d). beta, gain: (B, T, 1) or (1, 1, 1) per-token signals, or None: beta
+        multiplies each token's query, gain the branch output. kv = (k_buf, v_buf, start)
+        appends this chunk's keys/values to a cache."""
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        if beta is not None:
+            q = q * beta.unsqueeze(1)  # (B, 1, T, 1): a per-token inverse temperature
+        causal = True
+        if kv is not None:
+            k_buf, v_buf, start = kv
+            k_buf[:, :, start : start + T] = k
+            v_buf[:, :, start : start + T] = v
+            k, v = k_buf[:, :, : start + T], v_buf[:, :, : start + T]
+            if start > 0:
+                assert T == 1, "after the prefill, the cache advances one token at a time"
+                causal = False  # a single new query may see every cached key
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal).transpose(1, 2)
+        if gain is not None:  # g·proj(y) = proj(g·y): proj has no bias
+            y = y * gain.unsqueeze(-1)
+        y = y.reshape(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.attn = CausalSelfAttention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x, sig=None, kv=None, skip_eps=None):
+        """sig: this layer's signals (B, T, 3) or (1, 1, 3), or None. Returns (x, n_skipped)."""
+        if sig is None:
+            x = x + self.attn(self.norm1(x), kv=kv)
+            f, n_skipped = self._ffn(self.norm2(x), None, skip_eps)
+            return x + f, n_skipped
+        g, beta, gamma = sig[..., 0:1], sig[..., 1:2], sig[..., 2:3]
+        x = x + self.attn(self.norm1(x), beta, g, kv)
+        f, n_skipped = self._ffn(self.norm2(x), gamma, skip_eps)
+        return torch.addcmul(x, g * gamma, f), n_skipped  # x + g·γ·FFN in one pass
+
+    def _ffn(self, h, gamma, skip_eps):
+        """The FFN, skipping (not zeroing) tokens whose gate γ < skip_eps."""
+        if skip_eps is None or gamma is None:
+            return self.ffn(h), 0
+        B, T, C = h.shape
+        keep = (gamma[..., 0] >= skip_eps).expand(B, T).reshape(-1)
+        n_skipped = int(keep.numel() - keep.sum())
+        if n_skipped == 0:
+            return self.ffn(h), 0  # the dense path: ε below every gate is exactly the full model
+        out = h.new_zeros(B * T, C)
+        rows = keep.nonzero().squeeze(1)
+        if rows.numel():
+            out.index_copy_(0, rows, self.ffn(h.reshape(B * T, C).index_select(0, rows)))
+        return out.view(B, T, C), n_skipped
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied
+
+        self.controller = None
+        self.static_z = None
+        if cfg.ncn in ("asrun", "causal", "tonic"):
+            self.controller = NCNController(cfg, per_token=cfg.ncn != "tonic")
+        elif cfg.ncn == "static":
+            self.static_z = nn.Parameter(torch.zeros(cfg.n_layer, 3))
+
+        # nanoGPT init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2·n_layer).
+        # The global pass zeroes every bias (as the original's did); "asrun" keeps that.
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("ffn.down.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        # ...then the intended start g = 1, β = 1, γ = gate_init, set after (not overwritten by) it.
+        with torch.no_grad():
+            if self.controller is not None:
+                nn.init.normal_(self.controller.pool.query, std=0.02)
+                if cfg.ncn != "asrun":
+                    self.controller.fc2.bias.copy_(signal_bias_init(cfg.gate_init).repeat(cfg.n_layer))
+            if self.static_z is not None:
+                self.static_z.copy_(signal_bias_init(cfg.gate_init).expand(cfg.n_layer, 3))
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; the tied head is counted once. non_embedding excludes the token and
+        position embeddings (and so the tied head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
+        return n
+
+    # -- signals -----------------------------------------------------------------------------
+    def _raw_signals(self, tok, emb, causal_pool=None, cache=None):
+        """Raw z from the token embeddings `tok` and token+position embeddings `emb`:
+        (B, T, n_layer, 3), or (1, 1, n_layer, 3) for "static", or None for "none"."""
+        ncn = self.cfg.ncn
+        if ncn == "none":
+            return None
+        if ncn == "static":
+            return self.static_z.view(1, 1, self.cfg.n_layer, 3)
+        e = tok if ncn == "tonic" else emb  # tonic: content only, no positions
+        if cache is not None:
+            return self.controller.forward_cached(e, cache)
+        causal = ncn != "asrun" or bool(causal_pool)
+        return self.controller(e, causal=causal)
+
+    def _reg(self, signals):
+        if signals is None:
+            return torch.zeros((), device=self.tok_emb.weight.device)
+        return self.cfg.reg_lambda * ((signals - 1.0) ** 2).mean(dim=(0, 1, 2)).sum()
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, idx, targets=None, return_signals=False, causal_pool=None, skip_eps=None) -> ModelOutput:
+        """idx (B, T) token ids. causal_pool=True makes "asrun" pool over the prefix only (the leak
+        audit). skip_eps=e skips a token's FFN in a layer where its γ < e ("static": the layer)."""
+        B, T = idx.shape
+        if T > self.cfg.block_size:
+            raise NCNError(f"sequence length {T} exceeds the model's block_size {self.cfg.block_size}")
+        tok = self.tok_emb(idx)
+        emb = tok + self.pos_emb(torch.arange(T, device=idx.device))
+        z = self._raw_signals(tok, emb, causal_pool)
+        signals = None if z is None else signal_map(z, self.cfg.beta_max)
+
+        x = self.drop(emb)
+        n_skipped = 0
+        for l, block in enumerate(self.blocks):
+            x, n = block(x, None if signals is None else signals[:, :, l], skip_eps=skip_eps)
+            n_skipped += n
+        logits = self.lm_head(self.norm_f(x))
+
+        reg = self._reg(signals)
+        ce = loss = None
+        if targets is not None:
+            ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = ce + reg
+        if return_signals and self.cfg.ncn == "static":
+            signals = signals.expand(B, T, -1, -1).contiguous()
+        skip_frac = None if skip_eps is None else n_skipped / (self.cfg.n_layer * B * T)
+        return ModelOutput(logits, loss, ce, reg, signals if return_signals else None, skip_frac)
+
+    def _forward_cached(self, idx, cache: KVCache) -> torch.Tensor:
+        """Logits (B, T, vocab) of `idx` appended to the cache (prefill, then one token a step)."""
+        T, start = idx.size(1), cache.length
+        tok = self.tok_emb(idx)
+        x = tok + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        z = self._raw_signals(tok, x, cache=cache)
+        signals = None if z is None else signal_map(z, self.cfg.beta_max)
+        for l, block in enumerate(self.blocks):
+            kv = (cache.k[l], cache.v[l], start)
+            x, _ = block(x, None if signals is None else signals[:, :, l], kv=kv)
+        cache.length += T
+        return self.lm_head(self.norm_f(x))
+
+    # -- generation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        idx,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+        return_logits: bool = False,
+    ):
+        """Append `max_new_tokens` sampled tokens to idx (B, T). temperature=0 is greedy.
+
+        With use_cache, keys/values and the NCN pool's running sums are cached, so each new
+        token costs one position. Exceptions, both exact recomputes:
+          * "asrun" always recomputes the window (its pool sees the whole window, so a new token
+            changes every earlier token's signals and hence their keys), as the original did;
+          * once the context exceeds block_size the window slides and absolute positions shift,
+            so every step re-fills the cache from the cropped window.
+        return_logits=True also returns the (B, max_new_tokens, vocab) next-token logits.
+        """
+        was_training = self.training
+        self.eval()
+        bs = self.cfg.block_size
+        cache = None
+        steps = []
+        for _ in range(max_new_tokens):
+            if use_cache and self.cfg.ncn != "asrun":
+                if cache is None or idx.size(1) > bs:
+                    w = self.tok_emb.weight
+                    cache = KVCache(self.cfg, idx.size(0), w.device, w.dtype)
+                    logits = self._forward_cached(idx[:, -bs:], cache)[:, -1]
+                else:
+                    logits = self._forward_cached(idx[:, -1:], cache)[:, -1]
+            else:
+                logits = self(idx[:, -bs:]).logits[:, -1]
+            steps.append(logits)
+            idx = torch.cat((idx, sample_next(logits, temperature, top_k, generator)), dim=1)
+        self.train(was_training)
+        if return_logits:
+            empty = idx.new_zeros(idx.size(0), 0, self.cfg.vocab_size, dtype=torch.float)
+            return idx, (torch.stack(steps, dim=1) if steps else empty)
+        return idx
+
+
+def sample_next(logits, temperature=1.0, top_k=None, generator=None):
+    """(B, vocab) logits -> (B, 1) next tokens. temperature 0 = argmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# parameter matching and loading
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Total parameters of Transformer(cfg), counted on the meta device (no memory, no init cost)."""
+    with torch.device("meta"):
+        return Transformer(cfg).num_params()
+
+
+def match_params(cfg: ModelConfig, tol: float = 0.005) -> ModelConfig:
+    """The "none" config with the same depth/width/heads whose total parameter count is within
+    `tol` (0.5%) of cfg's, reached by changing d_ff only (the count is linear in d_ff)."""
+    target = count_params(cfg)
+    base = replace(cfg, ncn="none")
+    p1, p2 = count_params(replace(base, d_ff=1)), count_params(replace(base, d_ff=2))
+    d_ff = max(1, round(1 + (target - p1) / (p2 - p1)))
+    out = replace(base, d_ff=d_ff)
+    got = count_params(out)
+    if abs(got - target) > tol * target:
+        raise NCNError(
+            f"match_params: no d_ff gives the baseline {target} parameters within {tol:.1%} "
+            f"(best d_ff={d_ff}: {got}); widen d_ff or shrink the NCN"
+        )
+    return out
+
+
+def load_model(path, map_location="cpu"):
+    """Load `model.pt` (see docs/architecture.md) -> (Transformer in eval mode, payload dict)."""
+    path = Path(path)
+    if not path.exists():
+        raise NCNError(f"model file not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file is a user problem
+        raise NCNError(f"{path}: not a readable model checkpoint ({e.__class__.__name__}: {e})") from None
+    if not isinstance(payload, dict) or "model_config" not in payload or "state_dict" not in payload:
+        raise NCNError(f"{path}: expected a dict with 'model_config' and 'state_dict'")
+    known = {f.name for f in fields(ModelConfig)}
+    unknown = set(payload["model_config"]) - known
+    if unknown:
+        raise NCNError(f"{path}: unknown model_config keys {sorted(unknown)} (written by a newer ncn?)")
+    cfg = ModelConfig(**payload["model_config"])
+    model = Transformer(cfg)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, payload
+
+
+def model_payload(model: Transformer, **extra) -> dict:
+    """The dict `load_model` reads: model_config + state_dict (+ run metadata in `extra`)."""
+    return {"model_config": asdict(model.cfg), "state_dict": model.state_dict(), **extra}
