@@ -1,1 +1,237 @@
-# analysis stage rules (to be written)
+# Analysis stage: `ncn analyze <what>` turns finished runs into tables, figures, traces and the
+# claims' verdicts (see docs/architecture.md, "Analysis outputs"). One rule per command. Inputs
+# are the exact files each command reads, so a new run (or a retrained one) reruns the
+# aggregates that include it; `params: cfg=` lists the config values each command uses, so a
+# changed value reruns only what depends on it.
+from ncn.analysis.rules import claim_variants, largest_size, params_key, trace_seed
+
+TABLES = f"{RES}/tables"
+FIGURES = f"{RES}/figures"
+TRACES = f"{RES}/traces"
+RUNS_TABLE = f"{TABLES}/runs.csv"
+TRACE = f"{TRACES}/{{variant}}_{{size}}.csv"
+# The traced (and block-skipped) run of each (variant, size): seed analysis.trace_seed when it is
+# trained, else the smallest trained seed (the trace CSV records the seed it used).
+TRACE_RUN = f"{RES}/runs/{{variant}}/{{size}}/seed{trace_seed(config)}"
+LARGEST = largest_size(config)
+# Claims: "the NCN" (causal when trained) and asrun, at the largest size.
+CLAIM_VARIANTS = claim_variants(config)
+ALL_RUNS = run_dirs()
+# Sizes in order of scale (size_defs) and the variants decide the tables' rows and order.
+LAYOUT = ("variants", "sizes", "size_defs")
+
+
+rule analysis_runs:
+    input:
+        metrics=[f"{d}/metrics.json" for d in ALL_RUNS],
+        evals=[f"{d}/eval.json" for d in ALL_RUNS],
+    output:
+        RUNS_TABLE,
+    params:
+        runs=ALL_RUNS,
+    log:
+        f"{LOGS}/analysis/runs.log",
+    benchmark:
+        f"{BENCH}/analysis/runs.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze runs --runs {params.runs} --out {output} > {log} 2>&1"
+
+
+rule analysis_trace:
+    input:
+        model=f"{TRACE_RUN}/model.pt",
+        valid=rules.tokenize.output.valid,
+        meta=rules.tokenize.output.meta,
+        tokenizer=rules.train_tokenizer.output[0],
+    output:
+        TRACE,
+    params:
+        config=CONFIG_JSON,
+        run=lambda w, input: os.path.dirname(input.model),
+        data=data_dir,
+        cfg=params_key(config, "trace_sentences", "n_valid_sentences", "control_sentences", "probe_word"),
+    log:
+        f"{LOGS}/analysis/trace/{{variant}}_{{size}}.log",
+    benchmark:
+        f"{BENCH}/analysis/trace/{{variant}}_{{size}}.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze trace --run {params.run} --config {params.config} --data {params.data}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
+rule analysis_ab:
+    input:
+        runs=RUNS_TABLE,
+        logs=[f"{d}/train_log.csv" for d in ALL_RUNS],
+    output:
+        csv=f"{TABLES}/ab.csv",
+        tex=f"{TABLES}/ab.tex",
+        pdf=f"{FIGURES}/loss_curves.pdf",
+        png=report(f"{FIGURES}/loss_curves.png", caption="../report/loss_curves.rst", category="Figures"),
+    params:
+        config=CONFIG_JSON,
+        tables=lambda w, output: os.path.dirname(output.csv),
+        figures=lambda w, output: os.path.dirname(output.pdf),
+        cfg=params_key(config, "confidence", top=LAYOUT),
+    log:
+        f"{LOGS}/analysis/ab.log",
+    benchmark:
+        f"{BENCH}/analysis/ab.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze ab --runs-table {input.runs} --config {params.config}"
+        " --tables {params.tables} --figures {params.figures} > {log} 2>&1"
+
+
+rule analysis_scaling:
+    input:
+        runs=RUNS_TABLE,
+    output:
+        csv=f"{TABLES}/scaling.csv",
+        tex=f"{TABLES}/scaling.tex",
+        pdf=f"{FIGURES}/scaling.pdf",
+        png=report(f"{FIGURES}/scaling.png", caption="../report/scaling.rst", category="Figures"),
+    params:
+        config=CONFIG_JSON,
+        tables=lambda w, output: os.path.dirname(output.csv),
+        figures=lambda w, output: os.path.dirname(output.pdf),
+        cfg=params_key(config, "confidence", top=LAYOUT),
+    log:
+        f"{LOGS}/analysis/scaling.log",
+    benchmark:
+        f"{BENCH}/analysis/scaling.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze scaling --runs-table {input.runs} --config {params.config}"
+        " --tables {params.tables} --figures {params.figures} > {log} 2>&1"
+
+
+rule analysis_leak:
+    input:
+        runs=RUNS_TABLE,
+    output:
+        csv=f"{TABLES}/leak.csv",
+        tex=f"{TABLES}/leak.tex",
+    params:
+        config=CONFIG_JSON,
+        tables=lambda w, output: os.path.dirname(output.csv),
+        cfg=params_key(config, "confidence", top=LAYOUT),
+    log:
+        f"{LOGS}/analysis/leak.log",
+    benchmark:
+        f"{BENCH}/analysis/leak.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze leak --runs-table {input.runs} --config {params.config} --tables {params.tables}"
+        " > {log} 2>&1"
+
+
+rule analysis_brainscan:
+    input:
+        traces=expand(TRACE, variant=NCN_VARIANTS, size=LARGEST),
+    output:
+        pdf=f"{FIGURES}/brainscan.pdf",
+        png=report(f"{FIGURES}/brainscan.png", caption="../report/brainscan.rst", category="Figures"),
+        dev_pdf=f"{FIGURES}/brainscan_dev.pdf",
+        dev_png=report(f"{FIGURES}/brainscan_dev.png", caption="../report/brainscan_dev.rst", category="Figures"),
+    params:
+        config=CONFIG_JSON,
+        figures=lambda w, output: os.path.dirname(output.pdf),
+        cfg=params_key(config, "dev_limit", top=("variants", "model")),
+    log:
+        f"{LOGS}/analysis/brainscan.log",
+    benchmark:
+        f"{BENCH}/analysis/brainscan.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze brainscan --traces {input.traces} --config {params.config} --figures {params.figures}"
+        " > {log} 2>&1"
+
+
+rule analysis_skip:
+    input:
+        models=expand(f"{TRACE_RUN}/model.pt", variant=NCN_VARIANTS, size=LARGEST),
+        valid=rules.tokenize.output.valid,
+        meta=rules.tokenize.output.meta,
+        tokenizer=rules.train_tokenizer.output[0],
+    output:
+        csv=f"{TABLES}/skip.csv",
+        tex=f"{TABLES}/skip.tex",
+        pdf=f"{FIGURES}/skip_tradeoff.pdf",
+        png=report(f"{FIGURES}/skip_tradeoff.png", caption="../report/skip_tradeoff.rst", category="Figures"),
+    params:
+        config=CONFIG_JSON,
+        runs=lambda w, input: [os.path.dirname(m) for m in input.models],
+        data=data_dir,
+        tables=lambda w, output: os.path.dirname(output.csv),
+        figures=lambda w, output: os.path.dirname(output.pdf),
+        cfg=params_key(config, "skip_eps", "skip_max_tokens", top=("eval",)),
+    log:
+        f"{LOGS}/analysis/skip.log",
+    benchmark:
+        f"{BENCH}/analysis/skip.tsv"
+    # Timed: one thread, like the other analysis jobs, so wall-time ratios compare like with like.
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze skip --run {params.runs} --config {params.config} --data {params.data}"
+        " --tables {params.tables} --figures {params.figures} --threads {threads} > {log} 2>&1"
+
+
+rule analysis_claims:
+    input:
+        runs=RUNS_TABLE,
+        traces=expand(TRACE, variant=CLAIM_VARIANTS, size=LARGEST),
+        # claim 3 (per-layer beta) and claim 5 (L_reg) read the train logs of these runs
+        logs=[f"{d}/train_log.csv" for d in run_dirs(CLAIM_VARIANTS, [LARGEST])] if CLAIM_VARIANTS else [],
+        valid=rules.tokenize.output.valid,
+        meta=rules.tokenize.output.meta,
+        tokenizer=rules.train_tokenizer.output[0],
+    output:
+        json=f"{RES}/claims.json",
+        tex=f"{TABLES}/claims.tex",
+    params:
+        config=CONFIG_JSON,
+        data=data_dir,
+        cfg=params_key(
+            config,
+            *("confidence", "ppl_threshold", "gain_band", "gain_min_fraction", "reg_move_rel"),
+            *("gate_eps", "gate_min_fraction", "probe_word", "control_sentences"),
+            top=("profile", "tokenizer", "ncn_reference", *LAYOUT),
+        ),
+    log:
+        f"{LOGS}/analysis/claims.log",
+    benchmark:
+        f"{BENCH}/analysis/claims.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze claims --runs-table {input.runs} --traces {input.traces} --config {params.config}"
+        " --data {params.data} --out {output.json} --tex {output.tex} > {log} 2>&1"
+
+
+TARGETS.append(RUNS_TABLE)
+TARGETS.extend(expand(TRACE, variant=NCN_VARIANTS, size=SIZES))
+TARGETS.extend(rules.analysis_ab.output)
+TARGETS.extend(rules.analysis_scaling.output)
+TARGETS.extend(rules.analysis_leak.output)
+TARGETS.extend(rules.analysis_claims.output)
+if NCN_VARIANTS:
+    TARGETS.extend(rules.analysis_brainscan.output)
+    TARGETS.extend(rules.analysis_skip.output)

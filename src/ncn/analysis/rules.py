@@ -1,0 +1,30 @@
+"""Helpers for workflow/rules/analysis.smk, kept here so the rule file holds only rules
+(`snakemake --lint` asks for that) and so they can be tested. No torch imports."""
+
+from __future__ import annotations
+
+import json
+
+from ncn.analysis.runs import largest_size, primary_ncn
+
+__all__ = ["params_key", "trace_seed", "claim_variants", "largest_size", "primary_ncn"]
+
+
+def params_key(config: dict, *analysis_keys: str, top=()) -> str:
+    """A stable string of the named analysis.* values and top-level sections: a rule's
+    `params: cfg=` rerun trigger, so only a change to what the command reads reruns it."""
+    a = config["analysis"]
+    return json.dumps({"analysis": {k: a[k] for k in analysis_keys}, **{k: config.get(k) for k in top}},
+                      sort_keys=True)
+
+
+def trace_seed(config: dict) -> int:
+    """analysis.trace_seed when that seed is trained, else the smallest trained seed."""
+    seed = config["analysis"]["trace_seed"]
+    return seed if seed in config["seeds"] else min(config["seeds"])
+
+
+def claim_variants(config: dict) -> list[str]:
+    """The variants the claims read traces and train logs of: "the NCN" and asrun."""
+    ncn = [v for v in config["variants"] if v != "none"]
+    return [v for v in dict.fromkeys([primary_ncn(config), "asrun"]) if v in ncn]

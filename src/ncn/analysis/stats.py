@@ -1,0 +1,140 @@
+"""Small statistics used by every aggregate: t-intervals over seeds and verdict rules.
+
+Conventions: a confidence interval that cannot be computed (fewer than 2 values, or a
+non-finite input) is (nan, nan), and any verdict that depends on it is "inconclusive".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+SUPPORTED = "supported"
+NOT_SUPPORTED = "not supported"
+INCONCLUSIVE = "inconclusive"
+VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of n values with a two-sided t confidence interval (nan when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    sd: float
+
+    @property
+    def half(self) -> float:
+        return (self.high - self.low) / 2
+
+    @property
+    def defined(self) -> bool:
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+    def as_dict(self, prefix: str = "") -> dict:
+        return {f"{prefix}mean": self.mean, f"{prefix}ci_low": self.low, f"{prefix}ci_high": self.high,
+                f"{prefix}n": self.n, f"{prefix}sd": self.sd}
+
+
+def t_interval(values, confidence: float = 0.95) -> Interval:
+    """mean ± t_{(1+c)/2, n-1} · s/√n (s: sample SD, ddof 1). E.g. [1, 2, 3] → 2 ± 2.484."""
+    x = np.asarray(list(values), dtype=float)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, math.nan)
+    mean = float(x.mean())
+    if n < 2 or not np.all(np.isfinite(x)):
+        return Interval(mean, math.nan, math.nan, n, math.nan)
+    sd = float(x.std(ddof=1))
+    half = float(sps.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, sd)
+
+
+def paired_differences(a: dict, b: dict) -> tuple[list, np.ndarray]:
+    """a[k] - b[k] for the keys (seeds) both hold, in sorted key order."""
+    keys = sorted(set(a) & set(b))
+    return keys, np.array([a[k] - b[k] for k in keys], dtype=float)
+
+
+def ci_verdict(low: float, high: float, threshold: float, side: str) -> str:
+    """The claim holds when the whole CI lies strictly on `side` ("below"/"above") of threshold.
+
+    Undefined CI → inconclusive. A CI touching or straddling the threshold → not supported:
+    the data do not show the claim at this confidence.
+    """
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return INCONCLUSIVE
+    if side == "below":
+        return SUPPORTED if high < threshold else NOT_SUPPORTED
+    if side == "above":
+        return SUPPORTED if low > threshold else NOT_SUPPORTED
+    raise ValueError(f"side must be 'below' or 'above', not {side!r}")
+
+
+def ab_verdict(low: float, high: float) -> str:
+    """Direction of a paired difference (variant − baseline; lower is better) from its CI."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return INCONCLUSIVE
+    if high < 0:
+        return "better"
+    if low > 0:
+        return "worse"
+    return "no significant difference"
+
+
+def empirical_p_greater(x: float, controls) -> float:
+    """One-sided rank p-value that x exceeds the control values: (1 + #{c ≥ x}) / (1 + n).
+
+    Distribution-free; with n controls the smallest reachable p is 1/(n+1).
+    """
+    c = np.asarray(list(controls), dtype=float)
+    c = c[np.isfinite(c)]
+    if not math.isfinite(x) or len(c) == 0:
+        return math.nan
+    return float((1 + np.sum(c >= x)) / (1 + len(c)))
+
+
+def one_way_anova(groups) -> tuple[float, float]:
+    """F and p of a one-way ANOVA; (nan, nan) with < 2 groups or a group of < 2 values."""
+    groups = [np.asarray(g, dtype=float) for g in groups]
+    if len(groups) < 2 or any(len(g) < 2 for g in groups):
+        return math.nan, math.nan
+    within = sum(float(((g - g.mean()) ** 2).sum()) for g in groups)
+    if within == 0.0:  # no seed-to-seed variation at all: F is infinite or undefined
+        between = float(np.var([g.mean() for g in groups]))
+        return (math.inf, 0.0) if between > 0 else (math.nan, math.nan)
+    res = sps.f_oneway(*groups)
+    return float(res.statistic), float(res.pvalue)
+
+
+def spearman(x, y) -> tuple[float, float, int]:
+    """Spearman's rho and two-sided p over the pairs where both are finite."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = int(ok.sum())
+    if n < 3 or np.all(x[ok] == x[ok][0]) or np.all(y[ok] == y[ok][0]):
+        return math.nan, math.nan, n
+    res = sps.spearmanr(x[ok], y[ok])
+    return float(res.statistic), float(res.pvalue), n
+
+
+def nan_to_none(obj):
+    """JSON-friendly copy: nan/inf floats become None (JSON has no NaN), numpy scalars plain."""
+    if isinstance(obj, dict):
+        return {str(k): nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_to_none(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
