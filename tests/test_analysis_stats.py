@@ -44,8 +44,9 @@ def test_paired_differences_uses_common_seeds():
 # -- verdicts at the thresholds ---------------------------------------------------------------------
 @pytest.mark.parametrize("low,high,expected", [
     (-2.0, -1e-12, "supported"),
-    (-2.0, 0.0, "not supported"),  # touching the threshold is not "entirely below"
-    (-1.0, 1.0, "not supported"),
+    (-2.0, 0.0, "inconclusive"),  # touching the threshold is not "entirely below"
+    (-1.0, 1.0, "inconclusive"),  # straddles: neither shown nor refuted
+    (0.0, 1.0, "not supported"),  # entirely on the other side (touching counts as other side)
     (0.5, 1.0, "not supported"),
     (math.nan, math.nan, "inconclusive"),
 ])
@@ -55,7 +56,9 @@ def test_ci_verdict_below(low, high, expected):
 
 def test_ci_verdict_above():
     assert stats.ci_verdict(5.5 + 1e-9, 7, 5.5, "above") == "supported"
-    assert stats.ci_verdict(5.5, 7, 5.5, "above") == "not supported"
+    assert stats.ci_verdict(5.5, 7, 5.5, "above") == "inconclusive"
+    assert stats.ci_verdict(4, 5.5, 5.5, "above") == "not supported"
+    assert stats.ci_verdict(4, 6, 5.5, "above") == "inconclusive"
     assert stats.ci_verdict(math.nan, 7, 5.5, "above") == "inconclusive"
     with pytest.raises(ValueError):
         stats.ci_verdict(0, 1, 0, "sideways")

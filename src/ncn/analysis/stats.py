@@ -62,17 +62,23 @@ def paired_differences(a: dict, b: dict) -> tuple[list, np.ndarray]:
 
 
 def ci_verdict(low: float, high: float, threshold: float, side: str) -> str:
-    """The claim holds when the whole CI lies strictly on `side` ("below"/"above") of threshold.
+    """Judge "the statistic lies on `side` ("below"/"above") of threshold" from its CI.
 
-    Undefined CI → inconclusive. A CI touching or straddling the threshold → not supported:
-    the data do not show the claim at this confidence.
+    supported: the whole CI lies strictly on the claim's side; not supported: the whole CI lies
+    on the other side (touching the threshold counts as the other side: the claim is strict);
+    inconclusive: the CI straddles the threshold, or is undefined (fewer than two seeds). At this
+    confidence, a straddling CI neither shows nor refutes the claim.
     """
     if not (math.isfinite(low) and math.isfinite(high)):
         return INCONCLUSIVE
     if side == "below":
-        return SUPPORTED if high < threshold else NOT_SUPPORTED
+        if high < threshold:
+            return SUPPORTED
+        return NOT_SUPPORTED if low >= threshold else INCONCLUSIVE
     if side == "above":
-        return SUPPORTED if low > threshold else NOT_SUPPORTED
+        if low > threshold:
+            return SUPPORTED
+        return NOT_SUPPORTED if high <= threshold else INCONCLUSIVE
     raise ValueError(f"side must be 'below' or 'above', not {side!r}")
 
 
