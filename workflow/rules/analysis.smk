@@ -170,6 +170,7 @@ rule analysis_skip:
         tokenizer=rules.train_tokenizer.output[0],
     output:
         csv=f"{TABLES}/skip.csv",
+        timing=f"{RES}/timing/skip_wall.csv",
         tex=f"{TABLES}/skip.tex",
         pdf=f"{FIGURES}/skip_tradeoff.pdf",
         png=report(f"{FIGURES}/skip_tradeoff.png", caption="../report/skip_tradeoff.rst", category="Figures"),

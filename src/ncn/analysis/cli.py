@@ -57,8 +57,8 @@ def parser() -> argparse.ArgumentParser:
         prog="ncn analyze",
         description="Turn finished runs into tables (results/tables/*.csv|tex), figures "
         "(results/figures/*.pdf|png), per-token traces (results/traces/) and claim verdicts "
-        "(results/claims.json). Every CSV/JSON output is byte-identical on rerun (skip.csv's "
-        "measured wall times excepted).",
+        "(results/claims.json). Every table CSV and JSON output is byte-identical on rerun "
+        "(measured wall times go to results/timing/).",
         epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
