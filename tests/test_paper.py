@@ -1,0 +1,383 @@
+"""The LaTeX paper: numbers.tex from a results tree, the macro contract, the hard-coded-number
+lint, and (slow) a full latexmk build from a FAKE results tree written here, so these tests do
+not wait for the training or analysis stages."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ncn import paper
+from ncn.config import load_config
+from ncn.errors import NCNError
+from ncn.fileio import write_json, write_text
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "paper"
+TEX_FILES = sorted(PAPER.rglob("*.tex"))
+HAVE_TEX = all(shutil.which(t) for t in ("latexmk", "pdflatex", "bibtex", "pdftotext"))
+
+TABLES = ("runs", "ab", "scaling", "skip", "leak", "claims")  # runs: csv only (the paper makes its own)
+FIGURES = ("loss_curves", "scaling", "brainscan", "brainscan_dev", "skip_tradeoff")
+CLAIM_KEYS = ("ab_beats_baseline", "baseline_ppl_above_threshold", "layer_specialisation", "phasic_but",
+              "homeostatic_gain", "gamma_gates", "asrun_leak")
+
+
+# ------------------------------------------------------------------------------------------------
+# a fake results tree (the shapes of docs/architecture.md, made-up values)
+
+
+def _tabular(header, rows):
+    lines = [r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    lines += [" & ".join(str(c) for c in r) + r" \\" for r in rows]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
+
+
+def make_fake_results(root: Path, claims_value: float = -0.3127) -> dict:
+    """Write results/ under `root` as the pipeline would for the smoke profile; return the claims."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = root / "results"
+    cfg = load_config(REPO / "config" / "smoke.yaml")
+    write_json(res / "config.json", cfg)
+    write_json(res / "data" / "manifest.json", {
+        "source": "local:/data/tiny_stories", "val_split": "official",
+        "train": {"file": "train.txt", "from": "/data/tiny_stories/train.txt", "sha256": "ab" * 32, "bytes": 200_000,
+                  "stories": 221},
+        "valid": {"file": "valid.txt", "from": "/data/tiny_stories/valid.txt", "sha256": "cd" * 32, "bytes": 794_375,
+                  "stories": None}})
+    write_json(res / "data" / "meta.json", {
+        "dtype": "uint16", "vocab_size": 512, "eot_id": 0, "tokenizer_kind": "bpe", "tokenizer_sha256": "ef" * 32,
+        "val_split": "official",
+        "train": {"file": "train.bin", "tokens": 61_234, "bytes": 200_000, "stories": 221},
+        "valid": {"file": "valid.bin", "tokens": 240_100, "bytes": 794_375, "stories": None}})
+    base = {"none": 3.10, "asrun": 2.90, "causal": 3.00, "tonic": 3.05, "static": 3.08}
+    for v in cfg["variants"]:
+        for si, s in enumerate(cfg["sizes"]):
+            for seed in cfg["seeds"]:
+                loss = base[v] - 0.2 * si + 0.01 * seed + 0.003 * len(v)
+                d = res / "runs" / v / s / f"seed{seed}"
+                write_json(d / "metrics.json", {
+                    "variant": v, "size": s, "seed": seed, "profile": "smoke", "steps": 64, "tokens": 16384,
+                    "epochs": 0.27, "final_loss": loss + 0.1, "final_ce": loss + 0.1, "final_reg": 0.001,
+                    "reg_init": 0.002, "reg_final": 0.001, "wall_time_s": 12.5, "tokens_per_s": 1310.0,
+                    "n_params": 40_000 + 1000 * si, "n_params_non_embedding": 20_000, "device": "cpu",
+                    "batch_order_sha256": f"hash-{s}-{seed}", "finished": True})
+                write_json(d / "eval.json", {
+                    "variant": v, "size": s, "seed": seed, "val_loss": loss, "val_ppl": math.exp(loss),
+                    "val_bpb": loss * 240_100 / (794_375 * math.log(2)), "val_tokens": 8192, "val_bytes": 27_000,
+                    "n_params": 40_000 + 1000 * si, "n_params_non_embedding": 20_000, "max_tokens": 8192,
+                    "val_loss_prefix_pool": loss + 0.25 if v == "asrun" else None})
+    verdicts = ["supported", "not supported", "inconclusive", "supported", "not supported", "inconclusive",
+                "supported"]
+    claims = {"profile": "smoke", "claims": [
+        {"id": i + 1, "key": key, "claim": f"claim {key} (with 50% of a_b & c)", "statistic": "mean_diff",
+         "value": claims_value if i == 0 else 0.1 * (i + 1), "ci_low": -0.5, "ci_high": 0.25 if i else -0.1,
+         "threshold": "CI excludes 0" if i == 0 else 5.5, "verdict": verdicts[i], "details": {}}
+        for i, key in enumerate(CLAIM_KEYS)]}
+    write_json(res / "claims.json", claims)
+    tables = res / "tables"
+    for t in TABLES:
+        write_text(tables / f"{t}.csv", "a,b\n1,2\n")
+        write_text(tables / f"{t}.tex", _tabular(["variant", "value"], [[r"\texttt{causal}", "$1.234$"]]))
+    # skip.csv as `ncn analyze skip` writes it: one row per (variant, size, seed, eps); the
+    # measured wall times apart in timing/skip_wall.csv.
+    grid = [(v, seed, e) for v in ("causal", "asrun") for seed in (0, 1) for e in (0.0, 0.05, 0.1, 0.3, 0.5)]
+    write_text(tables / "skip.csv", "variant,size,seed,eps,tokens,loss,ppl,skip_frac,ffn_flops_saved,delta_loss\n"
+               + "".join(f"{v},s,{seed},{e},576,{2.5 + e * e + 0.001 * seed},12.2,{e / 2},{e / 2},{e * e}\n"
+                         for v, seed, e in grid))
+    write_text(res / "timing" / "skip_wall.csv", "variant,size,seed,eps,wall_s,wall_ratio\n"
+               + "".join(f"{v},s,{seed},{e},0.01,{1 - e / 3}\n" for v, seed, e in grid))
+    # The claims table as the analysis might write it: a float wrapper with its own caption,
+    # underscores escaped; a wide runs table (scaled to the text width by \gentable).
+    claims_rows = [[str(c["id"]), c["key"].replace("_", r"\_"), f"${c['value']:.3f}$", c["verdict"]]
+                   for c in claims["claims"]]
+    write_text(tables / "claims.tex", "\\begin{table}[t]\n\\centering\n\\caption{ignored}\\label{tab:ignored}\n"
+               + _tabular(["id", "claim", "value", "verdict"], claims_rows) + "\\end{table}\n")
+    # A table far wider than the text: \gentable must scale it down (no overfull box).
+    wide = _tabular([f"column{i}" for i in range(24)], [[f"{i * 1.2345:.4f}" for i in range(24)]])
+    write_text(tables / "scaling.tex", wide)
+    (tables / "runs.tex").unlink()
+    for f in FIGURES:
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1, 2], [3, 2, 1.5])
+        ax.set_title(f)
+        (res / "figures").mkdir(parents=True, exist_ok=True)
+        fig.savefig(res / "figures" / f"{f}.pdf")
+        plt.close(fig)
+    return claims
+
+
+def run_numbers(root: Path) -> Path:
+    res = root / "results"
+    out = res / "paper" / "numbers.tex"
+    assert paper.main(["numbers", "--config", str(res / "config.json"), "--results", str(res), "--out", str(out),
+                       "--repo", str(root)]) == 0
+    return out
+
+
+def defined_macros(numbers_tex: str) -> set[str]:
+    return set(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}", numbers_tex))
+
+
+# ------------------------------------------------------------------------------------------------
+# fast tests: formatting, numbers.tex, the macro contract, the lint
+
+
+def test_macro_names_are_letters_only():
+    assert paper.macro_name("val loss", "causal", "paper18m") == "ValLossCausalPaperOneEightm"
+    assert paper.macro_name("size", "xs", "params", "none") == "SizeXsParamsNone"
+    with pytest.raises(NCNError):
+        paper.macro_name("!!")
+
+
+def test_formatting():
+    assert paper.tex_escape("a_b & 50% #1 $x$ {y} ~^\\") == (
+        r"a\_b \& 50\% \#1 \$x\$ \{y\} \textasciitilde{}\textasciicircum{}\textbackslash{}")
+    assert paper.fmt_fixed(-0.31274, 2) == "$-$0.31"
+    assert paper.fmt_fixed(0.0004, 2) == "0.00040"  # too small for the decimals: two significant digits
+    assert paper.fmt_fixed(float("nan")) == "n/a" and paper.fmt_fixed(None) == "n/a"
+    assert paper.fmt_sig(1234567) == "1,234,567" and paper.fmt_sig(0.012345) == "0.0123"
+    assert paper.fmt_sig(1.5e-7) == r"$1.50\times10^{-7}$"
+    assert paper.fmt_human(18_300_000) == "18.3M" and paper.fmt_int(520_000_000) == "520,000,000"
+    assert paper.fmt_duration(7300) == "2.03~h" and paper.fmt_duration(90) == "90.0~s"
+
+
+def test_numbers_from_fake_results(tmp_path):
+    claims = make_fake_results(tmp_path)
+    out = run_numbers(tmp_path)
+    text = out.read_text()
+    macros = defined_macros(text)
+    # One definition per name, every name letters only, every value on one line.
+    assert len(re.findall(r"\\newcommand", text)) == len(macros)
+    m = dict(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}$", text, flags=re.M))
+    assert m["Profile"] == "smoke" and m["GitCommit"] == "unknown"  # tmp_path is no git checkout
+    assert m["ClaimsTotal"] == "7" and m["ClaimsSupported"] == "3" and m["ClaimsInconclusive"] == "2"
+    assert m["ClaimOneValue"] == "$-$0.313" and m["ClaimOneVerdict"] == "supported"
+    assert m["ClaimTwoVerdict"] == "not supported"
+    assert m["ClaimOneText"] == r"claim ab\_beats\_baseline (with 50\% of a\_b \& c)"
+    # Largest size is "s"; causal - none = -0.1 + 0.003 per seed pair: paired CI has zero width.
+    loss = {v: [b - 0.2 + 0.01 * s + 0.003 * len(v) for s in (0, 1)] for v, b in (("none", 3.10), ("causal", 3.00))}
+    expect = sum(math.exp(c) - math.exp(b) for c, b in zip(loss["causal"], loss["none"])) / 2
+    assert m["DeltaPPLCausalLargest"] == paper.fmt_fixed(expect, 2)
+    assert m["ValLossNoneLargest"] == paper.fmt_fixed((2.912 + 2.922) / 2, 3)
+    assert m["LeakGap"] == "$-$0.250" and m["ConfidencePct"] == r"95\%" and m["LearningRate"] == "0.003"
+    assert m["VocabSize"] == "512" and m["DataTrainTokens"] == "61,234" and m["DataTrainSha"] == "ab" * 6
+    assert m["DataSource"].startswith(r"the local folder \texttt{")
+    assert m["DataTrainFrom"].replace(r"\allowbreak{}", "") == r"\texttt{/data/tiny\_stories/train.txt}"
+    assert m["BatchOrderIdentical"] == "identical"
+    assert m["WallTimeTotal"] == "4.17~min"  # 20 runs x 12.5 s
+    assert m["NumRunsFinished"] == "20"
+    # Skip: largest eps within 1% of eps=0 (2.5): 0.05 (2.5025) and 0.1 (2.51 > 2.525? no: 2.51 <= 2.525).
+    assert m["SkipEps"] == "0.1" and m["SkipFraction"] == r"5.0\%"
+    assert m["SkipWallRatio"] == paper.fmt_sig(1 - 0.1 / 3)  # joined from timing/skip_wall.csv
+    # Parameter counts from the config (meta device): the baseline is matched to causal within 0.5%.
+    pn, pc = (int(m[f"SizeSParams{v}"].replace(",", "")) for v in ("None", "Causal"))
+    assert abs(pn - pc) <= 0.005 * pc
+    assert (tmp_path / "results" / "paper" / "sizes_table.tex").read_text().count(r"\texttt{") >= 2
+    runs_tex = (tmp_path / "results" / "paper" / "runs_table.tex").read_text()
+    assert runs_tex.count(r"\\") == 1 + 20 and "2.922" in runs_tex  # header + one row per run
+    listing = (tmp_path / "results" / "paper" / "config_listing.tex").read_text()
+    assert listing.startswith(r"\begin{Verbatim}") and "profile: smoke" in listing
+    assert claims["claims"][0]["value"] == -0.3127
+
+
+def test_missing_optional_inputs_say_na_but_missing_claims_fail(tmp_path):
+    make_fake_results(tmp_path)
+    res = tmp_path / "results"
+    shutil.rmtree(res / "runs")
+    (res / "tables" / "skip.csv").unlink()
+    (res / "data" / "manifest.json").unlink()
+    m = dict(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}$", run_numbers(tmp_path).read_text(), flags=re.M))
+    assert m["ValPPLCausalLargest"] == "n/a" and m["SkipEps"] == "n/a" and m["DataSource"] == "n/a"
+    assert m["WallTimeTotal"] == "n/a" and m["ClaimOneVerdict"] == "supported"
+    (res / "claims.json").unlink()
+    with pytest.raises(NCNError, match="claims.json"):
+        run_numbers(tmp_path)
+
+
+def _used_macros() -> dict[str, list[str]]:
+    """Commands starting with an uppercase letter that paper/*.tex uses: ours, from numbers.tex."""
+    latex = {"LaTeX", "TeX", "Large", "LARGE", "Huge", "Delta", "Sigma", "Gamma", "Pr", "Rightarrow",
+             "Leftarrow", "L"}
+    used: dict[str, list[str]] = {}
+    for f in TEX_FILES:
+        body = re.sub(r"(?<!\\)%.*", "", f.read_text())
+        for name in re.findall(r"\\([A-Z][A-Za-z]*)", body):
+            if name not in latex:
+                used.setdefault(name, []).append(f.name)
+    return used
+
+
+def test_every_macro_the_paper_uses_is_generated(tmp_path):
+    make_fake_results(tmp_path)
+    defined = defined_macros(run_numbers(tmp_path).read_text())
+    used = _used_macros()
+    assert len(used) > 50  # the scan works: the prose quotes many numbers
+    missing = {k: v for k, v in used.items() if k not in defined}
+    assert not missing, f"macros used in paper/ but not written by `ncn paper numbers`: {missing}"
+
+
+# The hard-coded-number lint. Digits are allowed only where they are not numbers of ours:
+ORIGINAL_NUMBERS = {  # the original work's reported numbers and its init values (facts about it)
+    "1.5082", "4.5", "18M", "520M", "5.5", "0.70", "0.5",
+}
+NAMES_WITH_DIGITS = {"GPT-2", "SHA-256"}
+MATH_CONSTANTS = {"0", "1", "2", "0.01"}  # in formulas: (s-1)^2, 2 sigmoid, softplus + 0.01, ln 2
+SKIP_ARGS = r"(?:cite[pt]?|label|ref|eqref|autoref|input|include|includegraphics|usepackage|documentclass|" \
+            r"graphicspath|bibliography|bibliographystyle|genfigure|gentable|cmidrule|hypersetup|newsavebox|" \
+            r"setlength|vspace|hspace|resizebox|sbox|begin|end|(?:re)?newcommand|(?:re)?newenvironment)(?![A-Za-z])"
+
+
+def hardcoded_numbers(text: str) -> list[str]:
+    """Digit tokens in LaTeX source that are neither allowed constants nor in skipped contexts."""
+    t = re.sub(r"(?<!\\)%.*", "", text)  # comments
+    # Display math becomes inline math first (its \begin/\end are stripped below).
+    t = re.sub(r"\\begin\{(equation|align)\*?\}(.*?)\\end\{\1\*?\}", lambda mt: "$" + mt.group(2) + "$", t, flags=re.S)
+    t = re.sub(r"#\d", " ", t)  # macro parameters
+    t = re.sub(r"\\" + SKIP_ARGS + r"\*?(\[[^\]]*\]|\{[^{}]*\})*", " ", t)
+    t = re.sub(r"\[[^\]\n]*\]", lambda mt: mt.group(0) if re.search(r"\\[A-Z]", mt.group(0)) else " ", t)
+    t = re.sub(r"-?\d*\.?\d+\s*\\(?:linewidth|textwidth|textheight|columnwidth)", " ", t)
+    t = re.sub(r"\b\d*\.?\d+(?:pt|em|ex|cm|mm|in)\b", " ", t)
+    spans = [m.span() for m in re.finditer(r"\$[^$]*\$", t)]
+    bad = []
+    for m in re.finditer(r"[A-Za-z-]*\d[\d.,]*[A-Za-z%]*", t):
+        tok = m.group(0).rstrip(".,")
+        if tok in ORIGINAL_NUMBERS or tok in NAMES_WITH_DIGITS:
+            continue
+        if any(a <= m.start() < b for a, b in spans) and re.sub(r"[^\d.]", "", tok) in MATH_CONSTANTS:
+            continue
+        bad.append(tok)
+    return bad
+
+
+def test_no_hardcoded_numbers_in_the_prose():
+    found = {f.relative_to(PAPER).as_posix(): hardcoded_numbers(f.read_text()) for f in TEX_FILES}
+    found = {k: v for k, v in found.items() if v}
+    assert not found, f"numbers in paper/ that should be macros from numbers.tex: {found}"
+
+
+def test_no_macro_swallows_the_space_after_it():
+    """TeX drops the space after a control word: "\\ValLoss nats" prints "2.9nats". Write "\\ValLoss{} nats"."""
+    bad = []
+    for f in TEX_FILES:
+        body = re.sub(r"(?<!\\)%.*", "", f.read_text())
+        gobbled = re.finditer(r"\\[A-Z][A-Za-z]*(?:[ \t]*\n[ \t]*|[ \t]+)(?=[A-Za-z0-9(\\$\[])", body)
+        bad += [f"{f.name}: {m.group(0).strip()}" for m in gobbled]
+    assert not bad, bad
+
+
+def test_the_lint_catches_a_number():
+    assert hardcoded_numbers(r"The loss was 3.21 after 5 epochs \cite{x2020}.") == ["3.21", "5"]
+    assert hardcoded_numbers(r"as reported, 1.5082 \citep{ncn} at [width=0.5\linewidth] % 42") == []
+    assert hardcoded_numbers(r"$g = 2\sigma(z)$ and $\beta = 0.7$") == ["0.7"]
+    assert hardcoded_numbers("\\begin{equation} x^2 + 3 \\end{equation} \\citep[p.~4]{a1}") == ["3"]
+
+
+def test_check_log():
+    log = ("LaTeX Warning: Reference `fig:x' on page 3 undefined on input line 12.\n"
+           "Package natbib Warning: Citation `foo' on page 1 undefined on input line 4.\n"
+           "Overfull \\hbox (3.5pt too wide) in paragraph at lines 10--12\n"
+           "Overfull \\hbox (45.0pt too wide) in paragraph at lines 20--22\n")
+    errors, warnings = paper.check_log(log)
+    assert errors == ["undefined citation 'foo'", "undefined reference 'fig:x'"] and len(warnings) == 2
+    errors, _ = paper.check_log(log.split("\n", 2)[2], max_overfull_pt=20)
+    assert len(errors) == 1 and "45.0pt at lines 20--22" in errors[0]
+    assert paper.check_log("LaTeX Warning: There were undefined references.\n")[0]
+    assert paper.check_log("Output written on ncn.pdf (9 pages).\n") == ([], [])
+
+
+def test_check_command(tmp_path, capsys):
+    log = tmp_path / "ncn.log"
+    log.write_text("LaTeX Warning: Citation `nobody2020' on page 2 undefined on input line 7.\n")
+    with pytest.raises(NCNError, match="undefined citation 'nobody2020'"):
+        paper.main(["check", "--log", str(log)])
+    log.write_text("Overfull \\hbox (12.0pt too wide) in paragraph at lines 1--2\n")
+    assert paper.main(["check", "--log", str(log)]) == 0
+    assert "overfull" in capsys.readouterr().err
+    with pytest.raises(NCNError, match="more than 5"):
+        paper.main(["check", "--log", str(log), "--max-overfull-pt", "5"])
+    with pytest.raises(NCNError, match="not found"):
+        paper.main(["check", "--log", str(tmp_path / "missing.log")])
+
+
+# ------------------------------------------------------------------------------------------------
+# the build (slow): one latexmk run from the fake tree, shared by the assertions
+
+
+MAX_OVERFULL_PT = 10.0
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    if not HAVE_TEX:
+        pytest.skip("latexmk/pdflatex/bibtex/pdftotext not installed (make setup installs them)")
+    root = tmp_path_factory.mktemp("paper")
+    (root / "paper").symlink_to(PAPER, target_is_directory=True)
+    claims = make_fake_results(root)
+    run_numbers(root)
+    rc = paper.main(["build", "--root", str(root)])
+    assert rc == 0
+    pdf = root / "results" / "paper" / "ncn.pdf"
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    log = (root / "results" / "paper" / "build" / "ncn.log").read_text(errors="replace")
+    return {"root": root, "pdf": pdf, "text": text, "log": log, "claims": claims}
+
+
+@pytest.mark.slow
+def test_build_log_is_clean(built):
+    errors, warnings = paper.check_log(built["log"], max_overfull_pt=MAX_OVERFULL_PT)
+    assert not errors, errors
+    assert "LaTeX Error" not in built["log"]
+
+
+@pytest.mark.slow
+def test_pdf_has_claims_table_and_the_claims_numbers(built):
+    text = re.sub(r"\s+", " ", built["text"]).replace("\u2212", "-")
+    assert paper.CLAIMS_TABLE_HEADING in text
+    assert paper.CLAIMS_TABLE_HEADING in (PAPER / "sections" / "results.tex").read_text()
+    value = built["claims"]["claims"][0]["value"]
+    found = [float(x) for x in re.findall(r"-?\d+\.\d+", text)]
+    assert any(abs(x - value) <= 0.0005 + 1e-12 for x in found), f"{value} not in the PDF"
+    claims_path = built["root"] / "results" / "claims.json"
+    assert paper.verify_pdf(built["pdf"], claims_path) == []
+    # ...and the check can fail: a value the PDF does not show.
+    doc = json.loads(claims_path.read_text())
+    doc["claims"][0]["value"] = 987.654
+    bad = built["root"] / "bad_claims.json"
+    bad.write_text(json.dumps(doc))
+    assert paper.verify_pdf(built["pdf"], bad) == [f"claim 1: value 987.654 not found in {built['pdf']}"]
+    for verdict in ("supported", "not supported", "inconclusive"):
+        assert verdict in text
+
+
+@pytest.mark.slow
+def test_pdf_has_every_section_and_reference(built):
+    text = built["text"]
+    for heading in ("Abstract", "Background", "Methods", "Experimental setup", "Results", "Limitations",
+                    "Conclusions", "References", "Reproducibility"):
+        assert heading in text
+    assert "Perez" in text and "Raposo" in text and "Schuster" in text  # the bibliography was built
+    assert "profile: smoke" in text  # the config listing
+    assert "??" not in text  # no unresolved \ref
+
+
+@pytest.mark.slow
+def test_undefined_reference_fails_the_build(tmp_path):
+    if not HAVE_TEX:
+        pytest.skip("TeX not installed")
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper" / "ncn.tex").write_text(
+        "\\documentclass{article}\\begin{document}See~\\ref{nowhere}.\\end{document}\n")
+    with pytest.raises(NCNError, match="undefined reference 'nowhere'"):
+        paper.main(["build", "--root", str(tmp_path)])
+    assert not (tmp_path / "results" / "paper" / "ncn.pdf").exists()
