@@ -14,6 +14,7 @@ help:
 	@echo "make reproduce  setup, then 'snakemake --cores $(CORES)' (the default profile)"
 	@echo "make test       setup, then the whole pytest suite"
 	@echo "make smoke      setup, then the smoke profile (~3 min)"
+	@echo "make paper      rebuild results/paper/ncn.pdf (after editing paper/)"
 	@echo "make bench      speed benchmarks -> results/bench/"
 	@echo "make mlflow-ui  browse the runs at http://127.0.0.1:5000"
 
@@ -45,6 +46,9 @@ reproduce: setup
 
 smoke: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/smoke.yaml
+
+paper: setup
+	$(VENV)/bin/snakemake --cores $(CORES) --forcerun paper results/paper/ncn.pdf
 
 bench: setup
 	$(VENV)/bin/ncn bench model --out results/bench/model.csv

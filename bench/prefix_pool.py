@@ -1,4 +1,4 @@
-"""Micro-benchmark: the causal prefix pool alone, O(T) log-cumsum-exp vs O(T²) SDPA.
+"""Micro-benchmark: the causal prefix pool alone, O(T·C) chunked prefix softmax vs O(T²) SDPA.
 
 Forward+backward of `PrefixPool(causal=True)` at d_model 256, 2 heads, batch 16, for several
 sequence lengths; prints milliseconds per call (median). Used to choose `PREFIX_POOL_IMPL`.

@@ -99,7 +99,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--variants", nargs="+", default=list(M.VARIANTS), choices=M.VARIANTS,
                    help="variants to time; \"none\" (the baseline) is always included")
     m.add_argument("--pool-impl", default=M.PREFIX_POOL_IMPL, choices=["chunked", "sdpa"],
-                   help="causal prefix pool: O(T) log-cumsum-exp or O(T²) SDPA (default: %(default)s)")
+                   help="causal prefix pool: O(T·C) chunked prefix softmax or O(T²) SDPA (default: %(default)s)")
     m.add_argument("--batch", type=int, default=16)
     m.add_argument("--seq-len", type=int, default=256)
     m.add_argument("--d-model", type=int, default=256)

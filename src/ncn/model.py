@@ -34,8 +34,9 @@ Design choices where the description is silent:
     never receive a gradient); value and output projections have none either (a bias there
     is redundant with the next Linear's). The two MLP Linears have biases.
   * Trunk Linears have no biases (attention, FFN); the baseline and NCN variants share that.
-  * The causal prefix pool is computed in O(T) with a stable log-cumulative-sum-exp over the
-    sequence (see `PrefixPool`); generation updates running softmax sums in O(1) per token.
+  * The causal prefix pool is a chunked prefix softmax, O(T·C) with chunks of POOL_CHUNK and
+    stable for any score range (see `prefix_softmax_pool`); generation updates running softmax
+    sums in O(1) per token.
 """
 
 from __future__ import annotations
