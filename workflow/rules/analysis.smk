@@ -26,7 +26,8 @@ rule analysis_runs:
         metrics=[f"{d}/metrics.json" for d in ALL_RUNS],
         evals=[f"{d}/eval.json" for d in ALL_RUNS],
     output:
-        RUNS_TABLE,
+        table=RUNS_TABLE,
+        timing=f"{RES}/timing/runs.csv",
     params:
         runs=ALL_RUNS,
     log:
@@ -37,7 +38,7 @@ rule analysis_runs:
     conda:
         CONDA_ENV
     shell:
-        "ncn analyze runs --runs {params.runs} --out {output} > {log} 2>&1"
+        "ncn analyze runs --runs {params.runs} --out {output.table} --timing {output.timing} > {log} 2>&1"
 
 
 rule analysis_trace:

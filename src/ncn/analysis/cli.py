@@ -68,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     q = mk("runs")
     q.add_argument("--runs", nargs="+", required=True, metavar="RUN", help="run folders results/runs/V/S/seedN")
     q.add_argument("--out", default="results/tables/runs.csv", help="output CSV (default: %(default)s)")
+    q.add_argument("--timing", default="results/timing/runs.csv",
+                   help="measured wall times and throughput per run, kept out of --out so the table is "
+                        "byte-identical across reruns (default: %(default)s)")
 
     q = mk("trace")
     q.add_argument("--run", required=True, help="run folder holding model.pt (an NCN variant)")
@@ -121,8 +124,12 @@ def main(argv: list[str]) -> int:
         from ncn.analysis.runs import collect
         from ncn.analysis.tables import write_csv
 
+        from ncn.train import TIMING_KEYS
+
         df = collect(a.runs)
-        write_csv(df, a.out, float_format=None)
+        timing = [c for c in TIMING_KEYS if c in df]
+        write_csv(df.drop(columns=timing), a.out, float_format=None)
+        write_csv(df[["variant", "size", "seed", *timing]], a.timing, float_format=None)
         print(f"ncn analyze runs: {len(df)} runs -> {a.out}", file=sys.stderr)
         return 0
 
