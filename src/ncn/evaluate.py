@@ -74,10 +74,11 @@ def bits_per_byte(ce_sum_nats: float, n_scored: int, n_predictable: int, total_b
     return ce_sum_nats / math.log(2) / nbytes, nbytes
 
 
-def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, threads: int = 1) -> dict:
+def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, threads: int = 1,
+             config_source: str = "--config") -> dict:
     from ncn.data import load_meta, open_split
     from ncn.model import load_model
-    from ncn.runs import check_data_matches, data_dir_of, pick_device, require_finished, run_config
+    from ncn.runs import check_config_matches, check_data_matches, data_dir_of, pick_device, require_finished, run_config
 
     run_dir = Path(run_dir)
     metrics = require_finished(run_dir)
@@ -85,13 +86,14 @@ def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, th
         rc = run_config(run_dir)
         if rc is None:
             raise NCNError(f"{run_dir}/config.json is missing; pass --config")
-        cfg = rc["config"]
+        cfg, config_source = rc["config"], f"{run_dir}/config.json"
     torch.set_num_threads(threads)
     data_dir = data_dir_of(run_dir, data)
     meta = load_meta(data_dir)
     device = pick_device(cfg["train"]["device"])
     model, payload = load_model(run_dir / "model.pt", map_location=device)
     check_data_matches(payload, meta, run_dir / "model.pt", data_dir)
+    check_config_matches(cfg, payload, run_dir / "model.pt", config_source)
     model.to(device).eval()
     tokens = open_split(data_dir, "valid", meta)
     bs, T, cap = cfg["eval"]["batch_size"], model.cfg.block_size, cfg["eval"]["max_tokens"]
@@ -135,7 +137,7 @@ def main(argv: list[str]) -> int:
         from ncn.config import load_config
 
         cfg = load_config(a.config)
-    out = evaluate(Path(a.run), a.data, cfg, a.threads)
+    out = evaluate(Path(a.run), a.data, cfg, a.threads, config_source=a.config or "--config")
     print(f"{a.run}: val_loss {out['val_loss']:.4f}  ppl {out['val_ppl']:.2f}  bpb {out['val_bpb']:.4f}  "
           f"({out['val_tokens']} tokens)")
     return 0

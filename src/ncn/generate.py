@@ -9,6 +9,7 @@ after the end-of-text token, as a story in the training stream does.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -27,10 +28,11 @@ def load_tokenizer(data_dir: Path):
     return Tokenizer.from_file(str(path))
 
 
-def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, threads: int = 1) -> dict:
+def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, threads: int = 1,
+             config_source: str = "--config") -> dict:
     from ncn.data import load_meta
     from ncn.model import load_model
-    from ncn.runs import check_data_matches, data_dir_of, pick_device, require_finished, run_config
+    from ncn.runs import check_config_matches, check_data_matches, data_dir_of, pick_device, require_finished, run_config
 
     run_dir = Path(run_dir)
     require_finished(run_dir)
@@ -38,12 +40,13 @@ def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, th
         rc = run_config(run_dir)
         if rc is None:
             raise NCNError(f"{run_dir}/config.json is missing; pass --config")
-        cfg = rc["config"]
+        cfg, config_source = rc["config"], f"{run_dir}/config.json"
     g = cfg["generate"]
     torch.set_num_threads(threads)
     data_dir = data_dir_of(run_dir, data)
     device = pick_device(cfg["train"]["device"])
     model, payload = load_model(run_dir / "model.pt", map_location=device)
+    check_config_matches(cfg, payload, run_dir / "model.pt", config_source)
     model.to(device).eval()
     eot = None
     if (data_dir / "meta.json").exists():
@@ -62,6 +65,11 @@ def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, th
         ids = ([eot] if eot is not None else []) + tok.encode(prompt).ids
         if not ids:
             raise NCNError(f"generate.prompts[{i}] is empty after tokenization")
+        if len(ids) > model.cfg.block_size:
+            # the model slides its window (model.generate crops to the last block_size tokens)
+            print(f"ncn generate: note: generate.prompts[{i}] is {len(ids)} tokens, longer than the model's "
+                  f"context (block_size {model.cfg.block_size}); the sample is conditioned on its last "
+                  f"{model.cfg.block_size} tokens", file=sys.stderr)
         gen = torch.Generator(device=device).manual_seed(g["seed"] + i)
         idx = torch.tensor([ids], dtype=torch.long, device=device)
         t0 = time.perf_counter()
@@ -102,7 +110,7 @@ def main(argv: list[str]) -> int:
         from ncn.config import load_config
 
         cfg = load_config(a.config)
-    out = generate(Path(a.run), cfg, a.data, a.threads)
+    out = generate(Path(a.run), cfg, a.data, a.threads, config_source=a.config or "--config")
     for s in out["samples"]:
         print(f"--- {s['tokens_per_s']:.0f} tokens/s\n{s['text']}")
     return 0

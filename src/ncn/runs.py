@@ -44,11 +44,38 @@ def check_data_matches(payload: dict, meta: dict, model_path: Path, data_dir: Pa
     v_model, v_data = payload["model_config"]["vocab_size"], int(meta["vocab_size"])
     if v_model != v_data:
         raise NCNError(f"vocabulary mismatch: {model_path} has vocab_size {v_model} but {data_dir}/meta.json has "
-                       f"{v_data}; evaluate with the data the run was trained on (--data)")
+                       f"{v_data}; use the data folder the run was trained on (omit --data, or pass that folder)")
     a, b = payload.get("tokenizer_sha256"), meta.get("tokenizer_sha256")
     if a and b and a != b:
         raise NCNError(f"tokenizer mismatch: {model_path} was trained with tokenizer {a[:12]}… but {data_dir} "
                        f"was tokenized with {b[:12]}…; use the run's own data folder (--data)")
+
+
+# The fields of a size definition that shape the trained model. d_ff is left out for the baseline
+# "none", whose d_ff is not the config's but matched to the reference NCN's parameter count.
+SHAPE_FIELDS = ("block_size", "d_model", "n_layer", "n_head", "d_ff")
+
+
+def check_config_matches(cfg: dict, payload: dict, model_path: Path, source: str) -> None:
+    """Refuse a config that describes the run's size differently from its checkpoint.
+
+    Evaluation and sampling always use the checkpoint's own shape (its context is block_size:
+    the position table has no more rows), so a config asking for another context (or width,
+    depth, heads) is a mistake: the numbers would silently belong to another model than the
+    config says. Only the run's own size is compared; a config that does not define it is fine.
+    """
+    size = payload.get("size")
+    sd = cfg.get("size_defs", {}).get(size) if size is not None else None
+    if sd is None:
+        return
+    have = payload["model_config"]
+    fields = [f for f in SHAPE_FIELDS if not (f == "d_ff" and have.get("ncn") == "none")]
+    diff = [f"size_defs.{size}.{f} is {sd[f]} in {source} but {have[f]} in {model_path}"
+            for f in fields if f in sd and f in have and sd[f] != have[f]]
+    if diff:
+        what = "context mismatch" if any(".block_size " in d for d in diff) else "model mismatch"
+        raise NCNError(f"{what}: {'; '.join(diff)}. The run was trained with its checkpoint's shape: use the "
+                       f"run's own config (omit --config) or retrain the run with this config")
 
 
 def pick_device(pref: str = "auto") -> torch.device:

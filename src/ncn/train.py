@@ -27,7 +27,9 @@ checkpoints, logs, metrics and MLflow; checkpoints are the same in any N (resume
 run in 1 process). Dropout masks differ between ranks (rank r>0 reseeds from seed, step, r).
 
 Faults for tests: NCN_FAULT_NAN_AT_STEP=k poisons the loss of step k with NaN;
-NCN_FAULT_KILL_AT_STEP=k sends SIGKILL to the process after step k (and its checkpoint).
+NCN_FAULT_KILL_AT_STEP=k sends SIGKILL to the process after step k (and its checkpoint);
+NCN_FAULT_STEP_DELAY_S=x sleeps x seconds after every step (the numbers are unchanged), so a
+test can kill a tiny run from outside between two checkpoints.
 """
 
 from __future__ import annotations
@@ -179,7 +181,34 @@ def pick_device(pref: str, d: Dist) -> torch.device:
 # ---- the run -----------------------------------------------------------------------------------
 
 
-def train(cfg: dict, variant: str, size: str, seed: int, run_dir: Path, data_dir: Path, threads: int = 1) -> dict | None:
+def _check_finished_settings(cfg: dict, variant: str, size: str, run_dir: Path, source: str) -> None:
+    """A finished run is left alone only if it was trained with the settings `cfg` asks for
+    (model shape, context, and the train settings that change the numbers); otherwise
+    "nothing to do" would pass off the old model as the one the config describes."""
+    rc_path = run_dir / "config.json"
+    if not rc_path.exists():
+        return
+    rc = read_json(rc_path)
+    if "model_config" not in rc or "train" not in rc:
+        return
+    size_def(cfg, size)  # names the defined sizes if `size` is not one
+    want_model = dataclasses.asdict(model_config(cfg, variant, size, int(rc["model_config"]["vocab_size"])))
+    want_train = {k: v for k, v in train_settings(cfg, size).items() if k not in _NOT_IN_FINGERPRINT}
+    have_train = {k: v for k, v in rc["train"].items() if k not in _NOT_IN_FINGERPRINT}
+    plain = lambda x: json.loads(json.dumps(x))  # noqa: E731 - tuples vs lists, as stored
+    diffs = [f"model.{k} {plain(rc['model_config'].get(k))} in the run, {v} asked"
+             for k, v in plain(want_model).items() if plain(rc["model_config"].get(k)) != v]
+    diffs += [f"train.{k} {have_train.get(k)} in the run, {v} asked"
+              for k, v in plain(want_train).items() if plain(have_train.get(k)) != v]
+    if diffs:
+        more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""
+        raise NCNError(f"{run_dir} is already finished but was trained with other settings than {source}: "
+                       f"{'; '.join(diffs[:4])}{more}. Delete {run_dir} (or choose another --out) to train "
+                       f"with these settings")
+
+
+def train(cfg: dict, variant: str, size: str, seed: int, run_dir: Path, data_dir: Path, threads: int = 1,
+          config_source: str = "the config") -> dict | None:
     """Train (or resume, or skip a finished) run; returns metrics.json's content."""
     run_dir = Path(run_dir)
     metrics_path = run_dir / "metrics.json"
@@ -190,6 +219,7 @@ def train(cfg: dict, variant: str, size: str, seed: int, run_dir: Path, data_dir
             theirs = {k: done.get(k) for k in identity}
             if theirs != identity:
                 raise NCNError(f"{run_dir} holds a finished run of {theirs}, not {identity}; choose another --out")
+            _check_finished_settings(cfg, variant, size, run_dir, config_source)
             print(f"ncn train: {run_dir} is already finished (metrics.json); nothing to do", file=sys.stderr)
             return done
 
@@ -326,6 +356,7 @@ def _train(cfg, s, meta, tokens, mcfg, identity, run_dir, data_dir, threads, d: 
     order = WindowOrder(seed, n_win)
     local_micro = list(range(d.rank, ga, d.world))
     nan_at, kill_at = _env_int("NCN_FAULT_NAN_AT_STEP"), _env_int("NCN_FAULT_KILL_AT_STEP")
+    step_delay = float(os.environ.get("NCN_FAULT_STEP_DELAY_S") or 0.0)
     model.train()
     t_session = time.perf_counter()
     t_row, tokens_row = t_session, 0
@@ -409,6 +440,8 @@ def _train(cfg, s, meta, tokens, mcfg, identity, run_dir, data_dir, threads, d: 
                     tracker.flush()
             if kill_at == step:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if step_delay:
+                time.sleep(step_delay)
     except BaseException:
         if d.main:
             tracker.fail()
@@ -485,5 +518,5 @@ def main(argv: list[str]) -> int:
         raise NCNError(f"--threads must be at least 1, got {a.threads}")
     setup_logging()
     cfg = load_config(a.config)
-    train(cfg, a.variant, a.size, a.seed, Path(a.out), Path(a.data), threads=a.threads)
+    train(cfg, a.variant, a.size, a.seed, Path(a.out), Path(a.data), threads=a.threads, config_source=a.config)
     return 0
