@@ -113,7 +113,7 @@ def build_tree(tmp: Path) -> dict:
                 torch.manual_seed(seed)
                 mcfg = model_config(cfg, v, size, meta["vocab_size"])
                 model = Transformer(mcfg)
-                torch.save(model_payload(model, variant=v, size=size, seed=seed, tokenizer_sha256="x",
+                torch.save(model_payload(model, variant=v, size=size, seed=seed, tokenizer_sha256=sha256_file(data / "tokenizer.json"),
                                          step=40, tokens=10240), run / "model.pt")
                 loss = base_loss[v] - 0.2 * si + 0.01 * seed + (0.003 * seed if v == "causal" else 0.0)
                 common = {"variant": v, "size": size, "seed": seed, "n_params": model.num_params(),

@@ -64,6 +64,7 @@ def skip_table(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: in
 
     from ncn.data import load_meta, open_split
     from ncn.model import load_model
+    from ncn.runs import check_config_matches, check_data_matches
 
     torch.set_num_threads(threads)
     model, payload = load_model(Path(run_dir) / "model.pt")
@@ -71,6 +72,8 @@ def skip_table(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: in
         raise NCNError(f"{run_dir}: variant 'none' has no gate to skip on; pass an NCN run")
     a = cfg["analysis"]
     meta = load_meta(data_dir)
+    check_data_matches(payload, meta, Path(run_dir) / "model.pt", Path(data_dir))
+    check_config_matches(cfg, payload, Path(run_dir) / "model.pt", "the config")
     x, y = windows(open_split(data_dir, "valid", meta), model.cfg.block_size, a["skip_max_tokens"])
     bs = cfg["eval"]["batch_size"]
     eps_grid = sorted(set(float(e) for e in a["skip_eps"]) | {0.0})

@@ -130,16 +130,17 @@ def trace_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int
 
     from ncn.data import load_meta
     from ncn.model import load_model
+    from ncn.runs import check_config_matches, check_data_matches
 
     torch.set_num_threads(threads)
     model, payload = load_model(Path(run_dir) / "model.pt")
     if model.cfg.ncn == "none":
         raise NCNError(f"{run_dir}: variant 'none' has no signals to trace; trace an NCN variant")
     meta = load_meta(data_dir)
+    # The same refusals as `ncn evaluate`: another tokenizer/vocabulary or model shape than the run's.
+    check_data_matches(payload, meta, Path(run_dir) / "model.pt", Path(data_dir))
+    check_config_matches(cfg, payload, Path(run_dir) / "model.pt", "the config")
     tokenizer = load_tokenizer(data_dir)
-    if tokenizer.get_vocab_size() > model.cfg.vocab_size:
-        raise NCNError(f"{data_dir}/tokenizer.json has {tokenizer.get_vocab_size()} tokens but the model "
-                       f"{run_dir} was trained with vocab_size {model.cfg.vocab_size}: wrong data folder?")
     word = cfg["analysis"]["probe_word"]
     frames = []
     sents = sentences_for(cfg, data_dir, tokenizer, meta)
