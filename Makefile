@@ -57,4 +57,4 @@ mlflow-ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
-	rm -rf results/data results/runs results/traces results/tables results/figures results/paper results/logs results/benchmarks results/claims.json results/mlflow.db .snakemake
+	rm -rf results/data results/runs results/traces results/tables results/figures results/timing results/paper results/logs results/benchmarks results/claims.json results/mlflow.db results/mlflow.ready results/config.json results/report.html .snakemake

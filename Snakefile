@@ -1,13 +1,23 @@
 # NCN replication pipeline. `snakemake --cores all` reproduces everything (config/default.yaml);
-# other profiles: `snakemake --cores all --configfile config/smoke.yaml`.
+# other profiles: `snakemake --cores all --configfile config/smoke.yaml` (or config/paper.yaml).
 from snakemake.utils import min_version, validate
+
+from ncn.config import validate as ncn_validate
 
 min_version("9.0")
 
 
-configfile: "config/default.yaml"
+# A --configfile *replaces* the default profile. (Snakemake would otherwise deep-merge it into
+# config/default.yaml, leaking the default sizes and settings into the other profiles.)
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/default.yaml"
 
 
+# A bad key or type fails here, before any job runs: first ncn's validator (one line naming the
+# key, e.g. "invalid value at 'train': ... ('lrr' was unexpected)", plus the cross-field checks:
+# sizes defined, heads divide width, ...), then Snakemake's own against the same schema.
+ncn_validate(config, source=", ".join(map(str, workflow.overwrite_configfiles)) or "config/default.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -17,6 +27,17 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/paper.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+# On a cluster these run on the submitting node, not as batch jobs: creating the MLflow store
+# takes seconds, and compute nodes often have no network for the hub download.
+localrules:
+    all,
+    mlflow_init,
+    fetch_data,
 
 
 rule all:
