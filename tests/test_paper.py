@@ -10,10 +10,17 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from ncn import paper
+from ncn.analysis import ab, leak, scaling, skip, tables
+from ncn.analysis import claims as claims_stage
+from ncn.analysis import cli as analysis_cli
+from ncn.analysis.runs import load_runs_table
 from ncn.config import load_config
 from ncn.errors import NCNError
 from ncn.fileio import write_json, write_text
@@ -23,20 +30,38 @@ PAPER = REPO / "paper"
 TEX_FILES = sorted(PAPER.rglob("*.tex"))
 HAVE_TEX = all(shutil.which(t) for t in ("latexmk", "pdflatex", "bibtex", "pdftotext"))
 
-TABLES = ("runs", "ab", "scaling", "skip", "leak", "claims")  # runs: csv only (the paper makes its own)
 FIGURES = ("loss_curves", "scaling", "brainscan", "brainscan_dev", "skip_tradeoff")
-CLAIM_KEYS = ("ab_beats_baseline", "baseline_ppl_above_threshold", "layer_specialisation", "phasic_but",
-              "homeostatic_gain", "gamma_gates", "asrun_leak")
+SKIP_EPS = (0.0, 0.05, 0.1, 0.3, 0.5)
 
 
 # ------------------------------------------------------------------------------------------------
-# a fake results tree (the shapes of docs/architecture.md, made-up values)
+# a fake results tree: every file in its producer's format (docs/architecture.md), made-up values
 
 
-def _tabular(header, rows):
-    lines = [r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
-    lines += [" & ".join(str(c) for c in r) + r" \\" for r in rows]
-    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
+def fake_skip_table(run, *_):
+    """Stands in for skip.skip_table (which needs a model): the same columns, made-up values."""
+    variant, seed = run
+    loss = np.array([2.5 + e * e + 0.001 * seed for e in SKIP_EPS])
+    return pd.DataFrame({"variant": variant, "size": "s", "seed": seed, "eps": SKIP_EPS, "tokens": 576,
+                         "loss": loss, "ppl": np.exp(loss), "skip_frac": np.array(SKIP_EPS) / 2,
+                         "ffn_flops_saved": np.array(SKIP_EPS) / 2, "delta_loss": loss - loss[0],
+                         "wall_s": [0.01 * (1 - e / 3) for e in SKIP_EPS], "wall_ratio": [1 - e / 3 for e in SKIP_EPS]})
+
+
+def fake_claims(claims_value: float) -> dict:
+    """claims.compute's document with made-up values; claims 3, 5 and 6 have no interval, as there."""
+    verdicts = ["supported", "not supported", "inconclusive", "supported", "not supported", "inconclusive",
+                "supported"]
+    claims = []
+    for i, (key, _) in claims_stage.CLAIM_TEXT.items():
+        no_ci = i in (3, 5, 6)
+        claims.append({
+            "id": i, "key": key, "claim": f"claim {key} (with 50% of a_b & c)", "variant": "causal", "size": "s",
+            "statistic": f"statistic of {key}", "threshold": "CI entirely below 0" if i == 1 else "p < 0.05",
+            "value": claims_value if i == 1 else 0.1 * i, "ci_low": math.nan if no_ci else -0.5,
+            "ci_high": math.nan if no_ci else -0.1 if i == 1 else 0.25, "verdict": verdicts[i - 1], "details": {}})
+    return {"profile": "smoke", "size": "s", "ncn_variant": "causal", "confidence": 0.95, "tokenizer_kind": "bpe",
+            "claims": claims}
 
 
 def make_fake_results(root: Path, claims_value: float = -0.3127) -> dict:
@@ -49,70 +74,66 @@ def make_fake_results(root: Path, claims_value: float = -0.3127) -> dict:
     res = root / "results"
     cfg = load_config(REPO / "config" / "smoke.yaml")
     write_json(res / "config.json", cfg)
+    # manifest.json as `ncn data fetch` writes it (bytes: the text file), meta.json as `ncn data
+    # tokenize` does (bytes: the story text without separator lines, so fewer).
     write_json(res / "data" / "manifest.json", {
-        "source": "local:/data/tiny_stories", "val_split": "official",
-        "train": {"file": "train.txt", "from": "/data/tiny_stories/train.txt", "sha256": "ab" * 32, "bytes": 200_000,
-                  "stories": 221},
-        "valid": {"file": "valid.txt", "from": "/data/tiny_stories/valid.txt", "sha256": "cd" * 32, "bytes": 794_375,
-                  "stories": None}})
+        "source": "local:/data/tiny_stories", "val_split": "official", "val_tail_fraction": None,
+        "max_train_bytes": 200_000, "max_train_stories": None,
+        "train": {"file": "train.txt", "from": "/data/tiny_stories/train.txt", "verbatim": False,
+                  "sha256": "ab" * 32, "bytes": 199_980, "stories": 221},
+        "valid": {"file": "valid.txt", "from": "/data/tiny_stories/valid.txt", "verbatim": True,
+                  "sha256": "cd" * 32, "bytes": 794_375, "stories": None}})
     write_json(res / "data" / "meta.json", {
         "dtype": "uint16", "vocab_size": 512, "eot_id": 0, "tokenizer_kind": "bpe", "tokenizer_sha256": "ef" * 32,
-        "val_split": "official",
-        "train": {"file": "train.bin", "tokens": 61_234, "bytes": 200_000, "stories": 221},
-        "valid": {"file": "valid.bin", "tokens": 240_100, "bytes": 794_375, "stories": None}})
+        "val_split": "official", "source": "local:/data/tiny_stories",
+        "train": {"file": "train.bin", "tokens": 61_234, "bytes": 196_442, "stories": 221, "text_sha256": "ab" * 32},
+        "valid": {"file": "valid.bin", "tokens": 240_100, "bytes": 794_375, "stories": None,
+                  "text_sha256": "cd" * 32}})
     base = {"none": 3.10, "asrun": 2.90, "causal": 3.00, "tonic": 3.05, "static": 3.08}
+    run_dirs = []
     for v in cfg["variants"]:
         for si, s in enumerate(cfg["sizes"]):
             for seed in cfg["seeds"]:
                 loss = base[v] - 0.2 * si + 0.01 * seed + 0.003 * len(v)
                 d = res / "runs" / v / s / f"seed{seed}"
+                run_dirs.append(str(d))
                 write_json(d / "metrics.json", {
                     "variant": v, "size": s, "seed": seed, "profile": "smoke", "steps": 64, "tokens": 16384,
-                    "epochs": 0.27, "final_loss": loss + 0.1, "final_ce": loss + 0.1, "final_reg": 0.001,
-                    "reg_init": 0.002, "reg_final": 0.001, "wall_time_s": 12.5, "tokens_per_s": 1310.0,
-                    "n_params": 40_000 + 1000 * si, "n_params_non_embedding": 20_000, "device": "cpu",
-                    "batch_order_sha256": f"hash-{s}-{seed}", "finished": True})
+                    "epochs": 0.27, "tokens_per_step": 256, "final_loss": loss + 0.1, "final_ce": loss + 0.1,
+                    "final_reg": 0.001, "reg_init": 0.002, "reg_final": 0.001, "n_params": 40_000 + 1000 * si,
+                    "n_params_non_embedding": 20_000 + 1000 * si, "batch_order_sha256": f"hash-{s}-{seed}",
+                    "device": "cpu", "dtype": "float32", "wall_time_s": 12.5, "tokens_per_s": 1310.7,
+                    "resumed_at_steps": [], "finished": True})
                 write_json(d / "eval.json", {
                     "variant": v, "size": s, "seed": seed, "val_loss": loss, "val_ppl": math.exp(loss),
                     "val_bpb": loss * 240_100 / (794_375 * math.log(2)), "val_tokens": 8192, "val_bytes": 27_000,
-                    "n_params": 40_000 + 1000 * si, "n_params_non_embedding": 20_000, "max_tokens": 8192,
+                    "val_ce_sum_nats": loss * 8192, "n_params": 40_000 + 1000 * si,
+                    "n_params_non_embedding": 20_000 + 1000 * si, "max_tokens": 8192, "device": "cpu",
                     "val_loss_prefix_pool": loss + 0.25 if v == "asrun" else None})
-    verdicts = ["supported", "not supported", "inconclusive", "supported", "not supported", "inconclusive",
-                "supported"]
-    claims = {"profile": "smoke", "claims": [
-        {"id": i + 1, "key": key, "claim": f"claim {key} (with 50% of a_b & c)", "statistic": "mean_diff",
-         "value": claims_value if i == 0 else 0.1 * (i + 1), "ci_low": -0.5, "ci_high": 0.25 if i else -0.1,
-         "threshold": "CI excludes 0" if i == 0 else 5.5, "verdict": verdicts[i], "details": {}}
-        for i, key in enumerate(CLAIM_KEYS)]}
-    write_json(res / "claims.json", claims)
-    tables = res / "tables"
-    for t in TABLES:
-        write_text(tables / f"{t}.csv", "a,b\n1,2\n")
-        write_text(tables / f"{t}.tex", _tabular(["variant", "value"], [[r"\texttt{causal}", "$1.234$"]]))
-    # skip.csv as `ncn analyze skip` writes it: one row per (variant, size, seed, eps); the
-    # measured wall times apart in timing/skip_wall.csv.
-    grid = [(v, seed, e) for v in ("causal", "asrun") for seed in (0, 1) for e in (0.0, 0.05, 0.1, 0.3, 0.5)]
-    write_text(tables / "skip.csv", "variant,size,seed,eps,tokens,loss,ppl,skip_frac,ffn_flops_saved,delta_loss\n"
-               + "".join(f"{v},s,{seed},{e},576,{2.5 + e * e + 0.001 * seed},12.2,{e / 2},{e / 2},{e * e}\n"
-                         for v, seed, e in grid))
-    write_text(res / "timing" / "skip_wall.csv", "variant,size,seed,eps,wall_s,wall_ratio\n"
-               + "".join(f"{v},s,{seed},{e},0.01,{1 - e / 3}\n" for v, seed, e in grid))
-    # The claims table as the analysis might write it: a float wrapper with its own caption,
-    # underscores escaped; a wide runs table (scaled to the text width by \gentable).
-    claims_rows = [[str(c["id"]), c["key"].replace("_", r"\_"), f"${c['value']:.3f}$", c["verdict"]]
-                   for c in claims["claims"]]
-    write_text(tables / "claims.tex", "\\begin{table}[t]\n\\centering\n\\caption{ignored}\\label{tab:ignored}\n"
-               + _tabular(["id", "claim", "value", "verdict"], claims_rows) + "\\end{table}\n")
+    # tables/, timing/ and claims.json from the analysis stage's own writers; stubbed are only
+    # the parts that need models, traces or train logs (skip_table, claims.compute, the figures).
+    tdir, fdir = res / "tables", res / "figures"
+    analysis_cli.main(["runs", "--runs", *run_dirs, "--out", str(tdir / "runs.csv"),
+                       "--timing", str(res / "timing" / "runs.csv")])
+    runs = load_runs_table(tdir / "runs.csv")
+    with (mock.patch.object(ab, "loss_curves"), mock.patch.object(scaling, "scaling_figure"),
+          mock.patch.object(skip, "skip_table", fake_skip_table), mock.patch.object(skip, "tradeoff_figure"),
+          mock.patch.object(claims_stage, "compute", return_value=fake_claims(claims_value))):
+        ab.run(runs, cfg, tdir, fdir)
+        scaling.run(runs, cfg, tdir, fdir)
+        leak.run(runs, cfg, tdir)
+        # two seeds per variant (the pipeline skips one): the paper averages over seeds
+        skip.run([(v, seed) for v in ("causal", "asrun") for seed in (0, 1)], cfg, None, tdir, fdir)
+        claims = claims_stage.run(runs, {}, cfg, {}, None, res / "claims.json", tdir / "claims.tex")
     # A table far wider than the text: \gentable must scale it down (no overfull box).
-    wide = _tabular([f"column{i}" for i in range(24)], [[f"{i * 1.2345:.4f}" for i in range(24)]])
-    write_text(tables / "scaling.tex", wide)
-    (tables / "runs.tex").unlink()
+    wide = tables.booktabs([f"column{i}" for i in range(24)], [[f"{i * 1.2345:.4f}" for i in range(24)]], "r" * 24)
+    write_text(tdir / "scaling.tex", wide)
     for f in FIGURES:
         fig, ax = plt.subplots(figsize=(3, 2))
         ax.plot([0, 1, 2], [3, 2, 1.5])
         ax.set_title(f)
-        (res / "figures").mkdir(parents=True, exist_ok=True)
-        fig.savefig(res / "figures" / f"{f}.pdf")
+        fdir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(fdir / f"{f}.pdf")
         plt.close(fig)
     return claims
 
@@ -127,6 +148,10 @@ def run_numbers(root: Path) -> Path:
 
 def defined_macros(numbers_tex: str) -> set[str]:
     return set(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}", numbers_tex))
+
+
+def macro_values(numbers_tex: Path) -> dict[str, str]:
+    return dict(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}$", numbers_tex.read_text(), flags=re.M))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -159,7 +184,7 @@ def test_numbers_from_fake_results(tmp_path):
     macros = defined_macros(text)
     # One definition per name, every name letters only, every value on one line.
     assert len(re.findall(r"\\newcommand", text)) == len(macros)
-    m = dict(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}$", text, flags=re.M))
+    m = macro_values(out)
     assert m["Profile"] == "smoke" and m["GitCommit"] == "unknown"  # tmp_path is no git checkout
     assert m["ClaimsTotal"] == "7" and m["ClaimsSupported"] == "3" and m["ClaimsInconclusive"] == "2"
     assert m["ClaimOneValue"] == "$-$0.313" and m["ClaimOneVerdict"] == "supported"
@@ -172,13 +197,17 @@ def test_numbers_from_fake_results(tmp_path):
     assert m["ValLossNoneLargest"] == paper.fmt_fixed((2.912 + 2.922) / 2, 3)
     assert m["LeakGap"] == "$-$0.250" and m["ConfidencePct"] == r"95\%" and m["LearningRate"] == "0.003"
     assert m["VocabSize"] == "512" and m["DataTrainTokens"] == "61,234" and m["DataTrainSha"] == "ab" * 6
+    # Bytes: the tokenized story text (meta.json, the bits-per-byte denominator), not the file's.
+    assert m["DataTrainBytes"] == "196,442" and m["DataTrainStories"] == "221" and m["DataValidStories"] == "n/a"
     assert m["DataSource"].startswith(r"the local folder \texttt{")
     assert m["DataTrainFrom"].replace(r"\allowbreak{}", "") == r"\texttt{/data/tiny\_stories/train.txt}"
     assert m["BatchOrderIdentical"] == "identical"
     assert m["WallTimeTotal"] == "4.17~min"  # 20 runs x 12.5 s
+    assert m["TokensPerSecondBaselineLargest"] == "1,311"  # 1310.7, rounded
+    assert m["ClaimThreeCI"] == "no interval" and m["ClaimOneCI"].endswith("[$-$0.500, $-$0.100]")
     assert m["NumRunsFinished"] == "20"
     # Skip: largest eps within 1% of eps=0 (2.5): 0.05 (2.5025) and 0.1 (2.51 > 2.525? no: 2.51 <= 2.525).
-    assert m["SkipEps"] == "0.1" and m["SkipFraction"] == r"5.0\%"
+    assert m["SkipEps"] == "0.1" and m["SkipFraction"] == r"5.0\%" and m["SkipFlopsSaved"] == r"5.0\%"
     assert m["SkipWallRatio"] == paper.fmt_sig(1 - 0.1 / 3)  # joined from timing/skip_wall.csv
     # Parameter counts from the config (meta device): the baseline is matched to causal within 0.5%.
     pn, pc = (int(m[f"SizeSParams{v}"].replace(",", "")) for v in ("None", "Causal"))
@@ -195,11 +224,15 @@ def test_missing_optional_inputs_say_na_but_missing_claims_fail(tmp_path):
     make_fake_results(tmp_path)
     res = tmp_path / "results"
     shutil.rmtree(res / "runs")
+    for f in ("data/manifest.json", "data/meta.json", "timing/skip_wall.csv"):
+        (res / f).unlink()
+    m = macro_values(run_numbers(tmp_path))
+    assert m["ValPPLCausalLargest"] == "n/a" and m["DataSource"] == "n/a" and m["DataTrainTokens"] == "n/a"
+    assert m["VocabSize"] == "n/a" and m["SizeSParamsNone"] == "n/a"  # the counts need the vocabulary
+    assert m["WallTimeTotal"] == "n/a" and m["NumRunsFinished"] == "0" and m["ClaimOneVerdict"] == "supported"
+    assert m["SkipEps"] == "0.1" and m["SkipWallRatio"] == "n/a"  # only the measured times are missing
     (res / "tables" / "skip.csv").unlink()
-    (res / "data" / "manifest.json").unlink()
-    m = dict(re.findall(r"\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}$", run_numbers(tmp_path).read_text(), flags=re.M))
-    assert m["ValPPLCausalLargest"] == "n/a" and m["SkipEps"] == "n/a" and m["DataSource"] == "n/a"
-    assert m["WallTimeTotal"] == "n/a" and m["ClaimOneVerdict"] == "supported"
+    assert macro_values(run_numbers(tmp_path))["SkipEps"] == "n/a"
     (res / "claims.json").unlink()
     with pytest.raises(NCNError, match="claims.json"):
         run_numbers(tmp_path)

@@ -8,14 +8,16 @@ the PDF always says what the results say. Subcommands:
   build    latexmk paper/ncn.tex in results/paper/build/, check the log, copy the PDF
   check    fail on undefined references/citations (and, optionally, wide overfull boxes)
 
-Missing optional inputs (a table, a run, the data manifest) make their macros read "n/a";
-a missing results/claims.json is an error, because the paper is about those verdicts.
+Each input is read as its producer writes it (docs/architecture.md); aggregates come from the
+analysis stage's own functions, so the prose and the tables cannot disagree. Missing optional
+inputs (skip.csv, a run without metrics.json or eval.json, the data's manifest.json or
+meta.json) make their macros read "n/a"; a missing results/claims.json is an error, because the
+paper is about those verdicts.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.metadata
 import math
 import os
@@ -26,11 +28,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from ncn.analysis.runs import VARIANT_ORDER as VARIANTS
+from ncn.analysis.tables import escape as tex_escape
 from ncn.errors import NCNError
 from ncn.fileio import read_json, write_bytes, write_text
 
 NA = "n/a"
-VARIANTS = ("none", "asrun", "causal", "tonic", "static")
 PACKAGES = ("torch", "snakemake", "mlflow", "tokenizers", "datasets", "numpy", "pandas", "scipy")
 # The original work's own reported scale (its README): an 18M-parameter model trained for one
 # epoch of TinyStories (~520M GPT-2 tokens). Used only to state our scale relative to it.
@@ -39,21 +44,11 @@ ORIGINAL_TOKENS = 520e6
 # Block skipping: the largest eps whose validation loss is within this fraction of eps = 0.
 SKIP_LOSS_TOLERANCE = 0.01
 LISTING_WIDTH = 96  # characters per line of the \footnotesize config listing on the page
-CLAIM_MIN_IDS = 7  # the analysis issue's seven claims: their macros exist even if a claim is absent
 DIGIT_WORDS = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
 
 
 # ------------------------------------------------------------------------------------------------
 # formatting
-
-
-def tex_escape(text) -> str:
-    """Plain text -> LaTeX text (the ten special characters escaped)."""
-    specials = {
-        "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    }
-    return "".join(specials.get(ch, ch) for ch in str(text))
 
 
 def tex_path(text) -> str:
@@ -85,10 +80,8 @@ def macro_name(*parts) -> str:
 
 
 def _finite(x) -> bool:
-    try:
-        return x is not None and not isinstance(x, bool) and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
+    """A number to print; None (JSON null) and NaN (an empty CSV cell, a missing run) read n/a."""
+    return x is not None and math.isfinite(x)
 
 
 def _minus(s: str) -> str:
@@ -107,10 +100,6 @@ def fmt_fixed(x, decimals: int = 3) -> str:
 
 def fmt_sig(x, sig: int = 3) -> str:
     """About `sig` significant digits, no exponent unless tiny: 0.01234, 1.23, 123, 12,346."""
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, str):
-        return tex_escape(x)
     if not _finite(x):
         return NA
     x = float(x)
@@ -140,7 +129,8 @@ def fmt_cfg(x) -> str:
 
 
 def fmt_int(x) -> str:
-    return _minus(f"{int(x):,}") if _finite(x) else NA
+    """Rounded to an integer, thousands separated: 1310.4 -> 1,310."""
+    return _minus(f"{round(float(x)):,}") if _finite(x) else NA
 
 
 def fmt_human(x) -> str:
@@ -215,47 +205,75 @@ class Numbers:
         return "\n".join(lines) + "\n"
 
 
-def _read_json_opt(path: Path):
+# ------------------------------------------------------------------------------------------------
+# inputs: each read as its producer writes it (docs/architecture.md)
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON file, or {} when it does not exist (its macros then read n/a)."""
     if not path.exists():
-        return None
+        return {}
     try:
         return read_json(path)
     except ValueError as e:
         raise NCNError(f"{path}: not valid JSON ({e})") from None
 
 
-def _read_csv_opt(path: Path) -> list[dict] | None:
-    if not path.exists():
-        return None
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+def _load_runs(cfg: dict, results: Path) -> pd.DataFrame:
+    """One row per configured run that is trained and evaluated: metrics.json + eval.json merged
+    by the analysis stage's own collector, so the paper and the tables see the same records."""
+    from ncn.analysis.runs import LEAD, collect
+
+    dirs = [results / "runs" / v / s / f"seed{seed}" for v in cfg["variants"] for s in cfg["sizes"]
+            for seed in cfg["seeds"]]
+    dirs = [d for d in dirs if (d / "metrics.json").exists() and (d / "eval.json").exists()]
+    if not dirs:  # nothing trained yet: no rows, and the columns read below, so their macros read n/a
+        return pd.DataFrame(columns=[*LEAD, "epochs", "device", "batch_order_sha256", "wall_time_s", "tokens_per_s"])
+    return collect(dirs)
 
 
-def _skip_rows(results: Path) -> list[dict] | None:
-    """skip.csv joined with the measured wall times (results/timing/skip_wall.csv, kept apart so
-    the table CSV is byte-identical across reruns)."""
-    rows = _read_csv_opt(results / "tables" / "skip.csv")
-    timing = _read_csv_opt(results / "timing" / "skip_wall.csv") or []
-    key = ("variant", "size", "seed", "eps")
-    walls = {tuple(t.get(k) for k in key): t for t in timing}
-    for r in rows or []:
-        t = walls.get(tuple(r.get(k) for k in key), {})
-        r.update({k: v for k, v in t.items() if k not in key})
-    return rows
+def _row(df: pd.DataFrame, **key) -> dict:
+    """The row of a table with these column values, or {} when there is none (its macros read n/a)."""
+    if df.empty:
+        return {}
+    for col, value in key.items():
+        df = df[df[col] == value]
+    return df.iloc[0].to_dict() if len(df) else {}
 
 
-def _dig(obj, *paths):
-    """The first value found along any of the key paths (tolerates both nestings of a manifest)."""
-    for path in paths:
-        cur = obj
-        for key in path:
-            if not isinstance(cur, dict) or key not in cur:
-                cur = None
-                break
-            cur = cur[key]
-        if cur is not None:
-            return cur
-    return None
+def _half_width(row: dict, prefix: str):
+    """Half the width of a table row's t-interval ({prefix}ci_low, {prefix}ci_high), or None."""
+    low, high = row.get(f"{prefix}ci_low"), row.get(f"{prefix}ci_high")
+    return (high - low) / 2 if _finite(low) and _finite(high) else None
+
+
+def _skip_choice(results: Path, variant: str | None, size: str) -> dict:
+    """The block-skipping row of `variant` at `size` at the largest eps whose loss is within
+    SKIP_LOSS_TOLERANCE of the dense loss (eps = 0, always in the grid), averaged over seeds.
+
+    tables/skip.csv holds the deterministic columns; the measured wall times are in
+    timing/skip_wall.csv (`ncn analyze skip` writes both), joined here on (variant, size, seed, eps).
+    """
+    skip_csv, wall_csv = results / "tables" / "skip.csv", results / "timing" / "skip_wall.csv"
+    if not skip_csv.exists():
+        return {}
+    names = {"variant": str, "size": str}  # a size named "1" is still a name
+    df = pd.read_csv(skip_csv, dtype=names)
+    if wall_csv.exists():
+        df = df.merge(pd.read_csv(wall_csv, dtype=names), on=["variant", "size", "seed", "eps"], how="left")
+    else:
+        df["wall_ratio"] = math.nan
+    df = df[(df["variant"] == variant) & (df["size"] == size)]
+    by_eps = df.groupby("eps")[["loss", "delta_loss", "skip_frac", "ffn_flops_saved", "wall_ratio"]].mean()
+    if by_eps.empty:
+        return {}
+    dense = by_eps.loc[0.0, "loss"]
+    within = by_eps[by_eps["delta_loss"] <= SKIP_LOSS_TOLERANCE * dense]
+    return {"eps": within.index[-1], "loss_dense": dense, **within.iloc[-1].to_dict()}
+
+
+# ------------------------------------------------------------------------------------------------
+# provenance, environment, parameter counts
 
 
 def git_info(cwd: Path) -> tuple[str, str]:
@@ -284,28 +302,22 @@ def cpu_model() -> str:
 
 
 def gpu_name() -> str:
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            n = torch.cuda.device_count()
-            return f"{n}$\\times$ {tex_escape(torch.cuda.get_device_name(0))}" if n > 1 else tex_escape(
-                torch.cuda.get_device_name(0))
-    except ImportError:
-        pass
-    return "none"
+    if not torch.cuda.is_available():
+        return "none"
+    n, name = torch.cuda.device_count(), tex_escape(torch.cuda.get_device_name(0))
+    return f"{n}$\\times$ {name}" if n > 1 else name
 
 
-def describe_source(src) -> str:
-    """manifest "source" ("local:/path" or "hub:name") in words."""
-    if not src:
+def describe_source(src: str | None) -> str:
+    """manifest.json "source" in words: "local:/folder" or "hub:name" (`ncn data fetch`)."""
+    if src is None:
         return NA
-    kind, _, rest = str(src).partition(":")
-    if kind == "local" and rest:
+    kind, _, rest = src.partition(":")
+    if kind == "local":
         return rf"the local folder \texttt{{{tex_path(rest)}}}"
-    if kind == "hub" and rest:
-        return rf"the Hugging Face hub (\texttt{{{tex_path(rest)}}})"
-    return rf"\texttt{{{tex_path(src)}}}"
+    return rf"the Hugging Face hub (\texttt{{{tex_path(rest)}}})"
 
 
 def _version(pkg: str) -> str:
@@ -315,129 +327,48 @@ def _version(pkg: str) -> str:
         return NA
 
 
-def _size_params(cfg: dict, vocab_size) -> dict:
-    """size -> {variant: (n_params, n_params_non_embedding, d_ff)} from the config alone
+def _size_params(cfg: dict, vocab_size: int | None) -> dict:
+    """size -> {variant: (n_params, d_ff)} from the config and the tokenizer's vocabulary
     (counted on the meta device, so even the paper profile's large sizes cost nothing)."""
-    if not _finite(vocab_size):
+    if vocab_size is None:
         return {}
-    import torch
-
     from ncn.config import model_config
-    from ncn.model import Transformer, count_params
+    from ncn.model import count_params
 
     out = {}
     for size in cfg["sizes"]:
         out[size] = {}
         for variant in VARIANTS:
-            mc = model_config(cfg, variant, size, int(vocab_size))
-            with torch.device("meta"):
-                non_emb = Transformer(mc).num_params(non_embedding=True)
-            out[size][variant] = (count_params(mc), non_emb, mc.d_ff)
+            mc = model_config(cfg, variant, size, vocab_size)
+            out[size][variant] = (count_params(mc), mc.d_ff)
     return out
 
 
-def _load_runs(cfg: dict, results: Path) -> dict:
-    """(variant, size, seed) -> merged metrics.json + eval.json of each run that exists."""
-    runs = {}
-    for v in cfg["variants"]:
-        for s in cfg["sizes"]:
-            for seed in cfg["seeds"]:
-                d = results / "runs" / v / s / f"seed{seed}"
-                m = _read_json_opt(d / "metrics.json")
-                e = _read_json_opt(d / "eval.json")
-                if m is None and e is None:
-                    continue
-                runs[(v, s, seed)] = {**(e or {}), **(m or {}), "_has_eval": e is not None}
-    return runs
-
-
-def _per_seed(runs, variant, size, key) -> dict:
-    out = {}
-    for (v, s, seed), r in runs.items():
-        if v == variant and s == size and _finite(r.get(key)):
-            out[seed] = float(r[key])
-    return out
-
-
-def _pick(row: dict, *names):
-    """The first column of a CSV row whose name matches one of the regexes."""
-    for pat in names:
-        for col in row:
-            if re.fullmatch(pat, col.strip(), flags=re.I):
-                return col
-    return None
-
-
-def _skip_numbers(rows, cfg, largest, ref) -> dict:
-    """The block-skipping trade-off at the chosen eps (see SKIP_LOSS_TOLERANCE)."""
-    out = dict.fromkeys(("eps", "loss", "loss0", "dloss", "frac", "flops", "wall"), None)
-    if not rows:
-        return out
-    vcol, scol = _pick(rows[0], "variant"), _pick(rows[0], "size")
-    if vcol and ref is not None:
-        rows = [r for r in rows if r[vcol] == ref] or rows
-    if scol:
-        rows = [r for r in rows if r[scol] == largest] or rows
-    ecol = _pick(rows[0], "eps", "epsilon")
-    lcol = _pick(rows[0], "val_loss", "loss", "ce", "val_loss_mean", "loss_mean")
-    fcol = _pick(rows[0], "skip_frac", "skipped_frac.*", "skip_fraction", "frac.*skip.*", "skipped.*", "skip.*")
-    flcol = _pick(rows[0], "ffn_flops_saved.*", ".*flops.*")
-    wcol = _pick(rows[0], "wall_time_ratio", "wall_ratio", ".*wall.*", ".*time.*ratio.*")
-    if not (ecol and lcol):
-        return out
-
-    def num(r, c):
-        try:
-            return float(r[c]) if c and r.get(c) not in (None, "") else math.nan
-        except ValueError:
-            return math.nan
-
-    # Several rows per eps (seeds): average them.
-    by_eps: dict[float, list] = {}
-    for r in rows:
-        if _finite(num(r, ecol)):
-            by_eps.setdefault(num(r, ecol), []).append(r)
-    if not by_eps:
-        return out
-
-    def mean(rs, c):
-        vals = [num(r, c) for r in rs if _finite(num(r, c))]
-        return sum(vals) / len(vals) if vals else math.nan
-
-    eps_sorted = sorted(by_eps)
-    loss0 = mean(by_eps[eps_sorted[0]], lcol)
-    chosen = eps_sorted[0]
-    for e in eps_sorted:
-        loss = mean(by_eps[e], lcol)
-        if _finite(loss) and _finite(loss0) and loss <= loss0 * (1 + SKIP_LOSS_TOLERANCE):
-            chosen = e
-    rs = by_eps[chosen]
-    loss = mean(rs, lcol)
-    out.update(eps=chosen, loss=loss, loss0=loss0, dloss=loss - loss0, frac=mean(rs, fcol),
-               flops=mean(rs, flcol), wall=mean(rs, wcol))
-    return out
+# ------------------------------------------------------------------------------------------------
+# every macro
 
 
 def build_numbers(cfg: dict, results: Path, repo: Path) -> tuple[Numbers, dict]:
     """Every macro the paper quotes. Returns (numbers, context for the side tables)."""
+    from ncn import __version__
+    from ncn.analysis.ab import ab_table
+    from ncn.analysis.leak import leak_table
     from ncn.analysis.runs import largest_size, primary_ncn, sizes_by_scale
-    from ncn.analysis.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, paired_differences, t_interval
+    from ncn.analysis.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 
     claims_path = results / "claims.json"
     if not claims_path.exists():
         raise NCNError(f"{claims_path} not found: the paper reports the claims' verdicts; run 'ncn analyze claims' "
                        "(or 'snakemake --cores all') first")
-    claims_doc = read_json(claims_path)
-    if not isinstance(claims_doc, dict) or not isinstance(claims_doc.get("claims"), list):
-        raise NCNError(f"{claims_path}: expected an object with a 'claims' list (docs/architecture.md)")
+    claims = _read_json(claims_path)["claims"]
+    manifest = _read_json(results / "data" / "manifest.json")
+    meta = _read_json(results / "data" / "meta.json")
+    runs = _load_runs(cfg, results)
 
     n = Numbers()
     conf = float(cfg["analysis"]["confidence"])
     largest = largest_size(cfg)
     ref = primary_ncn(cfg)
-    manifest = _read_json_opt(results / "data" / "manifest.json") or {}
-    meta = _read_json_opt(results / "data" / "meta.json") or {}
-    runs = _load_runs(cfg, results)
 
     # -- provenance ---------------------------------------------------------------------------
     n.group("provenance and environment")
@@ -446,49 +377,38 @@ def build_numbers(cfg: dict, results: Path, repo: Path) -> tuple[Numbers, dict]:
     n.add("GitCommit", tex_escape(commit))
     n.add("GitState", state)
     n.add("VersionPython", platform.python_version())
-    from ncn import __version__
-
     n.add("VersionNcn", __version__)
     for pkg in PACKAGES:
         n.add(macro_name("version", pkg), tex_escape(_version(pkg)))
     n.add("HardwareCPU", tex_escape(cpu_model()))
     n.add("HardwareCores", str(os.cpu_count() or NA))
     n.add("HardwareGPU", gpu_name())
-    devices = sorted({str(r.get("device")) for r in runs.values() if r.get("device")})
-    n.add("TrainDevice", tex_escape(", ".join(devices)) if devices else NA)
+    n.add("TrainDevice", fmt_list(sorted(runs["device"].unique()), tex_escape))
     configfile = f"config/{cfg['profile']}.yaml"
     cmd = "snakemake --cores all" + ("" if cfg["profile"] == "default" else f" --configfile {configfile}")
     n.add("ReproCommand", tex_escape(cmd))
     n.add("ConfigFile", tex_path(configfile))
 
-    # -- data and tokenizer -------------------------------------------------------------------
+    # -- data and tokenizer: the text files (manifest.json), the tokens (meta.json) -------------
     n.group("data and tokenizer")
-    src = _dig(manifest, ("source",), ("origin",))
-    if isinstance(src, dict):
-        src = _dig(src, ("kind",), ("type",), ("name",)) or ", ".join(f"{k}: {v}" for k, v in sorted(src.items()))
-    n.add("DataSource", describe_source(src))
-    n.add("DataValSplit", tex_escape(meta.get("val_split") or cfg["data"]["val_split"]).replace("\\_", " "))
+    n.add("DataSource", describe_source(manifest.get("source")))
+    n.add("DataValSplit", tex_escape(cfg["data"]["val_split"]).replace("\\_", " "))
     for split in ("train", "valid"):
         S = split.capitalize()
-        sha = _dig(manifest, (split, "sha256"), ("sha256", split), ("files", split, "sha256"), (f"{split}_sha256",))
-        mbytes = _dig(manifest, (split, "bytes"), ("bytes", split), ("files", split, "bytes"), (f"{split}_bytes",))
-        stories = _dig(meta, (split, "stories")) or _dig(manifest, (split, "stories"), ("stories", split))
-        tokens = _dig(meta, (split, "tokens"))
-        tbytes = _dig(meta, (split, "bytes")) or mbytes
-        origin = _dig(manifest, (split, "from"))
-        n.add(f"Data{S}From", rf"\texttt{{{tex_path(origin)}}}" if origin else NA)
-        n.add(f"Data{S}Sha", tex_escape(str(sha)[:12]) if sha else NA)
-        n.add(f"Data{S}Bytes", fmt_int(tbytes))
-        n.add(f"Data{S}Size", fmt_bytes(tbytes))
-        n.add(f"Data{S}Tokens", fmt_int(tokens))
-        n.add(f"Data{S}TokensHuman", fmt_human(tokens))
-        n.add(f"Data{S}Stories", fmt_int(stories))
-    tok = cfg["tokenizer"]
-    kind = meta.get("tokenizer_kind") or tok["kind"]
-    n.add("TokenizerKind", {"bpe": "byte-level BPE", "gpt2": "GPT-2 BPE"}.get(kind, tex_escape(kind)))
-    vocab = meta.get("vocab_size") or (tok["vocab_size"] if kind == "bpe" else None)
+        text, tokens = manifest.get(split, {}), meta.get(split, {})
+        n.add(f"Data{S}From", rf"\texttt{{{tex_path(text['from'])}}}" if text else NA)
+        n.add(f"Data{S}Sha", text["sha256"][:12] if text else NA)
+        # meta.json counts the story text that was tokenized (bytes: the denominator of bits-per-byte)
+        n.add(f"Data{S}Bytes", fmt_int(tokens.get("bytes")))
+        n.add(f"Data{S}Size", fmt_bytes(tokens.get("bytes")))
+        n.add(f"Data{S}Tokens", fmt_int(tokens.get("tokens")))
+        n.add(f"Data{S}TokensHuman", fmt_human(tokens.get("tokens")))
+        n.add(f"Data{S}Stories", fmt_int(tokens.get("stories")))  # null for a separator-less stream: n/a
+    kind = cfg["tokenizer"]["kind"]
+    n.add("TokenizerKind", {"bpe": "byte-level BPE", "gpt2": "GPT-2 BPE"}[kind])
+    vocab = meta.get("vocab_size")  # the trained tokenizer's, which may fall short of the configured one
     n.add("VocabSize", fmt_int(vocab))
-    n.add("TokenizerSha", tex_escape(str(meta.get("tokenizer_sha256"))[:12]) if meta.get("tokenizer_sha256") else NA)
+    n.add("TokenizerSha", meta["tokenizer_sha256"][:12] if meta else NA)
 
     # -- design: sizes, seeds, budget -----------------------------------------------------------
     n.group("design")
@@ -499,30 +419,24 @@ def build_numbers(cfg: dict, results: Path, repo: Path) -> tuple[Numbers, dict]:
     n.add("NumSeeds", str(len(cfg["seeds"])))
     n.add("SeedList", fmt_list(cfg["seeds"]))
     n.add("NumRuns", str(len(cfg["variants"]) * len(cfg["sizes"]) * len(cfg["seeds"])))
-    n.add("NumRunsFinished", str(sum(1 for r in runs.values() if r.get("finished") and r["_has_eval"])))
+    # Every loaded run is finished (train writes metrics.json last) and evaluated.
+    n.add("NumRunsFinished", str(len(runs)))
     # Same data order: within a (size, seed) every variant must report the same batch-order hash.
-    groups: dict[tuple, set] = {}
-    for (v, s, seed), r in runs.items():
-        if r.get("batch_order_sha256"):
-            groups.setdefault((s, seed), set()).add(r["batch_order_sha256"])
-    n.add("BatchOrderIdentical", NA if not groups else
-          "identical" if all(len(h) == 1 for h in groups.values()) else "not identical")
+    orders = runs.groupby(["size", "seed"])["batch_order_sha256"].nunique()
+    n.add("BatchOrderIdentical", NA if orders.empty else "identical" if (orders == 1).all() else "not identical")
     n.add("LargestSize", rf"\texttt{{{tex_escape(largest)}}}")
     n.add("RefVariant", rf"\texttt{{{tex_escape(ref)}}}" if ref else NA)
     n.add("BaselineReference", rf"\texttt{{{tex_escape(cfg['ncn_reference'])}}}")
     tr, m = cfg["train"], cfg["model"]
-    n.add("TokenBudget", fmt_int(tr["tokens"]) if tr["tokens"] else NA)
-    n.add("TokenBudgetHuman", fmt_human(tr["tokens"]) if tr["tokens"] else NA)
-    n.add("EpochBudget", fmt_cfg(tr["epochs"]) if tr["tokens"] is None and tr["epochs"] else NA)
-    largest_runs = [r for (v, s, _), r in runs.items() if s == largest]
-    trained = [r["tokens"] for r in largest_runs if _finite(r.get("tokens"))]
-    epochs = [r["epochs"] for r in largest_runs if _finite(r.get("epochs"))]
-    steps = [r["steps"] for r in largest_runs if _finite(r.get("steps"))]
-    n.add("TokensTrained", fmt_int(max(trained)) if trained else NA)
-    n.add("TokensTrainedHuman", fmt_human(max(trained)) if trained else NA)
-    n.add("EpochsTrained", fmt_sig(max(epochs)) if epochs else NA)
-    n.add("StepsTrained", fmt_int(max(steps)) if steps else NA)
-    n.add("TokensVsOriginal", fmt_pct(max(trained) / ORIGINAL_TOKENS, 2) if trained else NA)
+    n.add("TokenBudget", fmt_int(tr["tokens"]))
+    n.add("TokenBudgetHuman", fmt_human(tr["tokens"]))
+    n.add("EpochBudget", fmt_cfg(tr["epochs"]) if tr["tokens"] is None else NA)
+    big = runs[runs["size"] == largest]
+    n.add("TokensTrained", fmt_int(big["tokens"].max()))
+    n.add("TokensTrainedHuman", fmt_human(big["tokens"].max()))
+    n.add("EpochsTrained", fmt_sig(big["epochs"].max()))
+    n.add("StepsTrained", fmt_int(big["steps"].max()))
+    n.add("TokensVsOriginal", fmt_pct(big["tokens"].max() / ORIGINAL_TOKENS, 2))
     sd = cfg["size_defs"][largest]
     n.add("TokensPerStep", fmt_int(tr["micro_batch"] * tr["grad_accum"] * sd["block_size"]))
     n.add("LearningRate", fmt_cfg(tr["lr"]))
@@ -557,101 +471,87 @@ def build_numbers(cfg: dict, results: Path, repo: Path) -> tuple[Numbers, dict]:
         for variant in VARIANTS:
             p = params.get(size, {}).get(variant)
             n.add(macro_name("size", size, "params", variant), fmt_int(p[0]) if p else NA)
-    for variant in VARIANTS:
-        p = params.get(largest, {}).get(variant)
-        n.add(macro_name("params", variant, "largest"), fmt_int(p[0]) if p else NA)
-        n.add(macro_name("params", variant, "largest", "human"), fmt_human(p[0]) if p else NA)
     pl = params.get(largest, {})
-    n.add("DffBaselineLargest", fmt_int(pl["none"][2]) if pl else NA)
+    for variant in VARIANTS:
+        n.add(macro_name("params", variant, "largest"), fmt_int(pl[variant][0]) if pl else NA)
+        n.add(macro_name("params", variant, "largest", "human"), fmt_human(pl[variant][0]) if pl else NA)
+    n.add("DffBaselineLargest", fmt_int(pl["none"][1]) if pl else NA)
     n.add("DffLargest", fmt_int(sd["d_ff"]))
     n.add("ParamsVsOriginal", fmt_sig(pl[ref or "causal"][0] / ORIGINAL_PARAMS, 2) if pl else NA)
 
-    # -- validation metrics: mean and CI over seeds, per size and variant ------------------------
+    # -- validation metrics and the A/B, from the analysis stage's own A/B table ----------------
+    ab = ab_table(runs, cfg)
+    metrics = (("loss", "ValLoss", 3), ("ppl", "ValPPL", 2), ("bpb", "ValBPB", 3))
     n.group(f"validation metrics, mean over seeds (PM = half-width of the {fmt_sig(100 * conf)}% t-interval)")
-    metrics = (("val_loss", "ValLoss", 3), ("val_ppl", "ValPPL", 2), ("val_bpb", "ValBPB", 3))
     for size in cfg["sizes"]:
         for variant in VARIANTS:
-            for key, stem, dec in metrics:
-                iv = t_interval(_per_seed(runs, variant, size, key).values(), conf)
-                n.add(macro_name("size", size, stem, variant), fmt_fixed(iv.mean, dec))
+            row = _row(ab, size=size, variant=variant)
+            for short, stem, dec in metrics:
+                n.add(macro_name("size", size, stem, variant), fmt_fixed(row.get(f"{short}_mean"), dec))
     for variant in VARIANTS:
-        for key, stem, dec in metrics:
-            iv = t_interval(_per_seed(runs, variant, largest, key).values(), conf)
-            n.add(macro_name(stem, variant, "largest"), fmt_fixed(iv.mean, dec))
-            n.add(macro_name(stem, variant, "largest", "PM"), fmt_fixed(iv.half, dec))
+        row = _row(ab, size=largest, variant=variant)
+        for short, stem, dec in metrics:
+            n.add(macro_name(stem, variant, "largest"), fmt_fixed(row.get(f"{short}_mean"), dec))
+            n.add(macro_name(stem, variant, "largest", "PM"), fmt_fixed(_half_width(row, f"{short}_"), dec))
 
-    # -- paired differences vs the baseline at the largest size -----------------------------------
     n.group("variant - baseline, paired by seed, largest size (negative: the variant is better)")
     for variant in VARIANTS[1:]:
-        for key, stem, dec in (("val_ppl", "DeltaPPL", 2), ("val_loss", "DeltaLoss", 3), ("val_bpb", "DeltaBPB", 3)):
-            _, d = paired_differences(_per_seed(runs, variant, largest, key), _per_seed(runs, "none", largest, key))
-            iv = t_interval(d, conf)
-            n.add(macro_name(stem, variant, "largest"), fmt_fixed(iv.mean, dec))
-            n.add(macro_name(stem, variant, "largest", "CILow"), fmt_fixed(iv.low, dec))
-            n.add(macro_name(stem, variant, "largest", "CIHigh"), fmt_fixed(iv.high, dec))
-            n.add(macro_name(stem, variant, "largest", "N"), str(iv.n))
+        row = _row(ab, size=largest, variant=variant)
+        for short, stem, dec in (("ppl", "DeltaPPL", 2), ("loss", "DeltaLoss", 3), ("bpb", "DeltaBPB", 3)):
+            n.add(macro_name(stem, variant, "largest"), fmt_fixed(row.get(f"d{short}_mean"), dec))
+            n.add(macro_name(stem, variant, "largest", "CILow"), fmt_fixed(row.get(f"d{short}_ci_low"), dec))
+            n.add(macro_name(stem, variant, "largest", "CIHigh"), fmt_fixed(row.get(f"d{short}_ci_high"), dec))
+            n.add(macro_name(stem, variant, "largest", "N"), fmt_int(row.get("n_pairs", 0)))
 
-    # -- the asrun leak, from eval.json (full vs prefix-only pooling) --------------------------
+    # -- the asrun leak, from the analysis stage's own leak table --------------------------------
     n.group("the future-token leak of asrun, largest size: val loss full - prefix-only pooling (negative: it leaks)")
-    full = _per_seed(runs, "asrun", largest, "val_loss")
-    prefix = _per_seed(runs, "asrun", largest, "val_loss_prefix_pool")
-    _, gap = paired_differences(full, prefix)
-    iv = t_interval(gap, conf)
-    n.add("LeakLossFull", fmt_fixed(t_interval(full.values(), conf).mean, 3))
-    n.add("LeakLossPrefix", fmt_fixed(t_interval(prefix.values(), conf).mean, 3))
-    n.add("LeakGap", fmt_fixed(iv.mean, 3))
-    n.add("LeakGapCILow", fmt_fixed(iv.low, 3))
-    n.add("LeakGapCIHigh", fmt_fixed(iv.high, 3))
+    leak = _row(leak_table(runs, cfg), size=largest)
+    n.add("LeakLossFull", fmt_fixed(leak.get("loss_full_mean"), 3))
+    n.add("LeakLossPrefix", fmt_fixed(leak.get("loss_prefix_mean"), 3))
+    n.add("LeakGap", fmt_fixed(leak.get("leak_mean"), 3))
+    n.add("LeakGapCILow", fmt_fixed(leak.get("leak_ci_low"), 3))
+    n.add("LeakGapCIHigh", fmt_fixed(leak.get("leak_ci_high"), 3))
 
-    # -- wall time --------------------------------------------------------------------------
+    # -- wall time (metrics.json) -----------------------------------------------------------------
     n.group("training wall time (sum over runs; differs between reruns)")
-    walls = [float(r["wall_time_s"]) for r in runs.values() if _finite(r.get("wall_time_s"))]
-    n.add("WallTimeTotal", fmt_duration(sum(walls)) if walls else NA)
-    n.add("WallTimeTotalSeconds", fmt_int(round(sum(walls))) if walls else NA)
-    tps = [float(r["tokens_per_s"]) for r in largest_runs
-           if r.get("variant") == "none" and _finite(r.get("tokens_per_s"))]
-    n.add("TokensPerSecondBaselineLargest", fmt_int(round(sum(tps) / len(tps))) if tps else NA)
+    wall = runs["wall_time_s"].sum(min_count=1)  # NaN, not 0, without runs
+    n.add("WallTimeTotal", fmt_duration(wall))
+    n.add("WallTimeTotalSeconds", fmt_int(wall))
+    n.add("TokensPerSecondBaselineLargest", fmt_int(big.loc[big["variant"] == "none", "tokens_per_s"].mean()))
 
-    # -- claims --------------------------------------------------------------------------------
+    # -- claims -------------------------------------------------------------------------------
     n.group("claims (results/claims.json)")
-    claims = {}
-    for c in claims_doc["claims"]:
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int):
-            raise NCNError(f"{claims_path}: every claim needs an integer 'id' (got {c!r:.80})")
-        claims[c["id"]] = c
-    verdicts = [c.get("verdict") for c in claims.values()]
+    verdicts = [c["verdict"] for c in claims]
     n.add("ClaimsTotal", str(len(claims)))
     n.add("ClaimsSupported", str(verdicts.count(SUPPORTED)))
     n.add("ClaimsNotSupported", str(verdicts.count(NOT_SUPPORTED)))
     n.add("ClaimsInconclusive", str(verdicts.count(INCONCLUSIVE)))
-    for cid in sorted(set(range(1, CLAIM_MIN_IDS + 1)) | set(claims)):
-        c = claims.get(cid, {})
-        stem = macro_name("claim", DIGIT_WORDS[cid] if cid < 10 else str(cid))
-        n.add(stem + "Verdict", tex_escape(c.get("verdict") or NA))
-        n.add(stem + "Value", fmt_sig(c.get("value")))
-        n.add(stem + "CILow", fmt_sig(c.get("ci_low")))
-        n.add(stem + "CIHigh", fmt_sig(c.get("ci_high")))
-        has_ci = _finite(c.get("ci_low")) and _finite(c.get("ci_high"))
+    for c in claims:
+        stem = macro_name("claim", c["id"])
+        n.add(stem + "Verdict", c["verdict"])
+        n.add(stem + "Value", fmt_sig(c["value"]))
+        n.add(stem + "CILow", fmt_sig(c["ci_low"]))
+        n.add(stem + "CIHigh", fmt_sig(c["ci_high"]))
+        # Claims judged by a fraction or a test statistic have no interval (null bounds).
         n.add(stem + "CI", rf"\ConfidencePct{{}} interval [{fmt_sig(c['ci_low'])}, {fmt_sig(c['ci_high'])}]"
-              if has_ci else "no interval")
-        n.add(stem + "Statistic", tex_escape(c.get("statistic") or NA))
-        n.add(stem + "Threshold", tex_escape(c.get("threshold")) if c.get("threshold") is not None else NA)
-        n.add(stem + "Text", tex_escape(c.get("claim") or NA))
+              if _finite(c["ci_low"]) and _finite(c["ci_high"]) else "no interval")
+        n.add(stem + "Statistic", tex_escape(c["statistic"]))
+        n.add(stem + "Threshold", tex_escape(c["threshold"]))
+        n.add(stem + "Text", tex_escape(c["claim"]))
 
     # -- block skipping -------------------------------------------------------------------------
     n.group(f"block skipping at the largest eps whose loss is within {SKIP_LOSS_TOLERANCE:.0%} of eps = 0")
-    sk = _skip_numbers(_skip_rows(results), cfg, largest, ref)
+    sk = _skip_choice(results, ref, largest)
     n.add("SkipTolerancePct", fmt_pct(SKIP_LOSS_TOLERANCE, 0))
-    n.add("SkipEps", fmt_cfg(sk["eps"]))
-    n.add("SkipLoss", fmt_fixed(sk["loss"], 3))
-    n.add("SkipLossDense", fmt_fixed(sk["loss0"], 3))
-    n.add("SkipLossDelta", fmt_fixed(sk["dloss"], 3))
-    n.add("SkipFraction", fmt_pct(sk["frac"]))
-    flops_is_fraction = _finite(sk["flops"]) and float(sk["flops"]) <= 1
-    n.add("SkipFlopsSaved", fmt_pct(sk["flops"]) if flops_is_fraction else fmt_sig(sk["flops"]))
-    n.add("SkipWallRatio", fmt_sig(sk["wall"]))
+    n.add("SkipEps", fmt_cfg(sk.get("eps")))
+    n.add("SkipLoss", fmt_fixed(sk.get("loss"), 3))
+    n.add("SkipLossDense", fmt_fixed(sk.get("loss_dense"), 3))
+    n.add("SkipLossDelta", fmt_fixed(sk.get("delta_loss"), 3))
+    n.add("SkipFraction", fmt_pct(sk.get("skip_frac")))
+    n.add("SkipFlopsSaved", fmt_pct(sk.get("ffn_flops_saved")))
+    n.add("SkipWallRatio", fmt_sig(sk.get("wall_ratio")))
 
-    return n, {"params": params, "largest": largest, "ref": ref, "runs": runs}
+    return n, {"params": params, "runs": runs}
 
 
 def sizes_table(cfg: dict, params: dict) -> str:
@@ -663,8 +563,8 @@ def sizes_table(cfg: dict, params: dict) -> str:
         sd = cfg["size_defs"][size]
         p = params.get(size, {})
         cells = [rf"\texttt{{{tex_escape(size)}}}", str(sd["d_model"]), str(sd["n_layer"]), str(sd["n_head"]),
-                 str(sd["block_size"]), str(sd["d_ff"]), fmt_int(p["none"][2]) if p else NA]
-        cells += [fmt_int(p[v][0]) if p else NA for v in ("none", "asrun", "causal", "tonic", "static")]
+                 str(sd["block_size"]), str(sd["d_ff"]), fmt_int(p["none"][1]) if p else NA]
+        cells += [fmt_int(p[v][0]) if p else NA for v in VARIANTS]
         rows.append(" & ".join(cells) + r" \\")
     head = (r"size & $d_\mathrm{model}$ & layers & heads & context & $d_\mathrm{ff}$ & $d_\mathrm{ff}$ (base) & "
             r"\texttt{none} & \texttt{asrun} & \texttt{causal} & \texttt{tonic} & \texttt{static} \\")
@@ -675,7 +575,7 @@ def sizes_table(cfg: dict, params: dict) -> str:
         r"\cmidrule(lr){2-7}\cmidrule(lr){8-12}", head, r"\midrule", *rows, r"\bottomrule", r"\end{tabular}", ""])
 
 
-def runs_table(cfg: dict, runs: dict) -> str:
+def runs_table(cfg: dict, runs: pd.DataFrame) -> str:
     """A booktabs tabular of every configured run (missing ones say n/a): size, seed, metrics."""
     from ncn.analysis.runs import sizes_by_scale
 
@@ -683,15 +583,14 @@ def runs_table(cfg: dict, runs: dict) -> str:
     for v in cfg["variants"]:
         for size in sizes_by_scale(cfg):
             for seed in cfg["seeds"]:
-                r = runs.get((v, size, seed), {})
+                r = _row(runs, variant=v, size=size, seed=seed)
                 rows.append(" & ".join([
                     rf"\texttt{{{tex_escape(v)}}}", rf"\texttt{{{tex_escape(size)}}}", str(seed),
                     fmt_int(r.get("n_params")), fmt_int(r.get("tokens")), fmt_int(r.get("steps")),
                     fmt_fixed(r.get("final_ce"), 3), fmt_fixed(r.get("val_loss"), 3), fmt_fixed(r.get("val_ppl"), 2),
                     fmt_fixed(r.get("val_bpb"), 3), fmt_duration(r.get("wall_time_s"))]) + r" \\")
         rows.append(r"\midrule")
-    if rows:
-        rows.pop()
+    rows.pop()  # no rule after the last variant
     head = (r"variant & size & seed & parameters & tokens & steps & train CE & val loss & val PPL & "
             r"val bpb & wall time \\")
     return "\n".join([
