@@ -78,15 +78,12 @@ def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, th
              config_source: str = "--config") -> dict:
     from ncn.data import load_meta, open_split
     from ncn.model import load_model
-    from ncn.runs import check_config_matches, check_data_matches, data_dir_of, pick_device, require_finished, run_config
+    from ncn.runs import (check_config_matches, check_data_matches, config_of, data_dir_of, pick_device,
+                          require_finished)
 
     run_dir = Path(run_dir)
     metrics = require_finished(run_dir)
-    if cfg is None:
-        rc = run_config(run_dir)
-        if rc is None:
-            raise NCNError(f"{run_dir}/config.json is missing; pass --config")
-        cfg, config_source = rc["config"], f"{run_dir}/config.json"
+    cfg, config_source = config_of(run_dir, cfg, config_source)
     torch.set_num_threads(threads)
     data_dir = data_dir_of(run_dir, data)
     meta = load_meta(data_dir)

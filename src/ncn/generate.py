@@ -20,27 +20,24 @@ from ncn.fileio import write_json
 
 
 def load_tokenizer(data_dir: Path):
-    from tokenizers import Tokenizer
+    from ncn.data.tokenizer import load
 
     path = Path(data_dir) / "tokenizer.json"
     if not path.exists():
         raise NCNError(f"tokenizer not found: {path} (pass --data with the run's tokenized data folder)")
-    return Tokenizer.from_file(str(path))
+    return load(path)
 
 
 def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, threads: int = 1,
              config_source: str = "--config") -> dict:
     from ncn.data import load_meta
     from ncn.model import load_model
-    from ncn.runs import check_config_matches, check_data_matches, data_dir_of, pick_device, require_finished, run_config
+    from ncn.runs import (check_config_matches, check_data_matches, config_of, data_dir_of, pick_device,
+                          require_finished)
 
     run_dir = Path(run_dir)
     require_finished(run_dir)
-    if cfg is None:
-        rc = run_config(run_dir)
-        if rc is None:
-            raise NCNError(f"{run_dir}/config.json is missing; pass --config")
-        cfg, config_source = rc["config"], f"{run_dir}/config.json"
+    cfg, config_source = config_of(run_dir, cfg, config_source)
     g = cfg["generate"]
     torch.set_num_threads(threads)
     data_dir = data_dir_of(run_dir, data)

@@ -1,13 +1,18 @@
-"""Shared helpers for commands that read a finished training run (evaluate, generate)."""
+"""Shared helpers for commands that read a finished training run (evaluate, generate).
+
+No module-level torch import: `ncn analyze runs` reads TIMING_KEYS from here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ncn.errors import NCNError
 from ncn.fileio import read_json
+
+# metrics.json keys that measure time or the history of interruptions, not the result:
+# everything else must be identical between runs of one command (and across resumes).
+# Here, not in ncn.train, so that readers of metrics.json (`ncn analyze runs`) need no torch.
+TIMING_KEYS = ("wall_time_s", "tokens_per_s", "resumed_at_steps")
 
 
 def require_finished(run_dir: Path) -> dict:
@@ -27,6 +32,16 @@ def require_finished(run_dir: Path) -> dict:
 def run_config(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "config.json"
     return read_json(path) if path.exists() else None
+
+
+def config_of(run_dir: Path, cfg: dict | None, config_source: str) -> tuple[dict, str]:
+    """(config, where it came from): `cfg` when given, else the run's own config.json."""
+    if cfg is not None:
+        return cfg, config_source
+    rc = run_config(run_dir)
+    if rc is None:
+        raise NCNError(f"{run_dir}/config.json is missing; pass --config")
+    return rc["config"], f"{run_dir}/config.json"
 
 
 def data_dir_of(run_dir: Path, data: str | None) -> Path:
@@ -78,7 +93,13 @@ def check_config_matches(cfg: dict, payload: dict, model_path: Path, source: str
                        f"run's own config (omit --config) or retrain the run with this config")
 
 
-def pick_device(pref: str = "auto") -> torch.device:
+def pick_device(pref: str = "auto", index: int | None = None) -> torch.device:
+    """The device train.device asks for: "cpu", "cuda" (an error without one) or "auto" (CUDA when
+    there is one). `index` picks the GPU (a DDP process's local rank)."""
+    import torch
+
     if pref == "cuda" and not torch.cuda.is_available():
-        raise NCNError("device 'cuda' requested but no CUDA device is available")
-    return torch.device("cuda" if pref != "cpu" and torch.cuda.is_available() else "cpu")
+        raise NCNError("train.device is 'cuda' but no CUDA device is available (set train.device: auto or cpu)")
+    if pref == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", index) if index is not None else torch.device("cuda")

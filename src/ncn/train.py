@@ -39,7 +39,6 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
@@ -58,13 +57,11 @@ from ncn.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_stat
 from ncn.config import load_config, model_config, size_def, train_settings
 from ncn.data import load_meta, open_split
 from ncn.errors import NCNError
-from ncn.fileio import atomic_path, read_json, write_json, write_text
+from ncn.fileio import atomic_path, read_json, write_csv_rows, write_json
+from ncn.runs import TIMING_KEYS, pick_device, run_config as read_run_config  # noqa: F401 (ncn.train.TIMING_KEYS)
 
 log = logging.getLogger("ncn.train")
 
-# metrics.json keys that measure time or the history of interruptions, not the result:
-# everything else must be identical between runs of one command (and across resumes).
-TIMING_KEYS = ("wall_time_s", "tokens_per_s", "resumed_at_steps")
 PARTIAL_LOG = "train_log.partial.csv"
 BASE_COLUMNS = ["step", "tokens", "loss", "ce", "reg", "lr", "tokens_per_s"]
 # train settings that do not change the numbers: a checkpoint made with other values still fits
@@ -133,14 +130,6 @@ def _env_int(name: str) -> int | None:
     return int(v) if v not in (None, "") else None
 
 
-def _write_log_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
@@ -170,14 +159,6 @@ def init_distributed(device_pref: str) -> Dist:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
 
 
-def pick_device(pref: str, d: Dist) -> torch.device:
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise NCNError("train.device is 'cuda' but no CUDA device is available (set train.device: auto or cpu)")
-    if pref == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", d.local_rank)
-
-
 # ---- the run -----------------------------------------------------------------------------------
 
 
@@ -185,11 +166,8 @@ def _check_finished_settings(cfg: dict, variant: str, size: str, run_dir: Path, 
     """A finished run is left alone only if it was trained with the settings `cfg` asks for
     (model shape, context, and the train settings that change the numbers); otherwise
     "nothing to do" would pass off the old model as the one the config describes."""
-    rc_path = run_dir / "config.json"
-    if not rc_path.exists():
-        return
-    rc = read_json(rc_path)
-    if "model_config" not in rc or "train" not in rc:
+    rc = read_run_config(run_dir)
+    if rc is None or "model_config" not in rc or "train" not in rc:
         return
     size_def(cfg, size)  # names the defined sizes if `size` is not one
     want_model = dataclasses.asdict(model_config(cfg, variant, size, int(rc["model_config"]["vocab_size"])))
@@ -265,7 +243,7 @@ def _train(cfg, s, meta, tokens, mcfg, identity, run_dir, data_dir, threads, d: 
 
     variant, size, seed = identity["variant"], identity["size"], identity["seed"]
     T, mb, ga = mcfg.block_size, s["micro_batch"], s["grad_accum"]
-    device = pick_device(s["device"], d)
+    device = pick_device(s["device"], d.local_rank)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -344,7 +322,7 @@ def _train(cfg, s, meta, tokens, mcfg, identity, run_dir, data_dir, threads, d: 
         write_json(run_dir / "config.json", run_config)
         # the live log is train_log.partial.csv (restarted from what the checkpoint knew); the
         # train_log.csv output is written atomically at the end, like model.pt and metrics.json
-        _write_log_csv(run_dir / PARTIAL_LOG, columns, rows)
+        write_csv_rows(run_dir / PARTIAL_LOG, columns, rows)
         tracker.start(run_config, n_params, n_params_ne, resumed=ckpt is not None)
         tracker.add_rows(rows)
         if start_step == 0:
@@ -461,7 +439,7 @@ def _train(cfg, s, meta, tokens, mcfg, identity, run_dir, data_dir, threads, d: 
         torch.save({"model_config": dataclasses.asdict(mcfg), "state_dict": raw_model.state_dict(), **identity,
                     "tokenizer_sha256": meta.get("tokenizer_sha256"), "step": steps,
                     "tokens": steps * tokens_per_step}, tmp)
-    _write_log_csv(run_dir / "train_log.csv", columns, rows)
+    write_csv_rows(run_dir / "train_log.csv", columns, rows)
     (run_dir / PARTIAL_LOG).unlink(missing_ok=True)
     metrics = {
         **identity, "profile": cfg["profile"], "steps": steps, "tokens": steps * tokens_per_step,
