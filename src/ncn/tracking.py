@@ -173,6 +173,12 @@ def log_rows_as_metrics(rows: Iterable[dict]) -> list[tuple[str, float, int]]:
     return out
 
 
+def numeric_metrics(values: dict, step: int, prefix: str = "") -> list[tuple[str, float, int]]:
+    """(prefix+key, value, step) for the finite numbers of a dict (bools, text, None skipped), by key."""
+    return [(f"{prefix}{k}", float(v), step) for k, v in sorted(values.items())
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+
+
 def _metric_objs(triples: list[tuple[str, float, int]]):
     from mlflow.entities import Metric
 
@@ -290,9 +296,7 @@ class Tracker:
         if self.client is None or self.run_id is None:
             return
         self.flush()
-        final = [(k, float(v), int(metrics["steps"])) for k, v in sorted(metrics.items())
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
-        self.pending = [(f"final/{k}", v, s) for k, v, s in final]
+        self.pending = numeric_metrics(metrics, int(metrics["steps"]), prefix="final/")
         self.flush()
         for path in artifacts:
             if Path(path).exists():
@@ -316,9 +320,7 @@ def log_eval(run_dir: Path, values: dict) -> None:
         return
     try:
         client = _client(state["tracking_uri"])
-        triples = [(k, float(v), 0) for k, v in values.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
-        _retry(client.log_batch, state["run_id"], metrics=_metric_objs(triples))
+        _retry(client.log_batch, state["run_id"], metrics=_metric_objs(numeric_metrics(values, 0)))
     except Exception as e:
         log.warning("MLflow: could not log evaluation metrics (%s: %s); eval.json is the record",
                     type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
@@ -404,8 +406,7 @@ def sync_run(client, uri: str, exp_name: str, run_dir: Path) -> str | None:
     for i in range(0, len(params), 100):
         _retry(client.log_batch, rid, params=params[i : i + 100])
     triples = log_rows_as_metrics(_read_log(run_dir / "train_log.csv"))
-    triples += [(f"final/{k}", float(v), int(metrics["steps"])) for k, v in sorted(metrics.items())
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+    triples += numeric_metrics(metrics, int(metrics["steps"]), prefix="final/")
     for i in range(0, len(triples), METRICS_PER_CALL):
         _retry(client.log_batch, rid, metrics=_metric_objs(triples[i : i + METRICS_PER_CALL]))
     for name in ARTIFACTS:
