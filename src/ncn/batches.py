@@ -43,27 +43,24 @@ class WindowOrder:
                 self._perms[-3] = None  # type: ignore[call-overload]
         return self._perms[epoch]
 
-    def indices(self, start: int, count: int) -> torch.Tensor:
-        out = []
+    def _spans(self, start: int, count: int):
+        """The window indices of positions start .. start+count-1, one slice per epoch crossed."""
         pos = start
         while pos < start + count:
             epoch, off = divmod(pos, self.n_win)
             take = min(self.n_win - off, start + count - pos)
-            out.append(self._perm(epoch)[off : off + take])
+            yield self._perm(epoch)[off : off + take]
             pos += take
-        return torch.cat(out)
+
+    def indices(self, start: int, count: int) -> torch.Tensor:
+        return torch.cat(list(self._spans(start, count)))
 
     def sha256(self, total: int) -> str:
         """sha256 of the first `total` window indices in order (int64 little-endian)."""
         h = hashlib.sha256()
-        order = WindowOrder(self.seed, self.n_win)
-        pos = 0
-        while pos < total:
-            epoch, off = divmod(pos, self.n_win)
-            take = min(self.n_win - off, total - pos)
-            chunk = order._perm(epoch)[off : off + take].numpy().astype("<i8")
-            h.update(chunk.tobytes())
-            pos += take
+        # a fresh order: hashing from position 0 must not disturb this one's cached epochs
+        for chunk in WindowOrder(self.seed, self.n_win)._spans(0, total):
+            h.update(chunk.numpy().astype("<i8").tobytes())
         return h.hexdigest()
 
 
