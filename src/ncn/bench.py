@@ -8,8 +8,6 @@ whichever happened to run then. A benchmark prints a table; it never asserts.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import statistics
 import sys
 import time
@@ -19,7 +17,7 @@ from tqdm import tqdm
 
 import ncn.model as M
 from ncn.errors import NCNError
-from ncn.fileio import write_text
+from ncn.fileio import write_csv_rows
 
 COLUMNS = ["variant", "d_ff", "n_params", "step_s_median", "step_s_min", "tokens_per_s", "ratio_to_none",
            "pool_impl", "threads", "steps", "batch", "seq_len", "d_model", "n_layer", "n_head", "vocab_size",
@@ -122,10 +120,6 @@ def main(argv: list[str]) -> int:
           f"{a.n_layer} layers, {a.n_head} heads, d_ff {a.d_ff}, vocab {a.vocab}, pool {a.pool_impl}, "
           f"median of {a.steps} steps")
     print(format_table(rows))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    write_text(a.out, buf.getvalue())
+    write_csv_rows(a.out, COLUMNS, rows)
     print(f"wrote {a.out}")
     return 0

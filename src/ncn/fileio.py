@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -41,6 +43,15 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv_rows(path: str | os.PathLike, columns: list[str], rows: list[dict]) -> None:
+    """A CSV of dict rows in `columns` order ("\\n" line endings; a missing key is an empty cell)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
