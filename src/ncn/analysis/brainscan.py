@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ncn.analysis import plots
+from ncn.analysis.runs import SIGNALS
 from ncn.analysis.trace import read_trace
 
-SIGNALS = ("g", "beta", "gamma")
 SIGNAL_TEX = {"g": "gain $g$", "beta": r"precision $\beta$", "gamma": r"gate $\gamma$"}
 
 

@@ -39,12 +39,11 @@ import numpy as np
 import pandas as pd
 
 from ncn.analysis import tables
-from ncn.analysis.runs import final_layer_means, largest_size, per_seed, primary_ncn, read_train_log
+from ncn.analysis.runs import SIGNALS, final_layer_means, largest_size, per_seed, primary_ncn, read_train_log
 from ncn.analysis.stats import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ci_verdict, empirical_p_greater,
                                 nan_to_none, one_way_anova, paired_differences, spearman, t_interval)
 from ncn.fileio import write_json
 
-SIGNALS = ("g", "beta", "gamma")
 NAN = math.nan
 
 CLAIM_TEXT = {

@@ -123,8 +123,7 @@ def main(argv: list[str]) -> int:
     if a.what == "runs":
         from ncn.analysis.runs import collect
         from ncn.analysis.tables import write_csv
-
-        from ncn.train import TIMING_KEYS
+        from ncn.runs import TIMING_KEYS
 
         df = collect(a.runs)
         timing = [c for c in TIMING_KEYS if c in df]

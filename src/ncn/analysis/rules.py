@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ncn.analysis.runs import largest_size, primary_ncn
+from ncn.analysis.runs import largest_size, ncn_variants, primary_ncn
 
 __all__ = ["params_key", "trace_seed", "claim_variants", "largest_size", "primary_ncn"]
 
@@ -26,5 +26,5 @@ def trace_seed(config: dict) -> int:
 
 def claim_variants(config: dict) -> list[str]:
     """The variants the claims read traces and train logs of: "the NCN" and asrun."""
-    ncn = [v for v in config["variants"] if v != "none"]
+    ncn = ncn_variants(config)
     return [v for v in dict.fromkeys([primary_ncn(config), "asrun"]) if v in ncn]
