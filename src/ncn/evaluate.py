@@ -129,11 +129,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--config", help="config for the eval section (default: the run's own config.json)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     a = p.parse_args(argv)
-    cfg = None
-    if a.config:
-        from ncn.config import load_config
+    from ncn.config import load_config
 
-        cfg = load_config(a.config)
+    cfg = load_config(a.config) if a.config else None
     out = evaluate(Path(a.run), a.data, cfg, a.threads, config_source=a.config or "--config")
     print(f"{a.run}: val_loss {out['val_loss']:.4f}  ppl {out['val_ppl']:.2f}  bpb {out['val_bpb']:.4f}  "
           f"({out['val_tokens']} tokens)")

@@ -102,11 +102,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data", help="folder with tokenizer.json and meta.json (default: the run's)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
     a = p.parse_args(argv)
-    cfg = None
-    if a.config:
-        from ncn.config import load_config
+    from ncn.config import load_config
 
-        cfg = load_config(a.config)
+    cfg = load_config(a.config) if a.config else None
     out = generate(Path(a.run), cfg, a.data, a.threads, config_source=a.config or "--config")
     for s in out["samples"]:
         print(f"--- {s['tokens_per_s']:.0f} tokens/s\n{s['text']}")
