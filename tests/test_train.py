@@ -7,6 +7,7 @@ Every test uses test-made data (a tiny BPE tokenizer trained on a synthetic stor
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import random
@@ -252,10 +253,20 @@ def test_window_order_epochs():
     assert o.sha256(10) == WindowOrder(3, 7).sha256(10) != WindowOrder(4, 7).sha256(10)
 
 
+def train_config(**over):
+    """A TrainConfig of the schema's defaults (tokens set), `over` replaced."""
+    from ncn.config import train_settings, validate
+
+    xs = {"d_model": 32, "n_layer": 2, "n_head": 2, "d_ff": 64, "block_size": 16}
+    cfg = validate({"profile": "p", "variants": ["none"], "sizes": ["xs"], "seeds": [0], "size_defs": {"xs": xs},
+                    "train": {"tokens": 1280}})
+    return dataclasses.replace(train_settings(cfg, "xs"), **over)
+
+
 def test_lr_schedule():
     from ncn.train import lr_at
 
-    s = {"lr": 1.0, "min_lr": 0.1, "warmup_steps": 4}
+    s = train_config(lr=1.0, min_lr=0.1, warmup_steps=4)
     assert lr_at(0, s, 20) == pytest.approx(0.2)
     assert lr_at(3, s, 20) == pytest.approx(0.8)
     assert lr_at(4, s, 20) == pytest.approx(1.0)
@@ -275,3 +286,67 @@ def test_bad_variant_size_and_data_are_named(data, tmp_path):
         main(args)
     with pytest.raises(NCNError, match="meta.json"):
         main(train_args(cfg, tmp_path / "r", tmp_path / "nodata"))
+
+
+def test_train_config_names_the_bad_field():
+    from ncn.config import train_settings
+
+    with pytest.raises(NCNError, match=r"TrainConfig\.micro_batch must be a positive integer, got 0"):
+        train_config(micro_batch=0)
+    with pytest.raises(NCNError, match=r"TrainConfig\.beta2 must be in \[0, 1\], got 1.5"):
+        train_config(beta2=1.5)
+    with pytest.raises(NCNError, match="set train.tokens or train.epochs"):
+        train_config(tokens=None, epochs=None)
+    with pytest.raises(NCNError, match=r"unknown keys \['bogus'\]"):
+        train_settings({"train": {"bogus": 1}, "size_defs": {"xs": {}}}, "xs")
+    # per-size overrides
+    sizes = {"xs": {"micro_batch": 3, "lr": 0.5}}
+    tc = train_settings({"train": dataclasses.asdict(train_config()), "size_defs": sizes}, "xs")
+    assert (tc.micro_batch, tc.lr, tc.grad_accum) == (3, 0.5, train_config().grad_accum)
+
+
+def test_train_state_round_trips_through_its_state_dict():
+    """state_dict() -> load_state_dict() restores every field a checkpoint carries, RNG included."""
+    from ncn.model import ModelConfig, Transformer
+    from ncn.train import TrainState, make_optimizer
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        m = Transformer(ModelConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, d_model=16, d_ff=32,
+                                    ncn="causal", ncn_hidden=8))
+        return TrainState(m, make_optimizer(m, train_config(), fused=False), stamp={"seed": seed},
+                          windows_per_step=6)
+
+    a = fresh(0)
+    a.model(torch.zeros(2, 8, dtype=torch.long), torch.zeros(2, 8, dtype=torch.long)).loss.backward()
+    a.optimizer.step()
+    a.step, a.reg_init, a.resumed_at_steps = 7, 0.25, [3]
+    a.add_losses([3.0, 2.9, 0.1], keep=2)
+    a.add_losses([2.0, 1.9, 0.1], keep=2)
+    a.add_losses([1.0, 0.9, 0.1], keep=2)
+    a.take_row(7, 99, 0.1, 1.0, {})
+    a.add_losses([0.5, 0.4, 0.1], keep=2)
+    sd = a.state_dict()
+    assert sd["cursor"] == 7 * 6 and sd["seed"] == 0
+    after_save = torch.rand(3)  # the RNG stream a resumed run must continue
+    b = fresh(1)
+    b.load_state_dict(sd)
+    assert torch.equal(torch.rand(3), after_save)
+    sd_b = b.state_dict()
+    for key in ("step", "cursor", "log_rows", "recent", "since_row", "reg_init", "resumed_at_steps"):
+        assert sd_b[key] == sd[key], key
+    assert sd["recent"] == [[1.0, 0.9, 0.1], [0.5, 0.4, 0.1]] and sd["since_row"] == [[0.5, 0.4, 0.1]]
+    assert sd["log_rows"][0]["loss"] == pytest.approx(2.0)  # the mean of the three steps since the start
+    assert all(torch.equal(v, sd["model"][k]) for k, v in sd_b["model"].items())
+    assert sd_b["optimizer"]["state"][0]["exp_avg"].equal(sd["optimizer"]["state"][0]["exp_avg"])
+    assert sd_b["seed"] == 1  # the stamp stays the new run's: it is checked before a checkpoint is loaded
+
+
+def test_no_function_in_the_trainer_is_longer_than_60_lines():
+    import ast
+
+    for name in ("train.py", "checkpoint.py", "batches.py", "config.py"):
+        tree = ast.parse((ROOT / "src" / "ncn" / name).read_text())
+        long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
+                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= 60]
+        assert not long, (name, long)

@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +109,61 @@ def size_def(cfg: dict, size: str) -> dict:
     return cfg["size_defs"][size]
 
 
-def train_settings(cfg: dict, size: str) -> dict:
+@dataclass(frozen=True)
+class TrainConfig:
+    """The resolved train settings of one size (the schema's `train` section with that size's
+    overrides of micro_batch, grad_accum and lr). No defaults here: the schema holds them."""
+
+    tokens: int | None  # token budget; None means `epochs` passes over the train split
+    epochs: float | None
+    micro_batch: int
+    grad_accum: int
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    beta1: float
+    beta2: float
+    weight_decay: float
+    decay_all: bool
+    grad_clip: float
+    ckpt_every: int
+    keep_checkpoints: int
+    log_every: int
+    signal_every: int
+    device: str
+    compile: bool
+
+    def __post_init__(self):
+        for name in ("micro_batch", "grad_accum", "ckpt_every", "keep_checkpoints", "log_every", "signal_every"):
+            if int(getattr(self, name)) < 1:
+                raise NCNError(f"TrainConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.tokens is None and self.epochs is None:
+            raise NCNError("TrainConfig: set train.tokens or train.epochs")
+        for name in ("tokens", "epochs", "lr"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise NCNError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("min_lr", "warmup_steps", "weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:
+                raise NCNError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise NCNError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise NCNError(f"TrainConfig.device must be auto, cpu or cuda, got '{self.device}'")
+
+
+def train_settings(cfg: dict, size: str) -> TrainConfig:
     """`train` section with the per-size overrides (micro_batch, grad_accum, lr) applied."""
     out = dict(cfg["train"])
     for key in ("micro_batch", "grad_accum", "lr"):
         if key in cfg["size_defs"][size]:
             out[key] = cfg["size_defs"][size][key]
-    return out
+    known = {f.name for f in fields(TrainConfig)}
+    if set(out) != known:
+        extra, missing = sorted(set(out) - known), sorted(known - set(out))
+        raise NCNError(f"train settings: unknown keys {extra} and missing keys {missing}; "
+                       "load the config with ncn.config.load_config (it validates and fills the defaults)")
+    return TrainConfig(**out)
 
 
 def model_config(cfg: dict, variant: str, size: str, vocab_size: int):

@@ -13,8 +13,13 @@ order is a permutation of the training windows from a generator seeded by the se
 (`ncn.batches`), the same for every variant, and its sha256 goes into metrics.json. On CPU
 (fp32, a fixed --threads) two runs of one command give bitwise-identical metrics.
 
-Resuming. A checkpoint (`ncn.checkpoint`) holds model, optimizer, step (the LR schedule is a
-function of the step), all RNG states, the data cursor and the log rows so far. Re-running
+Shape (torchtitan/nanoGPT): `Run` holds what is fixed for the run (its `TrainConfig`, model
+config, data, length), `TrainState` what changes and is checkpointed; `train` plans, builds,
+resumes (`_resume`), loops (`_loop`: one comment per phase) and finishes (`_finish`).
+
+Resuming. A checkpoint (`ncn.checkpoint`; its payload is `TrainState.state_dict()`) holds
+model, optimizer, step (the LR schedule is a function of the step), all RNG states, the data
+cursor and the log rows so far. Re-running
 the same command in RUN resumes from the newest good checkpoint, and everything but the
 timing keys (`TIMING_KEYS`) of metrics.json ends bitwise identical to an uninterrupted run
 (with the same --threads: the reduction order of a CPU matmul depends on it).
@@ -48,13 +53,15 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ncn.batches import WindowOrder, get_windows, n_windows
 from ncn.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
-from ncn.config import load_config, model_config, size_def, train_settings
+from ncn.config import TrainConfig, load_config, model_config, size_def, train_settings
 from ncn.data import load_meta, open_split
 from ncn.errors import NCNError
 from ncn.fileio import atomic_path, read_json, write_csv_rows, write_json
@@ -93,9 +100,9 @@ def signal_stats(signals: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def lr_at(it: int, s: dict, total_steps: int) -> float:
+def lr_at(it: int, tc: TrainConfig, total_steps: int) -> float:
     """Linear warmup over warmup_steps, then cosine decay to min_lr at the last step (nanoGPT)."""
-    lr, min_lr, warmup = s["lr"], s["min_lr"], s["warmup_steps"]
+    lr, min_lr, warmup = tc.lr, tc.min_lr, tc.warmup_steps
     if it < warmup:
         return lr * (it + 1) / (warmup + 1)
     if total_steps <= warmup:
@@ -104,19 +111,19 @@ def lr_at(it: int, s: dict, total_steps: int) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
-def make_optimizer(model: nn.Module, s: dict, fused: bool) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, tc: TrainConfig, fused: bool) -> torch.optim.AdamW:
     """AdamW. decay_all=True decays every parameter (as the original did); otherwise norms,
     biases and embeddings (1-D tensors and nn.Embedding weights) are not decayed."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if s["decay_all"]:
-        groups = [{"params": params, "weight_decay": s["weight_decay"]}]
+    if tc.decay_all:
+        groups = [{"params": params, "weight_decay": tc.weight_decay}]
     else:
         emb = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
         decay = [p for p in params if p.dim() >= 2 and id(p) not in emb]
         keep = [p for p in params if not (p.dim() >= 2 and id(p) not in emb)]
-        groups = [{"params": decay, "weight_decay": s["weight_decay"]}, {"params": keep, "weight_decay": 0.0}]
+        groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": keep, "weight_decay": 0.0}]
     kw = {"fused": True} if fused else {}
-    return torch.optim.AdamW(groups, lr=s["lr"], betas=(s["beta1"], s["beta2"]), **kw)
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), **kw)
 
 
 def _scalar(x, device) -> torch.Tensor:
@@ -159,7 +166,114 @@ def init_distributed(device_pref: str) -> Dist:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local)
 
 
-# ---- the run -----------------------------------------------------------------------------------
+# ---- the run: its fixed facts, and the state a checkpoint holds -------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """What one run is, fixed for its whole length and rebuilt from the command on a resume."""
+
+    cfg: dict
+    tc: TrainConfig
+    mcfg: Any  # ncn.model.ModelConfig
+    meta: dict
+    tokens: np.ndarray  # the train split (memory-mapped)
+    identity: dict  # variant, size, seed
+    run_dir: Path
+    data_dir: Path
+    threads: int
+    steps: int
+    n_train: int  # tokens in the train split
+    n_win: int  # training windows (ncn.batches)
+    dist: Dist = dataclasses.field(default_factory=Dist)
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.tc.micro_batch * self.mcfg.block_size * self.tc.grad_accum
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "ckpt"
+
+    @property
+    def columns(self) -> list[str]:
+        return BASE_COLUMNS + signal_columns(self.identity["variant"], self.mcfg.n_layer)
+
+    def config_json(self) -> dict:
+        """config.json: the resolved settings and the data folder used."""
+        return {
+            **self.identity, "profile": self.cfg["profile"], "data_dir": str(Path(self.data_dir).resolve()),
+            "tokenizer_sha256": self.meta.get("tokenizer_sha256"), "model_config": dataclasses.asdict(self.mcfg),
+            "train": dataclasses.asdict(self.tc), "steps": self.steps, "tokens_per_step": self.tokens_per_step,
+            "config": self.cfg,
+        }
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must have been made with to be resumed by this run."""
+        train = {k: v for k, v in dataclasses.asdict(self.tc).items() if k not in _NOT_IN_FINGERPRINT}
+        return hashlib.sha256(json.dumps({
+            **self.identity, "model_config": dataclasses.asdict(self.mcfg), "steps": self.steps,
+            "n_train": self.n_train, "tokenizer_sha256": self.meta.get("tokenizer_sha256"), "train": train,
+        }, sort_keys=True).encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a checkpoint holds. `state_dict()` is the checkpoint payload and
+    `load_state_dict()` restores it: the checkpoint layout is written here only."""
+
+    model: nn.Module  # the raw model (not DDP- or compile-wrapped)
+    optimizer: torch.optim.Optimizer
+    stamp: dict  # identity and fingerprint: checked before a checkpoint is loaded
+    windows_per_step: int  # grad_accum * micro_batch: the data cursor is step * this
+    step: int = 0  # steps done
+    rows: list = dataclasses.field(default_factory=list)  # train-log rows so far
+    recent: list = dataclasses.field(default_factory=list)  # [loss, ce, reg] of the last log_every steps
+    since_row: list = dataclasses.field(default_factory=list)  # [loss, ce, reg] since the last row
+    reg_init: float | None = None  # reg of the first step
+    wall_time_s: float = 0.0  # of the sessions before this one
+    resumed_at_steps: list = dataclasses.field(default_factory=list)
+    session_start: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def wall(self) -> float:
+        return self.wall_time_s + time.perf_counter() - self.session_start
+
+    def state_dict(self) -> dict:
+        return {
+            **self.stamp, "step": self.step, "cursor": self.step * self.windows_per_step,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+            "log_rows": self.rows, "recent": self.recent, "since_row": self.since_row, "reg_init": self.reg_init,
+            "wall_time_s": self.wall(), "resumed_at_steps": self.resumed_at_steps,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        set_rng_state(sd["rng"])
+        self.step, self.rows, self.recent, self.since_row = sd["step"], sd["log_rows"], sd["recent"], sd["since_row"]
+        self.reg_init, self.wall_time_s = sd["reg_init"], sd["wall_time_s"]
+        self.resumed_at_steps = list(sd["resumed_at_steps"])
+        self.session_start = time.perf_counter()
+
+    def add_losses(self, losses: list[float], keep: int) -> None:
+        """Book one step's [loss, ce, reg] for the next log row and the final_* metrics."""
+        if self.reg_init is None:
+            self.reg_init = losses[2]
+        self.recent = (self.recent + [list(losses)])[-keep:]
+        self.since_row.append(list(losses))
+
+    def take_row(self, step: int, tokens: int, lr: float, tokens_per_s: float, stats: dict) -> dict:
+        """The log row of the steps since the last one (their mean losses); appended to `rows`."""
+        mean = [_mean([r[i] for r in self.since_row]) for i in range(3)]
+        row = {"step": step, "tokens": tokens, "loss": mean[0], "ce": mean[1], "reg": mean[2], "lr": lr,
+               "tokens_per_s": tokens_per_s, **stats}
+        self.since_row = []
+        self.rows.append(row)
+        return row
+
+
+# ---- train: plan, build, resume, loop, finish ----------------------------------------------------
 
 
 def _check_finished_settings(cfg: dict, variant: str, size: str, run_dir: Path, source: str) -> None:
@@ -171,7 +285,8 @@ def _check_finished_settings(cfg: dict, variant: str, size: str, run_dir: Path, 
         return
     size_def(cfg, size)  # names the defined sizes if `size` is not one
     want_model = dataclasses.asdict(model_config(cfg, variant, size, int(rc["model_config"]["vocab_size"])))
-    want_train = {k: v for k, v in train_settings(cfg, size).items() if k not in _NOT_IN_FINGERPRINT}
+    want_train = {k: v for k, v in dataclasses.asdict(train_settings(cfg, size)).items()
+                  if k not in _NOT_IN_FINGERPRINT}
     have_train = {k: v for k, v in rc["train"].items() if k not in _NOT_IN_FINGERPRINT}
     plain = lambda x: json.loads(json.dumps(x))  # noqa: E731 - tuples vs lists, as stored
     diffs = [f"model.{k} {plain(rc['model_config'].get(k))} in the run, {v} asked"
@@ -185,275 +300,364 @@ def _check_finished_settings(cfg: dict, variant: str, size: str, run_dir: Path, 
                        f"with these settings")
 
 
-def train(cfg: dict, variant: str, size: str, seed: int, run_dir: Path, data_dir: Path, threads: int = 1,
-          config_source: str = "the config") -> dict | None:
-    """Train (or resume, or skip a finished) run; returns metrics.json's content."""
-    run_dir = Path(run_dir)
+def _finished(cfg: dict, identity: dict, run_dir: Path, source: str) -> dict | None:
+    """metrics.json of a finished run of `identity` with these settings, else None."""
     metrics_path = run_dir / "metrics.json"
-    identity = {"variant": variant, "size": size, "seed": seed}
-    if metrics_path.exists():
-        done = read_json(metrics_path)
-        if done.get("finished"):
-            theirs = {k: done.get(k) for k in identity}
-            if theirs != identity:
-                raise NCNError(f"{run_dir} holds a finished run of {theirs}, not {identity}; choose another --out")
-            _check_finished_settings(cfg, variant, size, run_dir, config_source)
-            print(f"ncn train: {run_dir} is already finished (metrics.json); nothing to do", file=sys.stderr)
-            return done
+    if not metrics_path.exists():
+        return None
+    done = read_json(metrics_path)
+    if not done.get("finished"):
+        return None
+    theirs = {k: done.get(k) for k in identity}
+    if theirs != identity:
+        raise NCNError(f"{run_dir} holds a finished run of {theirs}, not {identity}; choose another --out")
+    _check_finished_settings(cfg, identity["variant"], identity["size"], run_dir, source)
+    print(f"ncn train: {run_dir} is already finished (metrics.json); nothing to do", file=sys.stderr)
+    return done
 
+
+def _plan(cfg: dict, identity: dict, run_dir: Path, data_dir: Path, threads: int) -> Run:
+    """The run's settings, data and length, checked before anything is built."""
     from ncn.model import VARIANTS
 
+    variant, size = identity["variant"], identity["size"]
     if variant not in VARIANTS:
         raise NCNError(f"unknown variant '{variant}' (one of {', '.join(VARIANTS)})")
     size_def(cfg, size)  # names the defined sizes if `size` is not one
-    torch.set_num_threads(threads)
-    s = train_settings(cfg, size)
+    tc = train_settings(cfg, size)
     meta = load_meta(data_dir)
     tokens = open_split(data_dir, "train", meta)
     mcfg = model_config(cfg, variant, size, int(meta["vocab_size"]))
-    T, mb, ga = mcfg.block_size, s["micro_batch"], s["grad_accum"]
-    tokens_per_step = mb * T * ga
+    T, mb, ga = mcfg.block_size, tc.micro_batch, tc.grad_accum
     n_train = int(len(tokens))
-    budget = s["tokens"] if s["tokens"] is not None else s["epochs"] * n_train
-    steps = max(1, math.ceil(budget / tokens_per_step))
+    budget = tc.tokens if tc.tokens is not None else tc.epochs * n_train
+    steps = max(1, math.ceil(budget / (mb * T * ga)))
     n_win = n_windows(n_train, T)
     if n_win < mb:
         raise NCNError(f"{data_dir}: the training stream has {n_win} windows of {T} tokens, fewer than "
                        f"micro_batch {mb}; use more data or a smaller size")
-
     world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun
     if ga % world:
         raise NCNError(f"train.grad_accum {ga} is not divisible by the {world} DDP processes; "
                        f"each process runs grad_accum/N micro-batches of the same global batch")
-    d = init_distributed(s["device"])
+    return Run(cfg=cfg, tc=tc, mcfg=mcfg, meta=meta, tokens=tokens, identity=identity, run_dir=run_dir,
+               data_dir=data_dir, threads=threads, steps=steps, n_train=n_train, n_win=n_win)
+
+
+def train(cfg: dict, variant: str, size: str, seed: int, run_dir: Path, data_dir: Path, threads: int = 1,
+          config_source: str = "the config") -> dict | None:
+    """Train (or resume, or skip a finished) run; returns metrics.json's content."""
+    run_dir = Path(run_dir)
+    identity = {"variant": variant, "size": size, "seed": seed}
+    done = _finished(cfg, identity, run_dir, config_source)
+    if done is not None:
+        return done
+    torch.set_num_threads(threads)
+    run = _plan(cfg, identity, run_dir, Path(data_dir), threads)
+    run.dist = init_distributed(run.tc.device)
     try:
-        return _train(cfg, s, meta, tokens, mcfg, identity, run_dir, data_dir, threads, d,
-                      steps, tokens_per_step, n_train, n_win)
+        return _train(run)
     finally:
-        if d.world > 1:
+        if run.dist.world > 1:
             import torch.distributed as dist
 
             dist.destroy_process_group()
 
 
-def _train(cfg, s, meta, tokens, mcfg, identity, run_dir, data_dir, threads, d: Dist,
-           steps, tokens_per_step, n_train, n_win):
+def _train(run: Run) -> dict | None:
     from ncn.model import Transformer
-    from ncn.tracking import Tracker
 
-    variant, size, seed = identity["variant"], identity["size"], identity["seed"]
-    T, mb, ga = mcfg.block_size, s["micro_batch"], s["grad_accum"]
-    device = pick_device(s["device"], d.local_rank)
-    cuda = device.type == "cuda"
+    run.device = pick_device(run.tc.device, run.dist.local_rank)
+    cuda = run.device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ckpt_dir = run_dir / "ckpt"
+    # the init depends on the seed only
+    torch.manual_seed(run.identity["seed"])
+    raw_model = Transformer(run.mcfg).to(run.device)
+    state = TrainState(raw_model, make_optimizer(raw_model, run.tc, fused=cuda),
+                       stamp={**run.identity, "fingerprint": run.fingerprint()},
+                       windows_per_step=run.tc.grad_accum * run.tc.micro_batch)
+    resumed = _resume(run, state)
+    model = _wrap(run, raw_model)
+    out = TrainLog(run, state, resumed)
+    _loop(run, state, model, out)
+    return _finish(run, state, out) if run.dist.main else None
 
-    run_config = {
-        **identity, "profile": cfg["profile"], "data_dir": str(Path(data_dir).resolve()),
-        "tokenizer_sha256": meta.get("tokenizer_sha256"), "model_config": dataclasses.asdict(mcfg),
-        "train": s, "steps": steps, "tokens_per_step": tokens_per_step, "config": cfg,
-    }
-    fingerprint = hashlib.sha256(json.dumps({
-        **identity, "model_config": run_config["model_config"], "steps": steps, "n_train": n_train,
-        "tokenizer_sha256": run_config["tokenizer_sha256"],
-        "train": {k: v for k, v in s.items() if k not in _NOT_IN_FINGERPRINT},
-    }, sort_keys=True).encode()).hexdigest()
 
-    # -- model and optimizer: the init depends on the seed only ----------------------------------
-    torch.manual_seed(seed)
-    raw_model = Transformer(mcfg).to(device)
-    optimizer = make_optimizer(raw_model, s, fused=cuda)
-    n_params, n_params_ne = raw_model.num_params(), raw_model.num_params(non_embedding=True)
+def _latest_checkpoint(run: Run) -> tuple[dict | None, Path | None]:
+    """The newest good checkpoint of this run (rank 0). One made with other settings or data is
+    moved aside to ckpt.stale; one of another run is refused."""
+    ckpt, path = load_latest(run.ckpt_dir)
+    if ckpt is not None and ckpt.get("fingerprint") != run.fingerprint():
+        identity = run.identity
+        if any(ckpt.get(k) != v for k, v in identity.items()):
+            raise NCNError(f"{path} belongs to run {({k: ckpt.get(k) for k in identity})}, not {identity}; "
+                           "choose another --out")
+        stale = run.run_dir / "ckpt.stale"
+        log.warning("checkpoints in %s were made with another config or data; moved to %s, starting from scratch",
+                    run.ckpt_dir, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+        os.replace(run.ckpt_dir, stale)
+        ckpt, path = None, None
+    if ckpt is None and run.ckpt_dir.exists() and any(run.ckpt_dir.glob("step_*.pt")):
+        log.warning("no usable checkpoint in %s; starting from scratch", run.ckpt_dir)
+    return ckpt, path
 
-    # -- resume --------------------------------------------------------------------------------
-    ckpt_path = None
-    if d.main:
-        ckpt, ckpt_path = load_latest(ckpt_dir)
-        if ckpt is not None and ckpt.get("fingerprint") != fingerprint:
-            if any(ckpt.get(k) != v for k, v in identity.items()):
-                raise NCNError(f"{ckpt_path} belongs to run {({k: ckpt.get(k) for k in identity})}, not {identity}; "
-                               "choose another --out")
-            stale = run_dir / "ckpt.stale"
-            log.warning("checkpoints in %s were made with another config or data; moved to %s, starting from scratch",
-                        ckpt_dir, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-            os.replace(ckpt_dir, stale)
-            ckpt, ckpt_path = None, None
-        if ckpt is None and ckpt_dir.exists() and any(ckpt_dir.glob("step_*.pt")):
-            log.warning("no usable checkpoint in %s; starting from scratch", ckpt_dir)
+
+def _resume(run: Run, state: TrainState) -> bool:
+    """Load the newest good checkpoint into `state` (rank 0 picks it, every rank loads it)."""
+    d = run.dist
+    ckpt, path = _latest_checkpoint(run) if d.main else (None, None)
     if d.world > 1:
         import torch.distributed as dist
 
-        box = [str(ckpt_path) if ckpt_path else None]
+        box = [str(path) if path else None]
         dist.broadcast_object_list(box, src=0)
         if not d.main and box[0]:
             ckpt = torch.load(box[0], map_location="cpu", weights_only=True)
-        elif not d.main:
-            ckpt = None
-    start_step, rows, recent, since_row = 0, [], [], []
-    reg_init, wall_before, resumes = None, 0.0, []
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        start_step, rows = ckpt["step"], ckpt["log_rows"]
-        recent, since_row = ckpt["recent"], ckpt["since_row"]
-        reg_init, wall_before = ckpt["reg_init"], ckpt["wall_time_s"]
-        resumes = list(ckpt["resumed_at_steps"]) + [start_step]
+        state.load_state_dict(ckpt)
+        state.resumed_at_steps.append(state.step)
         if d.main:
-            log.info("resuming from %s (step %d of %d)", ckpt_path, start_step, steps)
+            log.info("resuming from %s (step %d of %d)", path, state.step, run.steps)
     if d.rank > 0:  # dropout masks of other ranks: their own stream, a function of (seed, step, rank)
-        torch.manual_seed(hash((seed, start_step, d.rank)) % (2**63))
+        torch.manual_seed(hash((run.identity["seed"], state.step, d.rank)) % (2**63))
+    return ckpt is not None
 
-    model: nn.Module = raw_model
-    if s["compile"] and cuda:
+
+def _wrap(run: Run, model: nn.Module) -> nn.Module:
+    """torch.compile (on GPU, if asked) and DDP (under torchrun)."""
+    if run.tc.compile and run.device.type == "cuda":
         model = torch.compile(model)
-    if d.world > 1:
+    if run.dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(model, device_ids=[d.local_rank] if cuda else None)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+        model = DDP(model, device_ids=[run.dist.local_rank] if run.device.type == "cuda" else None)
+    return model
 
-    columns = BASE_COLUMNS + signal_columns(variant, mcfg.n_layer)
-    tracker = Tracker(cfg, run_dir, enabled=d.main)
-    if d.main:
-        write_json(run_dir / "config.json", run_config)
-        # the live log is train_log.partial.csv (restarted from what the checkpoint knew); the
-        # train_log.csv output is written atomically at the end, like model.pt and metrics.json
-        write_csv_rows(run_dir / PARTIAL_LOG, columns, rows)
-        tracker.start(run_config, n_params, n_params_ne, resumed=ckpt is not None)
-        tracker.add_rows(rows)
-        if start_step == 0:
-            log.info("%s-%s-s%d: %d params (%d non-embedding), %d steps of %d tokens, device %s, %d thread(s), "
-                     "%d process(es)", variant, size, seed, n_params, n_params_ne, steps, tokens_per_step,
-                     device, threads, d.world)
-    ckpt = None  # free the memory
 
-    order = WindowOrder(seed, n_win)
-    local_micro = list(range(d.rank, ga, d.world))
-    nan_at, kill_at = _env_int("NCN_FAULT_NAN_AT_STEP"), _env_int("NCN_FAULT_KILL_AT_STEP")
-    step_delay = float(os.environ.get("NCN_FAULT_STEP_DELAY_S") or 0.0)
+def _loop(run: Run, state: TrainState, model: nn.Module, out: TrainLog) -> None:
+    """The training loop: steps state.step+1 .. run.steps."""
+    order = WindowOrder(run.identity["seed"], run.n_win)
+    faults = Faults.from_env()
     model.train()
-    t_session = time.perf_counter()
-    t_row, tokens_row = t_session, 0
-    bar = None
-    if d.main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=steps, initial=start_step, desc=f"train {variant}-{size}-s{seed}", unit="step",
-                   file=sys.stderr, dynamic_ncols=True)
-    csv_file = open(run_dir / PARTIAL_LOG, "a", newline="", encoding="utf-8") if d.main else None
-    writer = csv.DictWriter(csv_file, fieldnames=columns, lineterminator="\n") if csv_file else None
+    state.session_start = time.perf_counter()
     try:
-        for step in range(start_step + 1, steps + 1):
-            lr = lr_at(step - 1, s, steps)
-            for g in optimizer.param_groups:
+        for step in range(state.step + 1, run.steps + 1):
+            # schedule: the lr of step k is lr_at(k - 1)
+            lr = lr_at(step - 1, run.tc, run.steps)
+            for g in state.optimizer.param_groups:
                 g["lr"] = lr
-            want_signals = variant != "none" and (step == 1 or step % s["signal_every"] == 0)
-            sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, reg summed over micro-batches
-            stats = {}
-            for j, m in enumerate(local_micro):
-                pos = ((step - 1) * ga + m) * mb
-                x, y = get_windows(tokens, order.indices(pos, mb), T)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                last = j == len(local_micro) - 1
-                sync = model.no_sync() if d.world > 1 and not last else contextlib.nullcontext()
-                with sync:
-                    with autocast():
-                        out = model(x, y, return_signals=want_signals and m == 0)
-                    loss = out.loss
-                    if nan_at == step:
-                        loss = loss * float("nan")
-                    (loss / len(local_micro)).backward()
-                sums += torch.stack([_scalar(loss, device), _scalar(out.ce, device), _scalar(out.reg, device)])
-                if want_signals and m == 0:
-                    stats = signal_stats(out.signals)
-            if d.world > 1:
-                import torch.distributed as dist
-
-                dist.all_reduce(sums)
-            loss_v, ce_v, reg_v = (sums / ga).tolist()
-            if not math.isfinite(loss_v):
-                raise NCNError(
-                    f"loss is {loss_v} at step {step} (lr {lr:.3g}); training stopped. The last good checkpoint "
-                    f"({_latest_name(ckpt_dir)}) is kept; lower train.lr or check the data, then rerun"
-                )
-            if s["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), s["grad_clip"])
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            if reg_init is None:
-                reg_init = reg_v
-            recent = (recent + [[loss_v, ce_v, reg_v]])[-s["log_every"]:]
-            since_row.append([loss_v, ce_v, reg_v])
-            tokens_row += tokens_per_step
-            if step == 1 or step % s["log_every"] == 0 or bool(stats) or step == steps:
-                now = time.perf_counter()
-                row = {"step": step, "tokens": step * tokens_per_step,
-                       "loss": _mean([r[0] for r in since_row]), "ce": _mean([r[1] for r in since_row]),
-                       "reg": _mean([r[2] for r in since_row]), "lr": lr,
-                       "tokens_per_s": round(tokens_row / max(now - t_row, 1e-9), 1), **stats}
-                since_row, t_row, tokens_row = [], now, 0
-                rows.append(row)
-                if writer:
-                    writer.writerow(row)
-                    csv_file.flush()
-                    tracker.add_rows([row])
-            if bar is not None:
-                bar.update(1)
-                el = time.perf_counter() - t_session
-                bar.set_postfix(loss=f"{loss_v:.4f}", tok_s=f"{(step - start_step) * tokens_per_step / max(el, 1e-9):.0f}")
-            if step % s["ckpt_every"] == 0 or step == steps:
-                if d.main:
-                    save_checkpoint(ckpt_dir, step, {
-                        **identity, "fingerprint": fingerprint, "step": step, "cursor": step * ga * mb,
-                        "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                        "log_rows": rows, "recent": recent, "since_row": since_row, "reg_init": reg_init,
-                        "wall_time_s": wall_before + time.perf_counter() - t_session,
-                        "resumed_at_steps": resumes,
-                    }, keep=s["keep_checkpoints"])
-                    tracker.flush()
-            if kill_at == step:
-                os.kill(os.getpid(), signal.SIGKILL)
-            if step_delay:
-                time.sleep(step_delay)
+            # forward and backward of this rank's micro-batches of the global batch
+            sums, stats = _forward_backward(run, model, order, step, faults.nan_at == step)
+            # mean (loss, ce, reg) over the micro-batches of every rank; stop on a non-finite loss
+            losses = _mean_losses(run, sums, step, lr)
+            # update: clip, optimizer step, clear the gradients
+            _update(run, state)
+            # log: book the losses, write a train-log row when due, advance the bar
+            state.step = step
+            out.step_done(step, lr, losses, stats)
+            # checkpoint every ckpt_every steps and at the last
+            if step % run.tc.ckpt_every == 0 or step == run.steps:
+                out.checkpoint()
+            # faults for tests: SIGKILL, slow steps
+            faults.after_step(step)
     except BaseException:
-        if d.main:
-            tracker.fail()
+        out.fail()
         raise
     finally:
-        if bar is not None:
-            bar.close()
-        if csv_file:
-            csv_file.close()
+        out.close()
 
-    if not d.main:
+
+def draw_batch(run: Run, order: WindowOrder, step: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of micro-batch m of `step`: the data cursor ((step-1)*ga + m)*mb of the
+    window order, micro_batch windows from there."""
+    mb = run.tc.micro_batch
+    pos = ((step - 1) * run.tc.grad_accum + m) * mb
+    x, y = get_windows(run.tokens, order.indices(pos, mb), run.mcfg.block_size)
+    return x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+
+
+def _forward_backward(run: Run, model: nn.Module, order: WindowOrder, step: int, poison: bool):
+    """Micro-batches m = rank, rank+N, ... of `step`, each loss scaled by 1/(their number), DDP's
+    gradient sync on the last only. Returns the summed [loss, ce, reg] and the signal statistics
+    of micro-batch 0 when they are due (every signal_every steps and at step 1)."""
+    local = range(run.dist.rank, run.tc.grad_accum, run.dist.world)
+    want_signals = run.identity["variant"] != "none" and (step == 1 or step % run.tc.signal_every == 0)
+    sums = torch.zeros(3, dtype=torch.float64, device=run.device)
+    stats = {}
+    for j, m in enumerate(local):
+        x, y = draw_batch(run, order, step, m)
+        last = j == len(local) - 1
+        sync = model.no_sync() if run.dist.world > 1 and not last else contextlib.nullcontext()
+        with sync:
+            with _autocast(run.device):
+                out = model(x, y, return_signals=want_signals and m == 0)
+            loss = out.loss
+            if poison:
+                loss = loss * float("nan")
+            (loss / len(local)).backward()
+        sums += torch.stack([_scalar(loss, run.device), _scalar(out.ce, run.device), _scalar(out.reg, run.device)])
+        if want_signals and m == 0:
+            stats = signal_stats(out.signals)
+    return sums, stats
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _mean_losses(run: Run, sums: torch.Tensor, step: int, lr: float) -> list[float]:
+    if run.dist.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
+    losses = (sums / run.tc.grad_accum).tolist()
+    if not math.isfinite(losses[0]):
+        raise NCNError(
+            f"loss is {losses[0]} at step {step} (lr {lr:.3g}); training stopped. The last good checkpoint "
+            f"({_latest_name(run.ckpt_dir)}) is kept; lower train.lr or check the data, then rerun"
+        )
+    return losses
+
+
+def _update(run: Run, state: TrainState) -> None:
+    if run.tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), run.tc.grad_clip)
+    state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+
+
+@dataclasses.dataclass
+class Faults:
+    """Faults for tests, from NCN_FAULT_* (see the module docstring)."""
+
+    nan_at: int | None = None
+    kill_at: int | None = None
+    delay_s: float = 0.0
+
+    @classmethod
+    def from_env(cls) -> Faults:
+        return cls(_env_int("NCN_FAULT_NAN_AT_STEP"), _env_int("NCN_FAULT_KILL_AT_STEP"),
+                   float(os.environ.get("NCN_FAULT_STEP_DELAY_S") or 0.0))
+
+    def after_step(self, step: int) -> None:
+        if self.kill_at == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+
+
+def progress_bar(run: Run, initial: int):
+    """The tqdm bar of rank 0 (None on other ranks)."""
+    if not run.dist.main:
         return None
-    wall = wall_before + time.perf_counter() - t_session
+    from tqdm import tqdm
+
+    v, sz, seed = run.identity["variant"], run.identity["size"], run.identity["seed"]
+    return tqdm(total=run.steps, initial=initial, desc=f"train {v}-{sz}-s{seed}", unit="step",
+                file=sys.stderr, dynamic_ncols=True)
+
+
+class TrainLog:
+    """Rank 0's outputs while training: config.json, the live train log, MLflow, checkpoints, the
+    bar. Other ranks get one that writes nothing."""
+
+    def __init__(self, run: Run, state: TrainState, resumed: bool):
+        from ncn.tracking import Tracker
+
+        self.run, self.state, self.main = run, state, run.dist.main
+        self.tracker = Tracker(run.cfg, run.run_dir, enabled=self.main)
+        self.csv_file = self.writer = None
+        if self.main:
+            run_config = run.config_json()
+            write_json(run.run_dir / "config.json", run_config)
+            # the live log is train_log.partial.csv (restarted from what the checkpoint knew); the
+            # train_log.csv output is written atomically at the end, like model.pt and metrics.json
+            write_csv_rows(run.run_dir / PARTIAL_LOG, run.columns, state.rows)
+            self.tracker.start(run_config, *_n_params(state.model), resumed=resumed)
+            self.tracker.add_rows(state.rows)
+            if state.step == 0:
+                log.info("%s-%s-s%d: %d params (%d non-embedding), %d steps of %d tokens, device %s, %d thread(s), "
+                         "%d process(es)", *run.identity.values(), *_n_params(state.model), run.steps,
+                         run.tokens_per_step, run.device, run.threads, run.dist.world)
+        self.start_step, self.t_session = state.step, time.perf_counter()
+        self.t_row, self.tokens_row = self.t_session, 0
+        self.bar = progress_bar(run, state.step)
+        if self.main:
+            self.csv_file = open(run.run_dir / PARTIAL_LOG, "a", newline="", encoding="utf-8")
+            self.writer = csv.DictWriter(self.csv_file, fieldnames=run.columns, lineterminator="\n")
+
+    def step_done(self, step: int, lr: float, losses: list[float], stats: dict) -> None:
+        """Book the step's losses; a log row every log_every steps, at step 1, at the last and when
+        there are signal statistics; advance the bar."""
+        run = self.run
+        self.state.add_losses(losses, run.tc.log_every)
+        self.tokens_row += run.tokens_per_step
+        if step == 1 or step % run.tc.log_every == 0 or bool(stats) or step == run.steps:
+            now = time.perf_counter()
+            row = self.state.take_row(step, step * run.tokens_per_step, lr,
+                                      round(self.tokens_row / max(now - self.t_row, 1e-9), 1), stats)
+            self.t_row, self.tokens_row = now, 0
+            if self.writer:
+                self.writer.writerow(row)
+                self.csv_file.flush()
+                self.tracker.add_rows([row])
+        if self.bar is not None:
+            self.bar.update(1)
+            el = time.perf_counter() - self.t_session
+            tok_s = (step - self.start_step) * run.tokens_per_step / max(el, 1e-9)
+            self.bar.set_postfix(loss=f"{losses[0]:.4f}", tok_s=f"{tok_s:.0f}")
+
+    def checkpoint(self) -> None:
+        if self.main:
+            save_checkpoint(self.run.ckpt_dir, self.state.step, self.state.state_dict(),
+                            keep=self.run.tc.keep_checkpoints)
+            self.tracker.flush()
+
+    def fail(self) -> None:
+        if self.main:
+            self.tracker.fail()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.csv_file:
+            self.csv_file.close()
+
+
+def _n_params(model) -> tuple[int, int]:
+    return model.num_params(), model.num_params(non_embedding=True)
+
+
+def _finish(run: Run, state: TrainState, out: TrainLog) -> dict:
+    """model.pt, train_log.csv and metrics.json (last), atomically; MLflow's final metrics."""
+    wall = state.wall()
     # after a resume without new steps (killed after the final checkpoint), the time comes from it
-    final = [_mean([r[i] for r in recent]) for i in range(3)]
-    with atomic_path(run_dir / "model.pt") as tmp:
-        torch.save({"model_config": dataclasses.asdict(mcfg), "state_dict": raw_model.state_dict(), **identity,
-                    "tokenizer_sha256": meta.get("tokenizer_sha256"), "step": steps,
-                    "tokens": steps * tokens_per_step}, tmp)
-    write_csv_rows(run_dir / "train_log.csv", columns, rows)
-    (run_dir / PARTIAL_LOG).unlink(missing_ok=True)
+    final = [_mean([r[i] for r in state.recent]) for i in range(3)]
+    steps, tps, identity = run.steps, run.tokens_per_step, run.identity
+    cuda = run.device.type == "cuda"
+    with atomic_path(run.run_dir / "model.pt") as tmp:
+        torch.save({"model_config": dataclasses.asdict(run.mcfg), "state_dict": state.model.state_dict(),
+                    **identity, "tokenizer_sha256": run.meta.get("tokenizer_sha256"), "step": steps,
+                    "tokens": steps * tps}, tmp)
+    write_csv_rows(run.run_dir / "train_log.csv", run.columns, state.rows)
+    (run.run_dir / PARTIAL_LOG).unlink(missing_ok=True)
+    n_params, n_params_ne = _n_params(state.model)
     metrics = {
-        **identity, "profile": cfg["profile"], "steps": steps, "tokens": steps * tokens_per_step,
-        "epochs": steps * tokens_per_step / n_train, "tokens_per_step": tokens_per_step,
+        **identity, "profile": run.cfg["profile"], "steps": steps, "tokens": steps * tps,
+        "epochs": steps * tps / run.n_train, "tokens_per_step": tps,
         "final_loss": final[0], "final_ce": final[1], "final_reg": final[2],
-        "reg_init": reg_init, "reg_final": final[2],
+        "reg_init": state.reg_init, "reg_final": final[2],
         "n_params": n_params, "n_params_non_embedding": n_params_ne,
-        "batch_order_sha256": order.sha256(steps * ga * mb),
-        "device": device.type, "dtype": "bfloat16" if cuda else "float32",
-        "wall_time_s": round(wall, 3), "tokens_per_s": round(steps * tokens_per_step / max(wall, 1e-9), 1),
-        "resumed_at_steps": resumes, "finished": True,
+        "batch_order_sha256": WindowOrder(identity["seed"], run.n_win).sha256(steps * state.windows_per_step),
+        "device": run.device.type, "dtype": "bfloat16" if cuda else "float32",
+        "wall_time_s": round(wall, 3), "tokens_per_s": round(steps * tps / max(wall, 1e-9), 1),
+        "resumed_at_steps": state.resumed_at_steps, "finished": True,
     }
-    write_json(run_dir / "metrics.json", metrics)  # last: its finished flag marks the run done
-    tracker.finish(metrics, [run_dir / "metrics.json", run_dir / "config.json", run_dir / "train_log.csv"])
+    write_json(run.run_dir / "metrics.json", metrics)  # last: its finished flag marks the run done
+    out.tracker.finish(metrics, [run.run_dir / f for f in ("metrics.json", "config.json", "train_log.csv")])
     log.info("finished: %d steps, final loss %.4f, %.0f tokens/s", steps, final[0], metrics["tokens_per_s"])
     return metrics
 
