@@ -1,0 +1,172 @@
+"""The training loop against its specification (issue 17): what the model is really fed, the lr
+really set, the decay groups, grad accumulation, and the window count.
+
+A spy wraps `ncn.train.make_optimizer` (the one place that sees both the model and the optimizer)
+and records every forward's (inputs, targets), and at every optimizer step the lr of each group
+and the gradients. Expected values come from the specification, computed here independently of
+`ncn.batches` and `ncn.train`: the windows of a torch.randperm seeded by the run's seed, nanoGPT's
+warmup-then-cosine schedule written out by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from test_train import make_data, read_log, run_train, tiny_config
+
+T = 16  # tiny_config's block_size
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+class Spy:
+    def __init__(self):
+        self.fed: list[tuple[torch.Tensor, torch.Tensor]] = []  # (x, y) of every forward, in order
+        self.lrs: list[list[float]] = []  # per optimizer step: the lr of each param group
+        self.grads: list[dict[str, torch.Tensor]] = []  # per optimizer step: the gradients it applies
+        self.groups: list[tuple[float, set[str]]] = []  # (weight_decay, parameter names) per group
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    import ncn.train
+
+    real, s = ncn.train.make_optimizer, Spy()
+
+    def make_optimizer(model, tc, fused):
+        opt = real(model, tc, fused)
+        names = {id(p): n for n, p in model.named_parameters()}
+        s.groups = [(g["weight_decay"], {names[id(p)] for p in g["params"]}) for g in opt.param_groups]
+
+        def on_forward(module, args, kwargs):
+            s.fed.append((args[0].detach().cpu().clone(), args[1].detach().cpu().clone()))
+
+        def on_step(optimizer, args, kwargs):
+            s.lrs.append([g["lr"] for g in optimizer.param_groups])
+            s.grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+        model.register_forward_pre_hook(on_forward, with_kwargs=True)
+        opt.register_step_pre_hook(on_step)
+        return opt
+
+    monkeypatch.setattr(ncn.train, "make_optimizer", make_optimizer)
+    return s
+
+
+def expected_windows(data, seed: int, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows start .. start+count-1 of the order: x = tokens [k*T, k*T+T), y = the next token of each."""
+    tokens = np.fromfile(data / "train.bin", dtype=np.uint16).astype(np.int64)
+    n_win = (len(tokens) - 1) // T
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.cat([torch.randperm(n_win, generator=gen) for _ in range(start // n_win + count // n_win + 2)])
+    ks = order[start:start + count].tolist()
+    x = torch.tensor(np.stack([tokens[k * T:k * T + T] for k in ks]))
+    y = torch.tensor(np.stack([tokens[k * T + 1:k * T + T + 1] for k in ks]))
+    return x, y
+
+
+# ---- batches -------------------------------------------------------------------------------------
+
+
+def test_get_windows_targets_are_the_inputs_shifted_by_one():
+    from ncn.batches import get_windows
+
+    tokens = np.arange(100, 120, dtype=np.uint16)
+    x, y = get_windows(tokens, torch.tensor([2, 0]), 4)
+    assert x.tolist() == [[108, 109, 110, 111], [100, 101, 102, 103]]
+    assert y.tolist() == [[109, 110, 111, 112], [101, 102, 103, 104]]
+    assert x.dtype == y.dtype == torch.int64
+
+
+def test_n_windows_at_an_exact_multiple_of_the_context():
+    from ncn.batches import get_windows, n_windows
+
+    # window k needs tokens k*T .. k*T+T (the last as a target): 16 tokens hold 3 windows of 4, not 4
+    assert [n_windows(n, 4) for n in (4, 5, 8, 9, 16, 17)] == [0, 1, 1, 2, 3, 4]
+    tokens = np.arange(16, dtype=np.uint16)
+    x, y = get_windows(tokens, torch.tensor([n_windows(16, 4) - 1]), 4)
+    assert x.tolist() == [[8, 9, 10, 11]] and y.tolist() == [[9, 10, 11, 12]]
+    assert y.shape == (1, 4)  # the last window is whole
+
+
+# ---- what the loop feeds the model ---------------------------------------------------------------
+
+GA_TRAIN = {"tokens": 5 * 2 * 2 * T, "micro_batch": 2, "grad_accum": 2, "ckpt_every": 10}
+
+
+def test_the_loop_feeds_the_permutation_in_order_without_overlap(data, tmp_path, spy):
+    """Micro-batch m of step k is windows ((k-1)*ga + m)*mb .. +mb of the seeded permutation: each
+    window once per epoch, none skipped, none drawn twice."""
+    cfg = tiny_config(tmp_path, train=GA_TRAIN)
+    run_train(cfg, tmp_path / "run", data, seed=3)
+    ga, mb, steps = 2, 2, 5
+    assert len(spy.fed) == steps * ga
+    for i, (x, y) in enumerate(spy.fed):  # forwards run step-major, micro-batch m ascending
+        step, m = divmod(i, ga)
+        want_x, want_y = expected_windows(data, 3, (step * ga + m) * mb, mb)
+        assert torch.equal(x, want_x), (step + 1, m)
+        assert torch.equal(y, want_y), (step + 1, m)
+        assert torch.equal(y[:, :-1], x[:, 1:])  # targets are the inputs shifted by one
+
+
+def test_the_lr_set_at_each_step_is_the_schedule(data, tmp_path, spy):
+    """Step k runs at lr_at(k-1): warmup lr*(k)/(warmup+1) for k <= warmup, then cosine to min_lr."""
+    lr, min_lr, warmup, steps = 3e-3, 3e-4, 2, 20  # tiny_config's
+    cfg = tiny_config(tmp_path, train={"decay_all": False})
+    run_train(cfg, tmp_path / "run", data)
+
+    def by_hand(k):
+        it = k - 1
+        if it < warmup:
+            return lr * (it + 1) / (warmup + 1)
+        return min_lr + 0.5 * (1 + math.cos(math.pi * (it - warmup) / (steps - warmup))) * (lr - min_lr)
+
+    assert len(spy.lrs) == steps
+    assert all(len(set(g)) == 1 and len(g) == 2 for g in spy.lrs)  # both decay groups, one lr
+    set_lr = [g[0] for g in spy.lrs]
+    assert set_lr[:3] == pytest.approx([1e-3, 2e-3, 3e-3], rel=1e-12)
+    assert set_lr == pytest.approx([by_hand(k) for k in range(1, steps + 1)], rel=1e-12)
+    assert set_lr[-1] > min_lr  # the last step is one short of the end of the cosine
+    for row in read_log(tmp_path / "run"):  # and the log records the lr that was set
+        assert float(row["lr"]) == pytest.approx(set_lr[int(row["step"]) - 1], rel=1e-12)
+
+
+def test_weight_decay_groups_without_decay_all(data, tmp_path, spy):
+    """decay_all false: matrices are decayed; embeddings, norms and biases are not."""
+    cfg = tiny_config(tmp_path, train={"decay_all": False, "tokens": 2 * 4 * T, "weight_decay": 0.1})
+    run_train(cfg, tmp_path / "run", data)
+    by_wd = {wd: names for wd, names in spy.groups}
+    assert set(by_wd) == {0.1, 0.0}
+    decayed, kept = by_wd[0.1], by_wd[0.0]
+    assert {"blocks.0.attn.qkv.weight", "blocks.1.ffn.down.weight", "controller.fc1.weight"} <= decayed
+    assert {"tok_emb.weight", "pos_emb.weight", "norm_f.weight", "blocks.0.norm1.weight",
+            "controller.fc1.bias", "controller.fc2.bias"} <= kept
+    assert not decayed & kept
+    for name in decayed:
+        assert not name.endswith("bias") and "norm" not in name and "emb" not in name, name
+
+    run_train(tiny_config(tmp_path, "all.yaml", train={"decay_all": True, "tokens": 2 * 4 * T}),
+              tmp_path / "all", data)
+    assert [wd for wd, _ in spy.groups] == [0.1]  # one group, every parameter decayed (the schema's 0.1)
+
+
+@pytest.mark.parametrize("variant", ["none", "causal"])
+def test_grad_accumulation_equals_one_big_batch(data, tmp_path, spy, variant):
+    """grad_accum 2 x micro_batch 2 applies the gradient of one batch of 4 (no dropout, no clipping)."""
+    common = {"tokens": 4 * T, "grad_clip": 0.0}
+    big = tiny_config(tmp_path, "big.yaml", model={"dropout": 0.0}, train={**common, "micro_batch": 4, "grad_accum": 1})
+    acc = tiny_config(tmp_path, "acc.yaml", model={"dropout": 0.0}, train={**common, "micro_batch": 2, "grad_accum": 2})
+    run_train(big, tmp_path / "big", data, variant=variant)
+    run_train(acc, tmp_path / "acc", data, variant=variant)
+    (g_big,), (g_acc,) = spy.grads[:1], spy.grads[1:]
+    assert torch.equal(torch.cat([x for x, _ in spy.fed[:1]]), torch.cat([x for x, _ in spy.fed[1:]]))
+    assert g_big.keys() == g_acc.keys() and len(g_big) > 5
+    for name in g_big:
+        assert torch.allclose(g_acc[name], g_big[name], rtol=1e-4, atol=1e-7), name
