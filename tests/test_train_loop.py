@@ -170,3 +170,47 @@ def test_grad_accumulation_equals_one_big_batch(data, tmp_path, spy, variant):
     assert g_big.keys() == g_acc.keys() and len(g_big) > 5
     for name in g_big:
         assert torch.allclose(g_acc[name], g_big[name], rtol=1e-4, atol=1e-7), name
+
+
+# ---- the recorded batch-order hash ---------------------------------------------------------------
+
+
+def fed_chain(fed: list[tuple[torch.Tensor, torch.Tensor]], ga: int) -> str:
+    """The specified hash: per step, sha256(previous digest || sha256(x || y) of each micro-batch)."""
+    import hashlib
+
+    h = b""
+    for i in range(0, len(fed), ga):
+        parts = [hashlib.sha256(x.numpy().astype("<i8").tobytes() + y.numpy().astype("<i8").tobytes()).digest()
+                 for x, y in fed[i:i + ga]]
+        h = hashlib.sha256(h + b"".join(parts)).digest()
+    return h.hex()
+
+
+def test_batch_order_hash_is_over_the_token_ids_fed(data, tmp_path, spy):
+    cfg = tiny_config(tmp_path, train=GA_TRAIN)
+    m = run_train(cfg, tmp_path / "run", data, seed=3)
+    assert len(spy.fed) == 5 * 2
+    assert m["batch_order_sha256"] == fed_chain(spy.fed, ga=2)
+
+
+@pytest.mark.parametrize("how", ["swap two micro-batches", "reverse the windows of one micro-batch"])
+def test_a_broken_order_changes_the_hash(data, tmp_path, monkeypatch, how):
+    """The same windows in another order (the intended order untouched) must give another hash."""
+    import ncn.train
+
+    cfg = tiny_config(tmp_path, train=GA_TRAIN)
+    good = run_train(cfg, tmp_path / "good", data, seed=3)
+    real = ncn.train.draw_batch
+
+    def broken(run, order, step, m):
+        if step != 2:
+            return real(run, order, step, m)
+        if how.startswith("swap"):
+            return real(run, order, step, 1 - m)
+        x, y = real(run, order, step, m)
+        return x.flip(0), y.flip(0)
+
+    monkeypatch.setattr(ncn.train, "draw_batch", broken)
+    bad = run_train(cfg, tmp_path / "bad", data, seed=3)
+    assert bad["batch_order_sha256"] != good["batch_order_sha256"]

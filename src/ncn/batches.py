@@ -9,13 +9,12 @@ The order is a permutation of the window indices drawn from a `torch.Generator` 
 the run's seed alone, so every variant (and the iso-parameter baseline) of one seed sees the
 same data in the same order; a budget beyond one epoch draws the next epoch's permutation
 from the same generator. The order is a pure function of (seed, n_windows, position), so a
-resumed run needs only the position (the "data cursor"), and `order_sha256` can hash the
-whole order at the end without any state carried through checkpoints.
+resumed run needs only the position (the "data cursor"). What the run records is the hash of
+the token ids it actually fed (`ncn.train.batch_digest`), not of this intended order.
 """
 
 from __future__ import annotations
 
-import hashlib
 import numpy as np
 import torch
 
@@ -54,14 +53,6 @@ class WindowOrder:
 
     def indices(self, start: int, count: int) -> torch.Tensor:
         return torch.cat(list(self._spans(start, count)))
-
-    def sha256(self, total: int) -> str:
-        """sha256 of the first `total` window indices in order (int64 little-endian)."""
-        h = hashlib.sha256()
-        # a fresh order: hashing from position 0 must not disturb this one's cached epochs
-        for chunk in WindowOrder(self.seed, self.n_win)._spans(0, total):
-            h.update(chunk.numpy().astype("<i8").tobytes())
-        return h.hexdigest()
 
 
 def get_windows(tokens: np.ndarray, idx: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:

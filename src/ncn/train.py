@@ -10,7 +10,9 @@ are written atomically at the end; while training, the log grows in train_log.pa
 
 Determinism. `torch.manual_seed(seed)` before the model is built fixes the init; the data
 order is a permutation of the training windows from a generator seeded by the seed alone
-(`ncn.batches`), the same for every variant, and its sha256 goes into metrics.json. On CPU
+(`ncn.batches`), the same for every variant. metrics.json's batch_order_sha256 hashes the
+token ids actually fed (`TrainState.add_fed`: a chain over steps of the micro-batches'
+`batch_digest`), so it is equal across variants only if they really saw the same batches. On CPU
 (fp32, a fixed --threads) two runs of one command give bitwise-identical metrics.
 
 Shape (torchtitan/nanoGPT): `Run` holds what is fixed for the run (its `TrainConfig`, model
@@ -53,7 +55,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -213,7 +215,8 @@ class Run:
         """What a checkpoint must have been made with to be resumed by this run."""
         train = {k: v for k, v in dataclasses.asdict(self.tc).items() if k not in _NOT_IN_FINGERPRINT}
         return hashlib.sha256(json.dumps({
-            **self.identity, "model_config": dataclasses.asdict(self.mcfg), "steps": self.steps,
+            **self.identity, "state_version": TrainState.VERSION,
+            "model_config": dataclasses.asdict(self.mcfg), "steps": self.steps,
             "n_train": self.n_train, "tokenizer_sha256": self.meta.get("tokenizer_sha256"), "train": train,
         }, sort_keys=True).encode()).hexdigest()
 
@@ -222,6 +225,8 @@ class Run:
 class TrainState:
     """Everything a checkpoint holds. `state_dict()` is the checkpoint payload and
     `load_state_dict()` restores it: the checkpoint layout is written here only."""
+
+    VERSION: ClassVar[int] = 2  # in the fingerprint: a checkpoint of another layout is set aside, not loaded
 
     model: nn.Module  # the raw model (not DDP- or compile-wrapped)
     optimizer: torch.optim.Optimizer
@@ -234,6 +239,7 @@ class TrainState:
     reg_init: float | None = None  # reg of the first step
     wall_time_s: float = 0.0  # of the sessions before this one
     resumed_at_steps: list = dataclasses.field(default_factory=list)
+    fed_sha256: str = ""  # hash chain over the token ids fed so far (add_fed)
     session_start: float = dataclasses.field(default_factory=time.perf_counter)
 
     def wall(self) -> float:
@@ -244,7 +250,7 @@ class TrainState:
             **self.stamp, "step": self.step, "cursor": self.step * self.windows_per_step,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
             "log_rows": self.rows, "recent": self.recent, "since_row": self.since_row, "reg_init": self.reg_init,
-            "wall_time_s": self.wall(), "resumed_at_steps": self.resumed_at_steps,
+            "wall_time_s": self.wall(), "resumed_at_steps": self.resumed_at_steps, "fed_sha256": self.fed_sha256,
         }
 
     def load_state_dict(self, sd: dict) -> None:
@@ -253,8 +259,13 @@ class TrainState:
         set_rng_state(sd["rng"])
         self.step, self.rows, self.recent, self.since_row = sd["step"], sd["log_rows"], sd["recent"], sd["since_row"]
         self.reg_init, self.wall_time_s = sd["reg_init"], sd["wall_time_s"]
-        self.resumed_at_steps = list(sd["resumed_at_steps"])
+        self.resumed_at_steps, self.fed_sha256 = list(sd["resumed_at_steps"]), sd["fed_sha256"]
         self.session_start = time.perf_counter()
+
+    def add_fed(self, digests: bytes) -> None:
+        """Chain one step's micro-batch digests (batch_digest of m = 0 .. grad_accum-1, in order):
+        fed_sha256 = sha256(previous fed_sha256's 32 bytes, or none at step 1 || the digests)."""
+        self.fed_sha256 = hashlib.sha256(bytes.fromhex(self.fed_sha256) + digests).hexdigest()
 
     def add_losses(self, losses: list[float], keep: int) -> None:
         """Book one step's [loss, ce, reg] for the next log row and the final_* metrics."""
@@ -395,8 +406,8 @@ def _latest_checkpoint(run: Run) -> tuple[dict | None, Path | None]:
             raise NCNError(f"{path} belongs to run {({k: ckpt.get(k) for k in identity})}, not {identity}; "
                            "choose another --out")
         stale = run.run_dir / "ckpt.stale"
-        log.warning("checkpoints in %s were made with another config or data; moved to %s, starting from scratch",
-                    run.ckpt_dir, stale)
+        log.warning("checkpoints in %s were made with another config, data or checkpoint layout; moved to %s, "
+                    "starting from scratch", run.ckpt_dir, stale)
         shutil.rmtree(stale, ignore_errors=True)
         os.replace(run.ckpt_dir, stale)
         ckpt, path = None, None
@@ -450,13 +461,14 @@ def _loop(run: Run, state: TrainState, model: nn.Module, out: TrainLog) -> None:
             for g in state.optimizer.param_groups:
                 g["lr"] = lr
             # forward and backward of this rank's micro-batches of the global batch
-            sums, stats = _forward_backward(run, model, order, step, faults.nan_at == step)
-            # mean (loss, ce, reg) over the micro-batches of every rank; stop on a non-finite loss
-            losses = _mean_losses(run, sums, step, lr)
+            sums, stats, fed = _forward_backward(run, model, order, step, faults.nan_at == step)
+            # gather over ranks: mean (loss, ce, reg), the fed batches' digests; stop on a non-finite loss
+            losses, fed = _gather(run, sums, fed, step, lr)
             # update: clip, optimizer step, clear the gradients
             _update(run, state)
-            # log: book the losses, write a train-log row when due, advance the bar
+            # book the step and its fed tokens; write a train-log row when due, advance the bar
             state.step = step
+            state.add_fed(fed)
             out.step_done(step, lr, losses, stats)
             # checkpoint every ckpt_every steps and at the last
             if step % run.tc.ckpt_every == 0 or step == run.steps:
@@ -475,20 +487,27 @@ def draw_batch(run: Run, order: WindowOrder, step: int, m: int) -> tuple[torch.T
     window order, micro_batch windows from there."""
     mb = run.tc.micro_batch
     pos = ((step - 1) * run.tc.grad_accum + m) * mb
-    x, y = get_windows(run.tokens, order.indices(pos, mb), run.mcfg.block_size)
-    return x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+    return get_windows(run.tokens, order.indices(pos, mb), run.mcfg.block_size)
+
+
+def batch_digest(x: torch.Tensor, y: torch.Tensor) -> bytes:
+    """sha256 of the inputs, then the targets, of one micro-batch (int64 little-endian, row-major)."""
+    return hashlib.sha256(x.numpy().astype("<i8").tobytes() + y.numpy().astype("<i8").tobytes()).digest()
 
 
 def _forward_backward(run: Run, model: nn.Module, order: WindowOrder, step: int, poison: bool):
     """Micro-batches m = rank, rank+N, ... of `step`, each loss scaled by 1/(their number), DDP's
-    gradient sync on the last only. Returns the summed [loss, ce, reg] and the signal statistics
-    of micro-batch 0 when they are due (every signal_every steps and at step 1)."""
+    gradient sync on the last only. Returns the summed [loss, ce, reg], the signal statistics of
+    micro-batch 0 when they are due (every signal_every steps and at step 1), and a (grad_accum,
+    32) table holding the batch_digest of each micro-batch this rank fed (zeros elsewhere)."""
     local = range(run.dist.rank, run.tc.grad_accum, run.dist.world)
     want_signals = run.identity["variant"] != "none" and (step == 1 or step % run.tc.signal_every == 0)
     sums = torch.zeros(3, dtype=torch.float64, device=run.device)
-    stats = {}
+    stats, fed = {}, torch.zeros(run.tc.grad_accum, 32, dtype=torch.int64)
     for j, m in enumerate(local):
         x, y = draw_batch(run, order, step, m)
+        fed[m] = torch.tensor(list(batch_digest(x, y)))
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         last = j == len(local) - 1
         sync = model.no_sync() if run.dist.world > 1 and not last else contextlib.nullcontext()
         with sync:
@@ -501,25 +520,29 @@ def _forward_backward(run: Run, model: nn.Module, order: WindowOrder, step: int,
         sums += torch.stack([_scalar(loss, run.device), _scalar(out.ce, run.device), _scalar(out.reg, run.device)])
         if want_signals and m == 0:
             stats = signal_stats(out.signals)
-    return sums, stats
+    return sums, stats, fed
 
 
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
-def _mean_losses(run: Run, sums: torch.Tensor, step: int, lr: float) -> list[float]:
+def _gather(run: Run, sums: torch.Tensor, fed: torch.Tensor, step: int, lr: float) -> tuple[list[float], bytes]:
+    """The mean [loss, ce, reg] over every micro-batch of the step and the digests of all of them
+    (each rank filled its own rows); NCNError on a non-finite loss."""
     if run.dist.world > 1:
         import torch.distributed as dist
 
+        fed = fed.to(run.device)
         dist.all_reduce(sums)
+        dist.all_reduce(fed)
     losses = (sums / run.tc.grad_accum).tolist()
     if not math.isfinite(losses[0]):
         raise NCNError(
             f"loss is {losses[0]} at step {step} (lr {lr:.3g}); training stopped. The last good checkpoint "
             f"({_latest_name(run.ckpt_dir)}) is kept; lower train.lr or check the data, then rerun"
         )
-    return losses
+    return losses, bytes(fed.cpu().flatten().tolist())
 
 
 def _update(run: Run, state: TrainState) -> None:
@@ -651,7 +674,7 @@ def _finish(run: Run, state: TrainState, out: TrainLog) -> dict:
         "final_loss": final[0], "final_ce": final[1], "final_reg": final[2],
         "reg_init": state.reg_init, "reg_final": final[2],
         "n_params": n_params, "n_params_non_embedding": n_params_ne,
-        "batch_order_sha256": WindowOrder(identity["seed"], run.n_win).sha256(steps * state.windows_per_step),
+        "batch_order_sha256": state.fed_sha256,
         "device": run.device.type, "dtype": "bfloat16" if cuda else "float32",
         "wall_time_s": round(wall, 3), "tokens_per_s": round(steps * tps / max(wall, 1e-9), 1),
         "resumed_at_steps": state.resumed_at_steps, "finished": True,
