@@ -214,3 +214,26 @@ def test_a_broken_order_changes_the_hash(data, tmp_path, monkeypatch, how):
     monkeypatch.setattr(ncn.train, "draw_batch", broken)
     bad = run_train(cfg, tmp_path / "bad", data, seed=3)
     assert bad["batch_order_sha256"] != good["batch_order_sha256"]
+
+
+@pytest.mark.parametrize("variant", ["causal", "tonic", "asrun", "static", "none"])
+def test_signal_offsets_share_the_no_decay_group(variant):
+    """decay_all false: the controller's output bias and static's constants are the same kind of
+    parameter (a constant offset of the raw signals z), so neither is decayed (issue 13 item 8)."""
+    from test_train import train_config
+
+    from ncn.model import ModelConfig, Transformer
+    from ncn.train import make_optimizer
+
+    model = Transformer(ModelConfig(vocab_size=50, block_size=8, n_layer=2, n_head=2, d_model=16, d_ff=32,
+                                    ncn=variant, ncn_hidden=8))
+    opt = make_optimizer(model, train_config(decay_all=False, weight_decay=0.1), fused=False)
+    names = {id(p): n for n, p in model.named_parameters()}
+    wd = {names[id(p)]: g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert wd.keys() == set(names.values())
+    offsets = {"causal": "controller.fc2.bias", "tonic": "controller.fc2.bias", "asrun": "controller.fc2.bias",
+               "static": "static_z", "none": None}[variant]
+    assert [names[id(p)] for p in model.signal_offsets()] == ([offsets] if offsets else [])
+    if offsets:
+        assert wd[offsets] == 0.0
+    assert wd["blocks.1.ffn.up.weight"] == 0.1 and wd["tok_emb.weight"] == 0.0

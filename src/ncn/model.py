@@ -505,6 +505,13 @@ class Transformer(nn.Module):
             return idx, (torch.stack(steps, dim=1) if steps else empty)
         return idx
 
+    def signal_offsets(self) -> list[nn.Parameter]:
+        """The constant offsets of the raw signals z: the controller's output bias, or static's z.
+        Equivalent roles, so the optimizer treats them alike (not decayed unless decay_all)."""
+        if self.static_z is not None:
+            return [self.static_z]
+        return [self.controller.fc2.bias] if self.controller is not None else []
+
 
 def sample_next(logits, temperature=1.0, top_k=None, generator=None):
     """(B, vocab) logits -> (B, 1) next tokens. temperature 0 = argmax."""

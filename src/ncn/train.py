@@ -115,14 +115,16 @@ def lr_at(it: int, tc: TrainConfig, total_steps: int) -> float:
 
 def make_optimizer(model: nn.Module, tc: TrainConfig, fused: bool) -> torch.optim.AdamW:
     """AdamW. decay_all=True decays every parameter (as the original did); otherwise norms,
-    biases and embeddings (1-D tensors and nn.Embedding weights) are not decayed."""
+    biases, embeddings and the signals' constant offsets (1-D tensors, nn.Embedding weights and
+    `model.signal_offsets()`: the controller's output bias, static's z) are not decayed."""
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.decay_all:
         groups = [{"params": params, "weight_decay": tc.weight_decay}]
     else:
-        emb = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-        decay = [p for p in params if p.dim() >= 2 and id(p) not in emb]
-        keep = [p for p in params if not (p.dim() >= 2 and id(p) not in emb)]
+        plain = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        plain |= {id(p) for p in model.signal_offsets()}
+        decay = [p for p in params if p.dim() >= 2 and id(p) not in plain]
+        keep = [p for p in params if not (p.dim() >= 2 and id(p) not in plain)]
         groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": keep, "weight_decay": 0.0}]
     kw = {"fused": True} if fused else {}
     return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), **kw)
