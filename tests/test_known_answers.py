@@ -420,3 +420,59 @@ def test_skip_delta_loss_is_positive_when_skipping_a_useful_ffn(tmp_path):
     assert df.loc[0.95, "skip_frac"] == pytest.approx(1.0)
     assert df.loc[0.95, "delta_loss"] == pytest.approx(without_both - dense, rel=1e-5)
     assert (df["tokens"] == 48).all()
+
+
+# -- the statistics under every claim: edges the claims' tests do not reach ---------------------------------
+def test_t_interval_two_and_one_values_and_default_confidence():
+    from ncn.analysis import stats
+
+    iv = stats.t_interval([1.0, 3.0])  # default 95%: 2 ± t_{0.975,1} * sd / sqrt(2) = 2 ± 12.706205
+    assert (iv.mean, iv.n, iv.sd) == (2.0, 2, pytest.approx(math.sqrt(2)))
+    assert (iv.low, iv.high) == pytest.approx((2 - 12.706205, 2 + 12.706205), abs=1e-5)
+    assert iv.half == pytest.approx(12.706205, abs=1e-5)
+    assert stats.t_interval([1, 2, 3]).half == pytest.approx(T975_2 / math.sqrt(3), abs=1e-6)
+    one = stats.t_interval([5.0])
+    assert one.n == 1 and math.isnan(one.sd) and not one.defined
+    none = stats.t_interval([])
+    assert none.n == 0 and all(math.isnan(x) for x in (none.mean, none.low, none.high, none.sd))
+    assert iv.as_dict("loss_") == {"loss_mean": 2.0, "loss_ci_low": iv.low, "loss_ci_high": iv.high, "loss_n": 2,
+                                   "loss_sd": iv.sd}
+
+
+def test_verdicts_with_one_bound_missing_or_on_zero():
+    from ncn.analysis import stats
+
+    assert stats.ci_verdict(math.nan, -1.0, 0.0, "below") == "inconclusive"
+    assert stats.ci_verdict(1.0, math.nan, 0.0, "above") == "inconclusive"
+    assert stats.ab_verdict(math.nan, -0.1) == "inconclusive" and stats.ab_verdict(0.1, math.nan) == "inconclusive"
+    assert stats.ab_verdict(-1.0, 0.0) == "no significant difference"  # touching 0 is not "entirely below"
+    assert stats.ab_verdict(0.0, 1.0) == "no significant difference"
+    assert stats.ab_verdict(-1.0, 0.5) == "no significant difference"
+    assert stats.ab_verdict(-0.5, 1.0) == "no significant difference"
+
+
+def test_one_way_anova_within_sum_of_squares_of_one():
+    from ncn.analysis import stats
+
+    # [0, 1] and [5, 6]: SS_within = 4 * 0.25 = 1 on 2 df, SS_between = 2 * 2.5² * 2 = 25 on 1 df: F = 50,
+    # p = P(F_{1,2} > 50) = P(|t_2| > sqrt(50)) = 1 - sqrt(50 / (2 + 50)) = 0.019419
+    F, p = stats.one_way_anova([[0, 1], [5, 6]])
+    assert F == pytest.approx(50.0) and p == pytest.approx(1 - math.sqrt(50 / 52), abs=1e-9)
+    assert all(math.isnan(x) for x in stats.one_way_anova([[1, 1], [1, 1]]))  # no variation at all
+
+
+def test_spearman_edges():
+    from ncn.analysis import stats
+
+    rho, p, n = stats.spearman([1, 2, 3], [3, 1, 2])  # n = 3 is enough: d² = 4 + 1 + 1, rho = 1 - 6*6/24 = -0.5
+    assert n == 3 and rho == pytest.approx(-0.5) and p == pytest.approx(2 / 3)
+    assert all(math.isnan(x) for x in stats.spearman([1, 2], [1, 2])[:2])  # two pairs: undefined
+    assert all(math.isnan(x) for x in stats.spearman([1, 2, 3], [4, 4, 4])[:2])  # constant y
+    assert stats.spearman([1, 2, 3, 4], [4, 4, 4, 5])[0] == pytest.approx(0.7745967)  # ties, not constant
+
+
+def test_nan_to_none_keeps_numpy_booleans():
+    from ncn.analysis import stats
+
+    assert stats.nan_to_none({"a": np.bool_(True), "b": np.bool_(False)}) == {"a": True, "b": False}
+    assert stats.nan_to_none(np.bool_(True)) is True
