@@ -435,6 +435,7 @@ def test_t_interval_two_and_one_values_and_default_confidence():
     assert one.n == 1 and math.isnan(one.sd) and not one.defined
     none = stats.t_interval([])
     assert none.n == 0 and all(math.isnan(x) for x in (none.mean, none.low, none.high, none.sd))
+    assert iv.as_dict() == {"mean": 2.0, "ci_low": iv.low, "ci_high": iv.high, "n": 2, "sd": iv.sd}
     assert iv.as_dict("loss_") == {"loss_mean": 2.0, "loss_ci_low": iv.low, "loss_ci_high": iv.high, "loss_n": 2,
                                    "loss_sd": iv.sd}
 
