@@ -59,6 +59,7 @@ from ncn.data import load_meta, open_split
 from ncn.errors import NCNError
 from ncn.fileio import atomic_path, read_json, write_csv_rows, write_json
 from ncn.runs import TIMING_KEYS, pick_device, run_config as read_run_config  # noqa: F401 (ncn.train.TIMING_KEYS)
+from ncn.variants import spec, spoken_list
 
 log = logging.getLogger("ncn.train")
 
@@ -74,7 +75,7 @@ _NOT_IN_FINGERPRINT = ("ckpt_every", "keep_checkpoints", "device", "compile")
 def signal_columns(variant: str, n_layer: int) -> list[str]:
     from ncn.model import SIGNAL_NAMES
 
-    if variant == "none":
+    if spec(variant).is_baseline:
         return []
     return [f"{s}_{stat}_l{l}" for s in SIGNAL_NAMES for l in range(n_layer) for stat in ("mean", "std")]
 
@@ -201,10 +202,7 @@ def train(cfg: dict, variant: str, size: str, seed: int, run_dir: Path, data_dir
             print(f"ncn train: {run_dir} is already finished (metrics.json); nothing to do", file=sys.stderr)
             return done
 
-    from ncn.model import VARIANTS
-
-    if variant not in VARIANTS:
-        raise NCNError(f"unknown variant '{variant}' (one of {', '.join(VARIANTS)})")
+    spec(variant)  # names the registered variants if `variant` is not one
     size_def(cfg, size)  # names the defined sizes if `size` is not one
     torch.set_num_threads(threads)
     s = train_settings(cfg, size)
@@ -351,7 +349,7 @@ def _train(cfg, s, meta, tokens, mcfg, identity, run_dir, data_dir, threads, d: 
             lr = lr_at(step - 1, s, steps)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            want_signals = variant != "none" and (step == 1 or step % s["signal_every"] == 0)
+            want_signals = not mcfg.spec.is_baseline and (step == 1 or step % s["signal_every"] == 0)
             sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, reg summed over micro-batches
             stats = {}
             for j, m in enumerate(local_micro):
@@ -484,7 +482,7 @@ def main(argv: list[str]) -> int:
         "'torchrun --nproc_per_node=N -m ncn.cli train ...' it trains with DDP on the same global batch.",
     )
     p.add_argument("--config", required=True, help="pipeline config (YAML or the resolved JSON)")
-    p.add_argument("--variant", required=True, help="none, asrun, causal, tonic or static")
+    p.add_argument("--variant", required=True, help=spoken_list())
     p.add_argument("--size", required=True, help="a name in the config's size_defs, e.g. xs")
     p.add_argument("--seed", required=True, type=int, help="fixes the init and the data order")
     p.add_argument("--out", required=True, help="run folder, e.g. results/runs/causal/xs/seed0")
