@@ -8,7 +8,10 @@ import torch
 
 import ncn.model as M
 from ncn.errors import NCNError
-from ncn.model import SIGNAL_NAMES, VARIANTS, ModelConfig, Transformer, load_model, match_params
+from ncn.model import SIGNAL_NAMES, ModelConfig, Transformer, load_model, match_params
+from ncn.variants import names
+
+VARIANTS = names()
 
 torch.set_num_threads(1)
 

@@ -14,6 +14,7 @@ import time
 import torch
 
 import ncn.model as M
+from ncn import variants
 from ncn.errors import NCNError
 from ncn.fileio import write_csv_rows
 from ncn.progress import bar
@@ -24,12 +25,12 @@ COLUMNS = ["variant", "d_ff", "n_params", "step_s_median", "step_s_min", "tokens
 
 
 def bench_configs(a) -> dict[str, M.ModelConfig]:
-    """Every NCN variant at the given size, plus "none" = match_params of "causal" (its baseline)."""
+    """Every NCN variant at the given size, plus the baseline ("none") = match_params of
+    variants.PRIMARY ("causal"), first."""
     kw = dict(vocab_size=a.vocab, block_size=a.seq_len, n_layer=a.n_layer, n_head=a.n_head,
               d_model=a.d_model, d_ff=a.d_ff, dropout=0.0)
-    cfgs = {v: M.ModelConfig(ncn=v, **kw) for v in a.variants if v != "none"}
-    cfgs = {"none": M.match_params(M.ModelConfig(ncn="causal", **kw)), **cfgs}
-    return cfgs
+    cfgs = {v: M.ModelConfig(ncn=v, **kw) for v in variants.ncn_names(a.variants)}
+    return {variants.baseline(): M.match_params(M.ModelConfig(ncn=variants.PRIMARY, **kw)), **cfgs}
 
 
 def train_step(model, idx, targets):
@@ -55,7 +56,7 @@ def bench_model(a) -> list[dict]:
             t0 = time.perf_counter()
             train_step(model, idx, targets)
             times[v].append(time.perf_counter() - t0)
-    base = statistics.median(times["none"])
+    base = statistics.median(times[variants.baseline()])
     rows = []
     for v, model in models.items():
         med = statistics.median(times[v])
@@ -93,8 +94,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--steps", type=int, default=10, help="timed rounds, one step per variant each (default: %(default)s)")
     m.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
     m.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: %(default)s)")
-    m.add_argument("--variants", nargs="+", default=list(M.VARIANTS), choices=M.VARIANTS,
-                   help="variants to time; \"none\" (the baseline) is always included")
+    m.add_argument("--variants", nargs="+", default=list(variants.names()), choices=variants.names(),
+                   help=f"variants to time; \"{variants.baseline()}\" (the baseline) is always included")
     m.add_argument("--pool-impl", default=M.PREFIX_POOL_IMPL, choices=["chunked", "sdpa"],
                    help="causal prefix pool: O(T·C) chunked prefix softmax or O(T²) SDPA (default: %(default)s)")
     m.add_argument("--batch", type=int, default=16)

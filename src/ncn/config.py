@@ -24,10 +24,21 @@ SCHEMA_PATH = Path(os.environ.get("NCN_SCHEMA", REPO_ROOT / "workflow" / "schema
 
 
 def load_schema() -> dict:
+    """The schema file as written (its variant enums document the registry; a test keeps them equal)."""
     if not SCHEMA_PATH.exists():
         raise NCNError(f"config schema not found at {SCHEMA_PATH} (install the package editable: pip install -e .)")
     with open(SCHEMA_PATH, encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+
+def _with_registry_variants(schema: dict) -> dict:
+    """The schema with its variant enums taken from ncn.variants, the one source of the names."""
+    from ncn.variants import names, ncn_names
+
+    props = schema["properties"]
+    props["variants"]["items"]["enum"] = list(names())
+    props["ncn_reference"]["enum"] = ncn_names()
+    return schema
 
 
 def _fill_defaults(schema: dict, obj: Any) -> Any:
@@ -58,7 +69,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
 
     if not isinstance(cfg, dict):
         raise NCNError(f"{source}: expected a mapping at the top level, got {type(cfg).__name__}")
-    schema = load_schema()
+    schema = _with_registry_variants(load_schema())
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
@@ -167,12 +178,13 @@ def train_settings(cfg: dict, size: str) -> TrainConfig:
 
 
 def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
-    """The ModelConfig of (variant, size). The baseline "none" is matched in parameter count
-    to the reference NCN variant by changing d_ff only (model.match_params)."""
+    """The ModelConfig of (variant, size). The baseline (the variant whose spec has no signals)
+    is matched in parameter count to the `ncn_reference` variant by changing d_ff only
+    (model.match_params)."""
     from ncn.model import ModelConfig, match_params
+    from ncn.variants import spec
 
-    if variant not in ("none", "asrun", "causal", "tonic", "static"):
-        raise NCNError(f"unknown variant '{variant}' (one of none, asrun, causal, tonic, static)")
+    is_baseline = spec(variant).is_baseline  # names the registered variants if `variant` is not one
     sd = size_def(cfg, size)
     m = cfg["model"]
     kw = dict(
@@ -189,8 +201,8 @@ def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
         beta_max=m["beta_max"],
         gate_init=m["gate_init"],
     )
-    if variant == "none":
-        return match_params(ModelConfig(ncn=cfg["ncn_reference"], **kw))
+    if is_baseline:
+        return match_params(ModelConfig(ncn=cfg["ncn_reference"], **kw), ncn=variant)
     return ModelConfig(ncn=variant, **kw)
 
 

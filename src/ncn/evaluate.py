@@ -16,8 +16,9 @@ the unpredicted first token are counted: it is one token of a whole split). With
 evaluated prefix is credited its share of the bytes in proportion to its tokens, the one
 approximation made.
 
-For "asrun" also `val_loss_prefix_pool`: the same loss with the NCN pool restricted to the
-prefix (forward with causal_pool=True), which measures how much the future-token leak helps.
+For a variant whose pool sees the whole window (spec.sees_future: "asrun") also
+`val_loss_prefix_pool`: the same loss with the NCN pool restricted to the prefix (forward with
+causal_pool=True), which measures how much the future-token leak helps.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, th
     ce, n = stream_ce(model, tokens, T, bs, device, cap, desc=f"eval {run_dir}")
     bpb, nbytes = bits_per_byte(ce, n, len(tokens) - 1, int(meta["valid"]["bytes"]))
     prefix = None
-    if model.cfg.ncn == "asrun":
+    if model.cfg.spec.sees_future:
         ce_p, _ = stream_ce(model, tokens, T, bs, device, cap, causal_pool=True, desc="eval prefix pool")
         prefix = ce_p / n
     out = {

@@ -12,19 +12,23 @@ three signals that modulate the layer:
 
 and a homeostatic regulariser  reg = reg_lambda · Σ_{s∈{g,β,γ}} mean((s − 1)²)  keeps them near 1.
 
-Variants (`ModelConfig.ncn`):
-  "none"    the plain Transformer (the iso-parameter baseline: see `match_params`).
-  "asrun"   the original as it really ran: one learned query attends (ncn_heads heads) over the
-            token+position embeddings of the WHOLE window, without a causal mask, so position t
-            sees the future (the "leak"); each token's input = pooled + own embedding
-            → RMSNorm → Linear(d→ncn_hidden) → tanh → Linear(→3·n_layer). All NCN biases start
-            at zero, so at init β ≈ softplus(0)+0.01 ≈ 0.703, γ ≈ 0.5, g ≈ 1.
-  "causal"  as intended: the same, but position t pools over positions ≤ t only, and the output
-            bias starts at g = 1, β = 1, γ = gate_init.
-  "tonic"   order-blind control: signals depend only on a causal pool over the *content*
-            (token) embeddings, no positions and no per-token term, so they are a function of
-            the multiset of prefix tokens (reordering the prefix leaves them unchanged).
-  "static"  context-free control: learned per-layer constants, initialised as "causal".
+Variants (`ModelConfig.ncn`) are named presets of flags in `ncn.variants.REGISTRY` (like
+nanoGPT's `bias` flag); the model reads only the flags, through `ModelConfig.spec`:
+  pool       the controller: one learned query attends (ncn_heads heads) over the NCN input;
+             "window" pools the WHOLE window without a causal mask, so position t sees the
+             future (the original's "leak", variant "asrun"); "prefix" pools positions ≤ t;
+             "none" has no controller. Then → RMSNorm → Linear(d→ncn_hidden) → tanh →
+             Linear(→3·n_layer) gives the raw z of every layer.
+  positions  the NCN input is token + position embeddings; without it, token embeddings only
+             (with a prefix pool and no per-token term the signals are then a function of the
+             multiset of prefix tokens: "tonic").
+  per_token  each token's input = pooled + its own NCN input embedding.
+  init       "zeroed": all NCN biases start at zero (as the original ran), so at init
+             β ≈ softplus(0)+0.01 ≈ 0.703, γ ≈ 0.5, g ≈ 1; "target": the output bias starts at
+             g = 1, β = 1, γ = gate_init.
+  static     learned per-layer constants instead of a controller ("static").
+No controller and no constants is the plain Transformer, the iso-parameter baseline ("none":
+see `match_params`).
 
 Design choices where the description is silent:
   * The NCN reads the same token(+position) embeddings the trunk starts from, NOT detached:
@@ -50,8 +54,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ncn.errors import NCNError
+from ncn.variants import VariantSpec, baseline, spec as variant_spec
 
-VARIANTS = ("none", "asrun", "causal", "tonic", "static")
 SIGNAL_NAMES = ("g", "beta", "gamma")
 
 
@@ -71,15 +75,22 @@ class ModelConfig:
     beta_max: float = 4.0
     gate_init: float = 0.95
 
+    @property
+    def spec(self) -> VariantSpec:
+        """The flags of variant `ncn` (ncn.variants); the model branches on these, never on names."""
+        return variant_spec(self.ncn)
+
     def __post_init__(self):
-        if self.ncn not in VARIANTS:
-            raise NCNError(f"ModelConfig.ncn: unknown variant '{self.ncn}' (one of {', '.join(VARIANTS)})")
+        try:
+            sp = self.spec
+        except NCNError as e:
+            raise NCNError(f"ModelConfig.ncn: {e}") from None
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff", "ncn_hidden", "ncn_heads"):
             if int(getattr(self, name)) < 1:
                 raise NCNError(f"ModelConfig.{name} must be a positive integer, got {getattr(self, name)}")
         if self.d_model % self.n_head:
             raise NCNError(f"ModelConfig: d_model {self.d_model} is not divisible by n_head {self.n_head}")
-        if self.ncn in ("asrun", "causal", "tonic") and self.d_model % self.ncn_heads:
+        if sp.controller and self.d_model % self.ncn_heads:
             raise NCNError(f"ModelConfig: d_model {self.d_model} is not divisible by ncn_heads {self.ncn_heads}")
         if not 0.0 < self.gate_init < 1.0:
             raise NCNError(f"ModelConfig.gate_init must be in (0, 1), got {self.gate_init}")
@@ -94,7 +105,7 @@ class ModelOutput:
     logits: torch.Tensor  # (B, T, vocab): every position (analysis needs per-token surprisal)
     loss: torch.Tensor | None  # ce + reg; None without targets
     ce: torch.Tensor | None
-    reg: torch.Tensor  # 0 for "none"
+    reg: torch.Tensor  # 0 for the baseline
     signals: torch.Tensor | None  # (B, T, n_layer, 3) in SIGNAL_NAMES order, when asked
     skip_frac: float | None = None  # fraction of (layer, token) FFN evaluations skipped
 
@@ -112,7 +123,7 @@ def signal_map(z: torch.Tensor, beta_max: float) -> torch.Tensor:
 
 
 def signal_bias_init(gate_init: float) -> torch.Tensor:
-    """The raw z that maps to g = 1, β = 1, γ = gate_init (the "causal" and "static" start)."""
+    """The raw z that maps to g = 1, β = 1, γ = gate_init (the "target" init)."""
     z_g = 0.0  # 2·sigmoid(0) = 1
     z_beta = math.log(math.expm1(1.0 - 0.01))  # softplus⁻¹(0.99)
     z_gamma = math.log(gate_init / (1.0 - gate_init))  # logit
@@ -122,7 +133,7 @@ def signal_bias_init(gate_init: float) -> torch.Tensor:
 class PrefixPool(nn.Module):
     """Attention pooling with one learned query and `n_heads` heads.
 
-    causal=False: one pooled vector over the whole window (the "asrun" leak), shape (B, 1, d).
+    causal=False: one pooled vector over the whole window (the "window" leak), shape (B, 1, d).
     causal=True:  position t pools over positions ≤ t, shape (B, T, d).
 
     The causal pool is a prefix softmax, pooled_t = Σ_{s≤t} exp(a_s) v_s / Σ_{s≤t} exp(a_s),
@@ -359,26 +370,24 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied
 
-        self.controller = None
-        self.static_z = None
-        if cfg.ncn in ("asrun", "causal", "tonic"):
-            self.controller = NCNController(cfg, per_token=cfg.ncn != "tonic")
-        elif cfg.ncn == "static":
-            self.static_z = nn.Parameter(torch.zeros(cfg.n_layer, 3))
+        sp = cfg.spec
+        self.controller = NCNController(cfg, per_token=sp.per_token) if sp.controller else None
+        self.static_z = nn.Parameter(torch.zeros(cfg.n_layer, 3)) if sp.static else None
 
         # nanoGPT init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2·n_layer).
-        # The global pass zeroes every bias (as the original's did); "asrun" keeps that.
+        # The global pass zeroes every bias (as the original's did); init "zeroed" keeps that.
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("attn.proj.weight") or name.endswith("ffn.down.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        # ...then the intended start g = 1, β = 1, γ = gate_init, set after (not overwritten by) it.
+        # ...then init "target" (g = 1, β = 1, γ = gate_init), set after (not overwritten by) it.
+        target = sp.init == "target"
         with torch.no_grad():
             if self.controller is not None:
                 nn.init.normal_(self.controller.pool.query, std=0.02)
-                if cfg.ncn != "asrun":
+                if target:
                     self.controller.fc2.bias.copy_(signal_bias_init(cfg.gate_init).repeat(cfg.n_layer))
-            if self.static_z is not None:
+            if self.static_z is not None and target:
                 self.static_z.copy_(signal_bias_init(cfg.gate_init).expand(cfg.n_layer, 3))
 
     @staticmethod
@@ -401,16 +410,16 @@ class Transformer(nn.Module):
     # -- signals -----------------------------------------------------------------------------
     def _raw_signals(self, tok, emb, causal_pool=None, cache=None):
         """Raw z from the token embeddings `tok` and token+position embeddings `emb`:
-        (B, T, n_layer, 3), or (1, 1, n_layer, 3) for "static", or None for "none"."""
-        ncn = self.cfg.ncn
-        if ncn == "none":
-            return None
-        if ncn == "static":
+        (B, T, n_layer, 3), or (1, 1, n_layer, 3) for static constants, or None for the baseline."""
+        sp = self.cfg.spec
+        if sp.static:
             return self.static_z.view(1, 1, self.cfg.n_layer, 3)
-        e = tok if ncn == "tonic" else emb  # tonic: content only, no positions
+        if self.controller is None:
+            return None
+        e = emb if sp.positions else tok  # without positions: content only
         if cache is not None:
             return self.controller.forward_cached(e, cache)
-        causal = ncn != "asrun" or bool(causal_pool)
+        causal = sp.pool == "prefix" or bool(causal_pool)
         return self.controller(e, causal=causal)
 
     def _reg(self, signals):
@@ -420,8 +429,9 @@ class Transformer(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, idx, targets=None, return_signals=False, causal_pool=None, skip_eps=None) -> ModelOutput:
-        """idx (B, T) token ids. causal_pool=True makes "asrun" pool over the prefix only (the leak
-        audit). skip_eps=e skips a token's FFN in a layer where its γ < e ("static": the layer)."""
+        """idx (B, T) token ids. causal_pool=True makes a "window" pool (asrun) pool over the prefix
+        only (the leak audit). skip_eps=e skips a token's FFN in a layer where its γ < e (static
+        constants: the whole layer)."""
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise NCNError(f"sequence length {T} exceeds the model's block_size {self.cfg.block_size}")
@@ -442,7 +452,7 @@ class Transformer(nn.Module):
         if targets is not None:
             ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             loss = ce + reg
-        if return_signals and self.cfg.ncn == "static":
+        if return_signals and self.cfg.spec.static:
             signals = signals.expand(B, T, -1, -1).contiguous()
         skip_frac = None if skip_eps is None else n_skipped / (self.cfg.n_layer * B * T)
         return ModelOutput(logits, loss, ce, reg, signals if return_signals else None, skip_frac)
@@ -476,8 +486,8 @@ class Transformer(nn.Module):
 
         With use_cache, keys/values and the NCN pool's running sums are cached, so each new
         token costs one position. Exceptions, both exact recomputes:
-          * "asrun" always recomputes the window (its pool sees the whole window, so a new token
-            changes every earlier token's signals and hence their keys), as the original did;
+          * a "window" pool (asrun) always recomputes the window (it sees the whole window, so a new
+            token changes every earlier token's signals and hence their keys), as the original did;
           * once the context exceeds block_size the window slides and absolute positions shift,
             so every step re-fills the cache from the cropped window.
         return_logits=True also returns the (B, max_new_tokens, vocab) next-token logits.
@@ -488,7 +498,7 @@ class Transformer(nn.Module):
         cache = None
         steps = []
         for _ in range(max_new_tokens):
-            if use_cache and self.cfg.ncn != "asrun":
+            if use_cache and not self.cfg.spec.sees_future:
                 if cache is None or idx.size(1) > bs:
                     w = self.tok_emb.weight
                     cache = KVCache(self.cfg, idx.size(0), w.device, w.dtype)
@@ -548,11 +558,12 @@ def count_params(cfg: ModelConfig) -> int:
         return Transformer(cfg).num_params()
 
 
-def match_params(cfg: ModelConfig, tol: float = 0.005) -> ModelConfig:
-    """The "none" config with the same depth/width/heads whose total parameter count is within
-    `tol` (0.5%) of cfg's, reached by changing d_ff only (the count is linear in d_ff)."""
+def match_params(cfg: ModelConfig, tol: float = 0.005, ncn: str | None = None) -> ModelConfig:
+    """The baseline config (variant `ncn`, default ncn.variants.baseline()) with the same
+    depth/width/heads whose total parameter count is within `tol` (0.5%) of cfg's, reached by
+    changing d_ff only (the count is linear in d_ff)."""
     target = count_params(cfg)
-    base = replace(cfg, ncn="none")
+    base = replace(cfg, ncn=ncn or baseline())
     p1, p2 = count_params(replace(base, d_ff=1)), count_params(replace(base, d_ff=2))
     d_ff = max(1, round(1 + (target - p1) / (p2 - p1)))
     out = replace(base, d_ff=d_ff)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ncn.errors import NCNError
 from ncn.fileio import read_json
+from ncn.variants import REGISTRY
 
 # metrics.json keys that measure time or the history of interruptions, not the result:
 # everything else must be identical between runs of one command (and across resumes).
@@ -67,7 +68,7 @@ def check_data_matches(payload: dict, meta: dict, model_path: Path, data_dir: Pa
 
 
 # The fields of a size definition that shape the trained model. d_ff is left out for the baseline
-# "none", whose d_ff is not the config's but matched to the reference NCN's parameter count.
+# (spec.is_baseline: "none"), whose d_ff is not the config's but matched to the reference NCN's parameter count.
 SHAPE_FIELDS = ("block_size", "d_model", "n_layer", "n_head", "d_ff")
 
 
@@ -84,7 +85,8 @@ def check_config_matches(cfg: dict, payload: dict, model_path: Path, source: str
     if sd is None:
         return
     have = payload["model_config"]
-    fields = [f for f in SHAPE_FIELDS if not (f == "d_ff" and have.get("ncn") == "none")]
+    sp = REGISTRY.get(have.get("ncn"))
+    fields = [f for f in SHAPE_FIELDS if not (f == "d_ff" and sp is not None and sp.is_baseline)]
     diff = [f"size_defs.{size}.{f} is {sd[f]} in {source} but {have[f]} in {model_path}"
             for f in fields if f in sd and f in have and sd[f] != have[f]]
     if diff:

@@ -68,6 +68,7 @@ from ncn.data import load_meta, open_split
 from ncn.errors import NCNError
 from ncn.fileio import atomic_path, read_json, write_csv_rows, write_json
 from ncn.runs import TIMING_KEYS, pick_device, run_config as read_run_config  # noqa: F401 (ncn.train.TIMING_KEYS)
+from ncn.variants import spec, spoken_list
 
 log = logging.getLogger("ncn.train")
 
@@ -83,7 +84,7 @@ _NOT_IN_FINGERPRINT = ("ckpt_every", "keep_checkpoints", "device", "compile")
 def signal_columns(variant: str, n_layer: int) -> list[str]:
     from ncn.model import SIGNAL_NAMES
 
-    if variant == "none":
+    if spec(variant).is_baseline:
         return []
     return [f"{s}_{stat}_l{l}" for s in SIGNAL_NAMES for l in range(n_layer) for stat in ("mean", "std")]
 
@@ -331,11 +332,8 @@ def _finished(cfg: dict, identity: dict, run_dir: Path, source: str) -> dict | N
 
 def _plan(cfg: dict, identity: dict, run_dir: Path, data_dir: Path, threads: int) -> Run:
     """The run's settings, data and length, checked before anything is built."""
-    from ncn.model import VARIANTS
-
     variant, size = identity["variant"], identity["size"]
-    if variant not in VARIANTS:
-        raise NCNError(f"unknown variant '{variant}' (one of {', '.join(VARIANTS)})")
+    spec(variant)  # names the registered variants if `variant` is not one
     size_def(cfg, size)  # names the defined sizes if `size` is not one
     tc = train_settings(cfg, size)
     meta = load_meta(data_dir)
@@ -503,7 +501,7 @@ def _forward_backward(run: Run, model: nn.Module, order: WindowOrder, step: int,
     micro-batch 0 when they are due (every signal_every steps and at step 1), and a (grad_accum,
     32) table holding the batch_digest of each micro-batch this rank fed (zeros elsewhere)."""
     local = range(run.dist.rank, run.tc.grad_accum, run.dist.world)
-    want_signals = run.identity["variant"] != "none" and (step == 1 or step % run.tc.signal_every == 0)
+    want_signals = not spec(run.identity["variant"]).is_baseline and (step == 1 or step % run.tc.signal_every == 0)
     sums = torch.zeros(3, dtype=torch.float64, device=run.device)
     stats, fed = {}, torch.zeros(run.tc.grad_accum, 32, dtype=torch.int64)
     for j, m in enumerate(local):
@@ -713,7 +711,7 @@ def main(argv: list[str]) -> int:
         "'torchrun --nproc_per_node=N -m ncn.cli train ...' it trains with DDP on the same global batch.",
     )
     p.add_argument("--config", required=True, help="pipeline config (YAML or the resolved JSON)")
-    p.add_argument("--variant", required=True, help="none, asrun, causal, tonic or static")
+    p.add_argument("--variant", required=True, help=spoken_list())
     p.add_argument("--size", required=True, help="a name in the config's size_defs, e.g. xs")
     p.add_argument("--seed", required=True, type=int, help="fixes the init and the data order")
     p.add_argument("--out", required=True, help="run folder, e.g. results/runs/causal/xs/seed0")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from ncn.fileio import write_json
+from ncn.variants import names as variant_names, ncn_names
 
 # The config is validated (defaults filled) in the Snakefile before this file is included.
 
@@ -18,7 +19,7 @@ _search_path = os.environ["PATH"]
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + _search_path
 
 VARIANTS = list(config["variants"])
-NCN_VARIANTS = [v for v in VARIANTS if v != "none"]
+NCN_VARIANTS = ncn_names(VARIANTS)  # every configured variant but the baseline
 SIZES = list(config["sizes"])
 SEEDS = list(config["seeds"])
 PROFILE = config["profile"]
@@ -105,7 +106,7 @@ def run_dirs(variants=None, sizes=None, seeds=None):
 
 
 wildcard_constraints:
-    variant="|".join(["none", "asrun", "causal", "tonic", "static"]),
+    variant="|".join(variant_names()),  # the registry, ncn.variants
     size="[A-Za-z0-9_]+",
     seed=r"\d+",
 

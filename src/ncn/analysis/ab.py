@@ -1,4 +1,4 @@
-"""The iso-parameter A/B: every variant against the baseline "none", per size, paired by seed.
+"""The iso-parameter A/B: every variant against the baseline ("none"), per size, paired by seed.
 
 For each (size, variant): validation loss, PPL and bits-per-byte as mean ± t-CI over seeds;
 for each NCN variant the paired difference to the baseline on the same seed (same data, same
@@ -15,12 +15,14 @@ import pandas as pd
 from ncn.analysis import plots, tables
 from ncn.analysis.runs import per_seed, read_train_log, sizes_by_scale
 from ncn.analysis.stats import ab_verdict, paired_differences, t_interval
+from ncn.variants import baseline
 
 METRICS = (("val_loss", "loss"), ("val_ppl", "ppl"), ("val_bpb", "bpb"))
 
 
 def ab_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     conf = cfg["analysis"]["confidence"]
+    base = baseline()
     rows = []
     for size in sizes_by_scale(cfg):
         for variant in cfg["variants"]:
@@ -35,15 +37,15 @@ def ab_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
                 row |= {f"{short}_mean": iv.mean, f"{short}_ci_low": iv.low, f"{short}_ci_high": iv.high}
             n_pairs = 0
             for col, short in METRICS:
-                if variant == "none":
+                if variant == base:
                     iv = t_interval([], conf)
                 else:
-                    seeds, d = paired_differences(per_seed(runs, variant, size, col), per_seed(runs, "none", size, col))
+                    seeds, d = paired_differences(per_seed(runs, variant, size, col), per_seed(runs, base, size, col))
                     iv = t_interval(d, conf)
                     n_pairs = max(n_pairs, len(seeds))
                 row |= {f"d{short}_mean": iv.mean, f"d{short}_ci_low": iv.low, f"d{short}_ci_high": iv.high}
             row["n_pairs"] = n_pairs
-            row["verdict"] = "baseline" if variant == "none" else (
+            row["verdict"] = "baseline" if variant == base else (
                 "no baseline" if n_pairs == 0 else ab_verdict(row["dppl_ci_low"], row["dppl_ci_high"]))
             rows.append(row)
     return pd.DataFrame(rows)
@@ -52,9 +54,9 @@ def ab_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
 def ab_tex(ab: pd.DataFrame, confidence: float) -> str:
     pct = f"{round(confidence * 100)}\\%"
     header = ["Size", "Variant", "Params", "Val loss", "PPL", "bpb", f"$\\Delta$PPL [{pct} CI]", "Seeds", "Verdict"]
-    rows = []
+    rows, base = [], baseline()
     for r in ab.itertuples(index=False):
-        dppl = "--" if r.variant == "none" else (
+        dppl = "--" if r.variant == base else (
             tables.num(r.dppl_mean, 3) + (" " + tables.ci(r.dppl_ci_low, r.dppl_ci_high, 3)
                                           if not tables.is_missing(r.dppl_ci_low) else ""))
         rows.append([
@@ -84,9 +86,9 @@ def loss_curves(runs: pd.DataFrame, cfg: dict, stem) -> None:
                 log = read_train_log(run_dir)[["tokens", "ce"]].dropna()
                 logs.append(log.assign(seed=int(seed)))
             curve = pd.concat(logs).groupby("tokens")["ce"].agg(["mean", "min", "max", "count"]).reset_index()
-            color = plots.VARIANT_COLORS.get(variant)
+            color = plots.variant_colour(variant)
             ax.plot(curve["tokens"], curve["mean"], color=color, lw=1.2,
-                    label=f"{plots.VARIANT_LABELS.get(variant, variant)} (n={len(sub)})")
+                    label=f"{plots.variant_label(variant)} (n={len(sub)})")
             if len(sub) > 1:
                 ax.fill_between(curve["tokens"], curve["min"], curve["max"], color=color, alpha=0.2, lw=0)
         ax.set_title(f"size {size}")

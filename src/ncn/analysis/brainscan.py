@@ -18,13 +18,14 @@ import pandas as pd
 from ncn.analysis import plots
 from ncn.analysis.runs import SIGNALS
 from ncn.analysis.trace import read_trace
+from ncn.variants import spec
 
 SIGNAL_TEX = {"g": "gain $g$", "beta": r"precision $\beta$", "gamma": r"gate $\gamma$"}
 
 
 def init_values(variant: str, model_cfg: dict) -> dict[str, float]:
-    """The signals' value at initialisation (see ncn.model): asrun starts from zero biases."""
-    if variant == "asrun":
+    """The signals' value at initialisation (see ncn.model): init "zeroed" (asrun) starts from zero biases."""
+    if spec(variant).init == "zeroed":
         return {"g": 1.0, "beta": math.log(2.0) + 0.01, "gamma": 0.5}  # 2σ(0), softplus(0)+0.01, σ(0)
     return {"g": 1.0, "beta": 1.0, "gamma": float(model_cfg["gate_init"])}
 

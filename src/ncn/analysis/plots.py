@@ -17,22 +17,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ncn.fileio import atomic_path  # noqa: E402
+from ncn.variants import REGISTRY  # noqa: E402
 
-# One colour per variant, the same in every figure.
-VARIANT_COLORS = {
-    "none": "#4d4d4d",
-    "asrun": "#d95f02",
-    "causal": "#1b9e77",
-    "tonic": "#7570b3",
-    "static": "#e7298a",
-}
-VARIANT_LABELS = {
-    "none": "baseline (none)",
-    "asrun": "asrun",
-    "causal": "causal",
-    "tonic": "tonic",
-    "static": "static",
-}
+
+def variant_colour(variant: str) -> str | None:
+    """The variant's colour (ncn.variants), the same in every figure; None (matplotlib's cycle) if unknown."""
+    return REGISTRY[variant].colour if variant in REGISTRY else None
+
+
+def variant_label(variant: str) -> str:
+    """The variant's legend label (ncn.variants); the name itself if unknown."""
+    return REGISTRY[variant].label if variant in REGISTRY else variant
 
 
 def setup() -> None:

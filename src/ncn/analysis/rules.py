@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from ncn.analysis.runs import largest_size, ncn_variants, primary_ncn
+from ncn.variants import spec
 
 __all__ = ["params_key", "trace_seed", "claim_variants", "largest_size", "primary_ncn"]
 
@@ -25,6 +26,7 @@ def trace_seed(config: dict) -> int:
 
 
 def claim_variants(config: dict) -> list[str]:
-    """The variants the claims read traces and train logs of: "the NCN" and asrun."""
+    """The variants the claims read traces and train logs of: "the NCN" and the one(s) whose
+    pool sees the future (asrun)."""
     ncn = ncn_variants(config)
-    return [v for v in dict.fromkeys([primary_ncn(config), "asrun"]) if v in ncn]
+    return list(dict.fromkeys([v for v in [primary_ncn(config)] if v] + [v for v in ncn if spec(v).sees_future]))

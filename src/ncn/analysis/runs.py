@@ -15,8 +15,8 @@ import pandas as pd
 
 from ncn.errors import NCNError
 from ncn.fileio import read_json
+from ncn.variants import ncn_names, order, primary
 
-VARIANT_ORDER = ("none", "asrun", "causal", "tonic", "static")
 SIGNALS = ("g", "beta", "gamma")
 # Leading columns of runs.csv; the remaining metrics/eval fields follow in sorted order.
 LEAD = ["variant", "size", "seed", "run_dir", "val_loss", "val_ppl", "val_bpb", "val_loss_prefix_pool",
@@ -39,16 +39,14 @@ def largest_size(cfg: dict) -> str:
 
 
 def ncn_variants(cfg: dict) -> list[str]:
-    return [v for v in cfg["variants"] if v != "none"]
+    """The configured variants with signals (all but the baseline), in config order."""
+    return ncn_names(cfg["variants"])
 
 
 def primary_ncn(cfg_or_variants) -> str | None:
-    """'The NCN' of the claims: causal when trained, else the first NCN variant."""
+    """'The NCN' of the claims: ncn.variants.PRIMARY when trained, else the first NCN variant."""
     variants = cfg_or_variants["variants"] if isinstance(cfg_or_variants, dict) else list(cfg_or_variants)
-    if "causal" in variants:
-        return "causal"
-    rest = [v for v in variants if v != "none"]
-    return rest[0] if rest else None
+    return primary(variants)
 
 
 def _read(path: Path) -> dict:
@@ -85,7 +83,7 @@ def collect(run_dirs) -> pd.DataFrame:
     if dup.any():
         r = df[dup].iloc[0]
         raise NCNError(f"run ({r.variant}, {r['size']}, seed {r.seed}) given twice")
-    df["_v"] = df["variant"].map(lambda v: VARIANT_ORDER.index(v) if v in VARIANT_ORDER else len(VARIANT_ORDER))
+    df["_v"] = df["variant"].map(order)  # the registry's order, unknown names last
     # Sizes in order of scale when the parameter count is known, then by name.
     df["_p"] = df["n_params_non_embedding"] if "n_params_non_embedding" in df else 0
     df = df.sort_values(["_v", "_p", "size", "seed"], kind="stable").drop(columns=["_v", "_p"])

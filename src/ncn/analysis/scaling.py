@@ -16,6 +16,7 @@ import pandas as pd
 from ncn.analysis import plots, tables
 from ncn.analysis.runs import per_seed, sizes_by_scale
 from ncn.analysis.stats import paired_differences, t_interval
+from ncn.variants import baseline
 
 
 def fit_power_law(n_params, losses) -> tuple[float, float]:
@@ -31,6 +32,7 @@ def fit_power_law(n_params, losses) -> tuple[float, float]:
 
 def scaling_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     conf = cfg["analysis"]["confidence"]
+    base = baseline()
     rows = []
     for variant in cfg["variants"]:
         for size in sizes_by_scale(cfg):
@@ -38,10 +40,10 @@ def scaling_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
             if sub.empty:
                 continue
             iv = t_interval(per_seed(runs, variant, size, "val_loss").values(), conf)
-            if variant == "none":
+            if variant == base:
                 gap = t_interval([], conf)
             else:
-                _, d = paired_differences(per_seed(runs, variant, size, "val_loss"), per_seed(runs, "none", size, "val_loss"))
+                _, d = paired_differences(per_seed(runs, variant, size, "val_loss"), per_seed(runs, base, size, "val_loss"))
                 gap = t_interval(d, conf)
             rows.append({"variant": variant, "size": size, "n_seeds": len(sub),
                          "n_params_non_embedding": float(sub["n_params_non_embedding"].mean()),
@@ -62,9 +64,9 @@ def scaling_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
 
 def scaling_tex(df: pd.DataFrame) -> str:
     header = ["Variant", "Size", "Non-emb. params", "Val loss", r"Gap vs baseline", "Fit exponent"]
-    rows = []
+    rows, base = [], baseline()
     for r in df.itertuples(index=False):
-        gap = "--" if r.variant == "none" else tables.pm(r.gap_mean, r.gap_ci_low, r.gap_ci_high, 4)
+        gap = "--" if r.variant == base else tables.pm(r.gap_mean, r.gap_ci_low, r.gap_ci_high, 4)
         rows.append([tables.escape(r.variant), tables.escape(r.size), tables.sci(r.n_params_non_embedding, 2),
                      tables.pm(r.loss_mean, r.loss_ci_low, r.loss_ci_high, 3), gap, tables.num(r.fit_exponent, 3)])
     return tables.booktabs(header, rows, "llrrrr", tables.group_breaks(list(df["variant"])))
@@ -76,8 +78,9 @@ def scaling_figure(df: pd.DataFrame, stem) -> None:
     plots.setup()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.3))
     ax, gx = axes
+    base = baseline()
     for variant, sub in df.groupby("variant", sort=False):
-        c = plots.VARIANT_COLORS.get(variant)
+        c = plots.variant_colour(variant)
         n = sub["n_params_non_embedding"].to_numpy()
         m = sub["loss_mean"].to_numpy()
         err = np.nan_to_num(np.vstack([m - sub["loss_ci_low"], sub["loss_ci_high"] - m]), nan=0.0)
@@ -86,7 +89,7 @@ def scaling_figure(df: pd.DataFrame, stem) -> None:
         if math.isfinite(expo):
             grid = np.geomspace(n.min(), n.max(), 50)
             ax.plot(grid, coef * grid**expo, "-", color=c, lw=1, alpha=0.8)
-        if variant != "none":
+        if variant != base:
             g = sub["gap_mean"].to_numpy()
             gerr = np.nan_to_num(np.vstack([g - sub["gap_ci_low"], sub["gap_ci_high"] - g]), nan=0.0)
             gx.errorbar(n, g, yerr=gerr, fmt="o-", color=c, ms=4, capsize=2, label=variant)

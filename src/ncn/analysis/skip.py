@@ -67,8 +67,8 @@ def skip_table(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: in
 
     torch.set_num_threads(threads)
     model, payload = load_model(Path(run_dir) / "model.pt")
-    if model.cfg.ncn == "none":
-        raise NCNError(f"{run_dir}: variant 'none' has no gate to skip on; pass an NCN run")
+    if model.cfg.spec.is_baseline:
+        raise NCNError(f"{run_dir}: variant '{model.cfg.ncn}' has no gate to skip on; pass an NCN run")
     a = cfg["analysis"]
     meta = load_meta(data_dir)
     check_data_matches(payload, meta, Path(run_dir) / "model.pt", Path(data_dir))
@@ -107,7 +107,7 @@ def tradeoff_figure(df: pd.DataFrame, stem) -> None:
     plots.setup()
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for variant, sub in df.groupby("variant", sort=False):
-        c = plots.VARIANT_COLORS.get(variant)
+        c = plots.variant_colour(variant)
         axes[0].plot(sub["skip_frac"], sub["delta_loss"], "o-", color=c, label=variant)
         axes[1].plot(sub["eps"], sub["wall_ratio"], "o-", color=c, label=variant)
         for r in sub.itertuples(index=False):

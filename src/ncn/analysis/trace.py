@@ -134,8 +134,8 @@ def trace_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int
 
     torch.set_num_threads(threads)
     model, payload = load_model(Path(run_dir) / "model.pt")
-    if model.cfg.ncn == "none":
-        raise NCNError(f"{run_dir}: variant 'none' has no signals to trace; trace an NCN variant")
+    if model.cfg.spec.is_baseline:
+        raise NCNError(f"{run_dir}: variant '{model.cfg.ncn}' has no signals to trace; trace an NCN variant")
     meta = load_meta(data_dir)
     # The same refusals as `ncn evaluate`: another tokenizer/vocabulary or model shape than the run's.
     check_data_matches(payload, meta, Path(run_dir) / "model.pt", Path(data_dir))
