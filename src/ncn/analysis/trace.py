@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import tables
+from ncn.analysis import options, tables
 from ncn.errors import NCNError
 
 COLUMNS = ["variant", "size", "seed", "sentence_id", "kind", "pos", "token_id", "token", "layer",
@@ -179,3 +179,17 @@ def read_trace(path: str | Path) -> pd.DataFrame:
         raise NCNError(f"{path}: columns missing: {', '.join(missing)} (rerun 'ncn analyze trace')")
     df["size"] = df["size"].astype(str)
     return df
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--run", required=True, help="run folder holding model.pt (an NCN variant)")
+    options.add_config(p)
+    options.add_data(p)
+    p.add_argument("--out", required=True, help="output CSV (results/traces/V_S.csv)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+
+
+def main(args, cfg: dict) -> None:
+    df = trace_run(args.run, cfg, args.data, args.threads)
+    write_trace(df, args.out)
+    print(f"ncn analyze trace: {df['sentence_id'].nunique()} sentences -> {args.out}", file=sys.stderr)
