@@ -280,6 +280,55 @@ def test_every_macro_the_paper_uses_is_generated(tmp_path):
     assert not missing, f"macros used in paper/ but not written by `ncn paper numbers`: {missing}"
 
 
+def test_a_size_name_colliding_with_another_is_refused(tmp_path):
+    from ncn.analysis.macros import Macros
+
+    m = Macros()
+    m[paper.macro_name("size", "s_1", "val loss")] = "1"
+    with pytest.raises(NCNError, match="defined twice"):
+        m[paper.macro_name("size", "s1", "val loss")] = "2"
+
+
+# ------------------------------------------------------------------------------------------------
+# the paper declares its inputs: the generated files its tex uses
+
+
+def test_generated_inputs_are_read_from_the_tex(tmp_path):
+    (tmp_path / "sections").mkdir()
+    (tmp_path / "main.tex").write_text("\\input{results/paper/numbers}\n\\input{paper/sections/intro}\n"
+                                       "% \\gentable{results/tables/commented_out.tex}\n")
+    (tmp_path / "sections" / "intro.tex").write_text(
+        "\\gentable{results/tables/ab.tex} and \\genfigure[0.35]{results/figures/scaling.pdf}\n"
+        "\\newcommand{\\gentable}[1]{\\input{#1}} 50\\% \\gentable{results/tables/ab.tex}\n")
+    assert paper.generated_inputs(tmp_path) == ["results/figures/scaling.pdf", "results/paper/numbers.tex",
+                                                "results/tables/ab.tex"]
+    (tmp_path / "sections" / "fig.tex").write_text("\\genfigure{results/figures/scaling}\n")
+    with pytest.raises(NCNError, match="no file extension"):
+        paper.generated_inputs(tmp_path)
+
+
+def test_the_real_paper_uses_every_analysis_output_it_shows():
+    used = paper.generated_inputs(PAPER)
+    assert {"results/paper/numbers.tex", "results/tables/claims.tex", "results/figures/brainscan.pdf",
+            "results/paper/sizes_table.tex"} <= set(used)
+    assert all(Path(u).suffix in (".tex", ".pdf") for u in used)
+
+
+def test_the_paper_rule_inputs_follow_the_tex(tmp_path):
+    """Every generated file the tex uses is an output of some rule (a dry run plans each one), and a
+    \\gentable of a table no rule makes becomes a missing input of the paper rule."""
+    from test_workflow import copy_repo, snakemake
+
+    repo = copy_repo(tmp_path / "repo")
+    smoke = ("-n", "--cores", "1", "--configfile", "config/smoke.yaml")
+    r = snakemake(repo, *paper.generated_inputs(PAPER), *smoke)  # targets first: --configfile takes a list
+    assert r.returncode == 0, r.stdout[-3000:]
+    results_tex = repo / "paper" / "sections" / "results.tex"
+    results_tex.write_text(results_tex.read_text() + "\n\\gentable{results/tables/new_analysis.tex}\n")
+    r = snakemake(repo, "results/paper/ncn.pdf", *smoke)
+    assert r.returncode != 0 and "MissingInputException" in r.stdout and "results/tables/new_analysis.tex" in r.stdout
+
+
 # The hard-coded-number lint. Digits are allowed only where they are not numbers of ours:
 ORIGINAL_NUMBERS = {  # the original work's reported numbers and its init values (facts about it)
     "1.5082", "4.5", "18M", "520M", "5.5", "0.70", "0.5",
