@@ -64,21 +64,13 @@ def evaluate(model, x, y, batch_size: int, skip_eps=None) -> tuple[float, float,
 
 
 def skip_table(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int = 1, repeats: int = 1) -> pd.DataFrame:
-    import torch
     from tqdm import tqdm
 
-    from ncn.data import load_meta, open_split
-    from ncn.model import load_model
-    from ncn.runs import check_config_matches, check_data_matches
+    from ncn.analysis.trace import load_ncn_run
+    from ncn.data import open_split
 
-    torch.set_num_threads(threads)
-    model, payload = load_model(Path(run_dir) / "model.pt")
-    if model.cfg.ncn == "none":
-        raise NCNError(f"{run_dir}: variant 'none' has no gate to skip on; pass an NCN run")
+    model, payload, meta = load_ncn_run(run_dir, cfg, data_dir, threads, "has no gate to skip on; pass an NCN run")
     a = cfg["analysis"]
-    meta = load_meta(data_dir)
-    check_data_matches(payload, meta, Path(run_dir) / "model.pt", Path(data_dir))
-    check_config_matches(cfg, payload, Path(run_dir) / "model.pt", "the config")
     x, y = windows(open_split(data_dir, "valid", meta), model.cfg.block_size, a["skip_max_tokens"])
     bs = cfg["eval"]["batch_size"]
     eps_grid = sorted(set(float(e) for e in a["skip_eps"]) | {0.0})

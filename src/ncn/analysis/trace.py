@@ -124,9 +124,10 @@ def sentences_for(cfg: dict, data_dir: str | Path, tokenizer, meta: dict) -> lis
     return out
 
 
-def trace_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int = 1) -> pd.DataFrame:
+def load_ncn_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int, why_ncn: str):
+    """(model, payload, meta) of an NCN run's model.pt, checked against the data and the config
+    with the same refusals as `ncn evaluate`; `why_ncn` completes the error for variant 'none'."""
     import torch
-    from tqdm import tqdm
 
     from ncn.data import load_meta
     from ncn.model import load_model
@@ -135,11 +136,18 @@ def trace_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int
     torch.set_num_threads(threads)
     model, payload = load_model(Path(run_dir) / "model.pt")
     if model.cfg.ncn == "none":
-        raise NCNError(f"{run_dir}: variant 'none' has no signals to trace; trace an NCN variant")
+        raise NCNError(f"{run_dir}: variant 'none' {why_ncn}")
     meta = load_meta(data_dir)
-    # The same refusals as `ncn evaluate`: another tokenizer/vocabulary or model shape than the run's.
     check_data_matches(payload, meta, Path(run_dir) / "model.pt", Path(data_dir))
     check_config_matches(cfg, payload, Path(run_dir) / "model.pt", "the config")
+    return model, payload, meta
+
+
+def trace_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int = 1) -> pd.DataFrame:
+    from tqdm import tqdm
+
+    model, payload, meta = load_ncn_run(run_dir, cfg, data_dir, threads,
+                                        "has no signals to trace; trace an NCN variant")
     tokenizer = load_tokenizer(data_dir)
     word = cfg["analysis"]["probe_word"]
     frames = []
