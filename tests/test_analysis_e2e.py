@@ -135,7 +135,6 @@ def _all(tree: dict, rerun: bool = False) -> None:
     """Every command. rerun=True repeats the deterministic ones (not brainscan/skip, the slow
     figure and the timed table) to check byte-identical outputs."""
     res, c = tree["res"], str(tree["cfg_path"])
-    tables, figures = str(res / "tables"), str(res / "figures")
     run_table = str(res / "tables" / "runs.csv")
 
     def ok(*argv):
@@ -155,15 +154,24 @@ def _all(tree: dict, rerun: bool = False) -> None:
                 continue
             ok("trace", "--run", str(res / "runs" / v / size / "seed0"), "--config", c, "--data", str(tree["data"]),
                "--out", str(out))
-    ok("ab", "--runs-table", run_table, "--config", c, "--tables", tables, "--figures", figures)
-    ok("scaling", "--runs-table", run_table, "--config", c, "--tables", tables, "--figures", figures)
-    ok("leak", "--runs-table", run_table, "--config", c, "--tables", tables)
+    table = ("--runs-table", run_table, "--config", c)
+    tab, fig = res / "tables", res / "figures"
+    ok("ab", *table, *outputs(tab / "ab", "csv", "tex"), *outputs(fig / "loss_curves", "pdf", "png"))
+    ok("scaling", *table, *outputs(tab / "scaling", "csv", "tex"), *outputs(fig / "scaling", "pdf", "png"))
+    ok("leak", *table, *outputs(tab / "leak", "csv", "tex"))
     if not rerun:
-        ok("brainscan", "--traces", *traces, "--config", c, "--figures", figures)
+        ok("brainscan", "--traces", *traces, "--config", c, *outputs(fig / "brainscan", "pdf", "png"),
+           *outputs(fig / "brainscan_dev", "pdf", "png", prefix="dev-"))
         ok("skip", "--run", *[str(res / "runs" / v / "s" / "seed0") for v in VARIANTS[1:]], "--config", c,
-           "--data", str(tree["data"]), "--tables", tables, "--figures", figures, "--repeats", "2")
-    ok("claims", "--runs-table", run_table, "--traces", *traces, "--config", c, "--data", str(tree["data"]),
-       "--out", str(res / "claims.json"), "--tex", str(res / "tables" / "claims.tex"))
+           "--data", str(tree["data"]), *outputs(tab / "skip", "csv", "tex"),
+           *outputs(fig / "skip_tradeoff", "pdf", "png"), "--timing", str(res / "timing" / "skip_wall.csv"), "--repeats", "2")
+    ok("claims", *table, "--traces", *traces, "--data", str(tree["data"]), "--json", str(res / "claims.json"),
+       *outputs(tab / "claims", "tex"))
+
+
+def outputs(stem: Path, *exts: str, prefix: str = "") -> list[str]:
+    """The output options a rule passes: outputs(tables/ab, "csv", "tex") -> --csv tables/ab.csv --tex tables/ab.tex."""
+    return [a for ext in exts for a in (f"--{prefix}{ext}", str(stem.with_suffix(f".{ext}")))]
 
 
 EXPECTED = (["tables/runs.csv", "claims.json"]
@@ -277,5 +285,7 @@ def test_user_errors_are_one_line(tree, capsys):
                    str(tree["cfg_path"]), "--data", str(tree["data"]), "--out", str(res / "x.csv")])
     assert rc == 2 and "variant 'none' has no signals" in capsys.readouterr().err
     assert not (res / "x.csv").exists()
-    rc = ncn_main(["analyze", "ab", "--runs-table", str(res / "nope.csv"), "--config", str(tree["cfg_path"])])
+    rc = ncn_main(["analyze", "ab", "--runs-table", str(res / "nope.csv"), "--config", str(tree["cfg_path"]),
+                   *outputs(res / "tables" / "nope", "csv", "tex", "pdf", "png")])
     assert rc == 2 and "ncn analyze runs" in capsys.readouterr().err
+    assert not list(res.glob("tables/nope.*"))

@@ -17,10 +17,9 @@ import pandas as pd
 import pytest
 
 from ncn import paper
-from ncn.analysis import ab, leak, scaling, skip, tables
+from ncn.analysis import ab, scaling, skip, tables
 from ncn.analysis import claims as claims_stage
 from ncn.analysis import cli as analysis_cli
-from ncn.analysis.runs import load_runs_table
 from ncn.config import load_config
 from ncn.errors import NCNError
 from ncn.fileio import write_json, write_text
@@ -39,8 +38,9 @@ SKIP_EPS = (0.0, 0.05, 0.1, 0.3, 0.5)
 
 
 def fake_skip_table(run, *_):
-    """Stands in for skip.skip_table (which needs a model): the same columns, made-up values."""
-    variant, seed = run
+    """Stands in for skip.skip_table (which needs a model): the same columns, made-up values.
+    `run` is "variant:seed"."""
+    variant, seed = run.split(":")[0], int(run.split(":")[1])
     loss = np.array([2.5 + e * e + 0.001 * seed for e in SKIP_EPS])
     return pd.DataFrame({"variant": variant, "size": "s", "seed": seed, "eps": SKIP_EPS, "tokens": 576,
                          "loss": loss, "ppl": np.exp(loss), "skip_frac": np.array(SKIP_EPS) / 2,
@@ -53,7 +53,7 @@ def fake_claims(claims_value: float) -> dict:
     verdicts = ["supported", "not supported", "inconclusive", "supported", "not supported", "inconclusive",
                 "supported"]
     claims = []
-    for i, (key, _) in claims_stage.CLAIM_TEXT.items():
+    for i, key in enumerate((c.key for c in claims_stage.CLAIMS), start=1):
         no_ci = i in (3, 5, 6)
         claims.append({
             "id": i, "key": key, "claim": f"claim {key} (with 50% of a_b & c)", "variant": "causal", "size": "s",
@@ -64,8 +64,9 @@ def fake_claims(claims_value: float) -> dict:
             "claims": claims}
 
 
-def make_fake_results(root: Path, claims_value: float = -0.3127) -> dict:
-    """Write results/ under `root` as the pipeline would for the smoke profile; return the claims."""
+def make_fake_results(root: Path, claims_value: float = -0.3127, edit_eval=None) -> dict:
+    """Write results/ under `root` as the pipeline would for the smoke profile; return the claims.
+    edit_eval(eval_dict) may change each run's eval.json before the analysis commands read it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,21 +111,32 @@ def make_fake_results(root: Path, claims_value: float = -0.3127) -> dict:
                     "val_ce_sum_nats": loss * 8192, "n_params": 40_000 + 1000 * si,
                     "n_params_non_embedding": 20_000 + 1000 * si, "max_tokens": 8192, "device": "cpu",
                     "val_loss_prefix_pool": loss + 0.25 if v == "asrun" else None})
-    # tables/, timing/ and claims.json from the analysis stage's own writers; stubbed are only
+                if edit_eval is not None:
+                    write_json(d / "eval.json", edit_eval(json.loads((d / "eval.json").read_text())))
+    # tables/, timing/ and claims.json from the analysis commands themselves; stubbed are only
     # the parts that need models, traces or train logs (skip_table, claims.compute, the figures).
-    tdir, fdir = res / "tables", res / "figures"
+    tdir, fdir, c = res / "tables", res / "figures", str(res / "config.json")
+
+    def analyze(what, *argv, outputs=("csv", "tex")):
+        folder = {"csv": tdir, "tex": tdir, "pdf": fdir, "png": fdir}
+        paths = [a for ext in outputs for a in (f"--{ext}", str(folder[ext] / f"{what}.{ext}"))]
+        assert analysis_cli.main([what, *argv, "--config", c, *paths]) == 0
+
     analysis_cli.main(["runs", "--runs", *run_dirs, "--out", str(tdir / "runs.csv"),
                        "--timing", str(res / "timing" / "runs.csv")])
-    runs = load_runs_table(tdir / "runs.csv")
+    table = ("--runs-table", str(tdir / "runs.csv"))
     with (mock.patch.object(ab, "loss_curves"), mock.patch.object(scaling, "scaling_figure"),
           mock.patch.object(skip, "skip_table", fake_skip_table), mock.patch.object(skip, "tradeoff_figure"),
-          mock.patch.object(claims_stage, "compute", return_value=fake_claims(claims_value))):
-        ab.run(runs, cfg, tdir, fdir)
-        scaling.run(runs, cfg, tdir, fdir)
-        leak.run(runs, cfg, tdir)
+          mock.patch.object(claims_stage, "compute", return_value=fake_claims(claims_value)),
+          mock.patch("ncn.data.load_meta", return_value={})):
+        analyze("ab", *table, outputs=("csv", "tex", "pdf", "png"))
+        analyze("scaling", *table, outputs=("csv", "tex", "pdf", "png"))
+        analyze("leak", *table)
         # two seeds per variant (the pipeline skips one): the paper averages over seeds
-        skip.run([(v, seed) for v in ("causal", "asrun") for seed in (0, 1)], cfg, None, tdir, fdir)
-        claims = claims_stage.run(runs, {}, cfg, {}, None, res / "claims.json", tdir / "claims.tex")
+        analyze("skip", "--run", *[f"{v}:{seed}" for v in ("causal", "asrun") for seed in (0, 1)], "--data", "-",
+                "--timing", str(res / "timing" / "skip_wall.csv"), outputs=("csv", "tex", "pdf", "png"))
+        analyze("claims", *table, "--data", "-", "--json", str(res / "claims.json"), outputs=("tex",))
+    claims = json.loads((res / "claims.json").read_text())
     # A table far wider than the text: \gentable must scale it down (no overfull box).
     wide = tables.booktabs([f"column{i}" for i in range(24)], [[f"{i * 1.2345:.4f}" for i in range(24)]], "r" * 24)
     write_text(tdir / "scaling.tex", wide)
@@ -139,10 +151,18 @@ def make_fake_results(root: Path, claims_value: float = -0.3127) -> dict:
 
 
 def run_numbers(root: Path) -> Path:
+    """`ncn paper numbers` on the tree as the paper_numbers rule calls it (a missing input: n/a)."""
     res = root / "results"
     out = res / "paper" / "numbers.tex"
-    assert paper.main(["numbers", "--config", str(res / "config.json"), "--results", str(res), "--out", str(out),
-                       "--repo", str(root)]) == 0
+    inputs = {"claims": "claims.json", "runs": "tables/runs.csv", "runs-timing": "timing/runs.csv",
+              "ab": "tables/ab.csv", "leak": "tables/leak.csv", "skip": "tables/skip.csv",
+              "skip-timing": "timing/skip_wall.csv", "manifest": "data/manifest.json", "meta": "data/meta.json"}
+    outputs = {"out": "numbers.tex", "sizes-table": "sizes_table.tex", "config-listing": "config_listing.tex",
+               "runs-table": "runs_table.tex"}
+    argv = ["numbers", "--config", str(res / "config.json"), "--repo", str(root)]
+    argv += [a for k, v in inputs.items() for a in (f"--{k}", str(res / v))]
+    argv += [a for k, v in outputs.items() for a in (f"--{k}", str(res / "paper" / v))]
+    assert paper.main(argv) == 0
     return out
 
 
@@ -223,8 +243,8 @@ def test_numbers_from_fake_results(tmp_path):
 def test_missing_optional_inputs_say_na_but_missing_claims_fail(tmp_path):
     make_fake_results(tmp_path)
     res = tmp_path / "results"
-    shutil.rmtree(res / "runs")
-    for f in ("data/manifest.json", "data/meta.json", "timing/skip_wall.csv"):
+    for f in ("tables/runs.csv", "timing/runs.csv", "tables/ab.csv", "data/manifest.json", "data/meta.json",
+              "timing/skip_wall.csv"):
         (res / f).unlink()
     m = macro_values(run_numbers(tmp_path))
     assert m["ValPPLCausalLargest"] == "n/a" and m["DataSource"] == "n/a" and m["DataTrainTokens"] == "n/a"
@@ -233,6 +253,9 @@ def test_missing_optional_inputs_say_na_but_missing_claims_fail(tmp_path):
     assert m["SkipEps"] == "0.1" and m["SkipWallRatio"] == "n/a"  # only the measured times are missing
     (res / "tables" / "skip.csv").unlink()
     assert macro_values(run_numbers(tmp_path))["SkipEps"] == "n/a"
+    assert macro_values(run_numbers(tmp_path))["LeakGap"] == "$-$0.250"  # leak.csv is still there
+    (res / "tables" / "leak.csv").unlink()
+    assert macro_values(run_numbers(tmp_path))["LeakGap"] == "n/a"
     (res / "claims.json").unlink()
     with pytest.raises(NCNError, match="claims.json"):
         run_numbers(tmp_path)
@@ -258,6 +281,55 @@ def test_every_macro_the_paper_uses_is_generated(tmp_path):
     assert len(used) > 50  # the scan works: the prose quotes many numbers
     missing = {k: v for k, v in used.items() if k not in defined}
     assert not missing, f"macros used in paper/ but not written by `ncn paper numbers`: {missing}"
+
+
+def test_a_size_name_colliding_with_another_is_refused(tmp_path):
+    from ncn.analysis.macros import Macros
+
+    m = Macros()
+    m[paper.macro_name("size", "s_1", "val loss")] = "1"
+    with pytest.raises(NCNError, match="defined twice"):
+        m[paper.macro_name("size", "s1", "val loss")] = "2"
+
+
+# ------------------------------------------------------------------------------------------------
+# the paper declares its inputs: the generated files its tex uses
+
+
+def test_generated_inputs_are_read_from_the_tex(tmp_path):
+    (tmp_path / "sections").mkdir()
+    (tmp_path / "main.tex").write_text("\\input{results/paper/numbers}\n\\input{paper/sections/intro}\n"
+                                       "% \\gentable{results/tables/commented_out.tex}\n")
+    (tmp_path / "sections" / "intro.tex").write_text(
+        "\\gentable{results/tables/ab.tex} and \\genfigure[0.35]{results/figures/scaling.pdf}\n"
+        "\\newcommand{\\gentable}[1]{\\input{#1}} 50\\% \\gentable{results/tables/ab.tex}\n")
+    assert paper.generated_inputs(tmp_path) == ["results/figures/scaling.pdf", "results/paper/numbers.tex",
+                                                "results/tables/ab.tex"]
+    (tmp_path / "sections" / "fig.tex").write_text("\\genfigure{results/figures/scaling}\n")
+    with pytest.raises(NCNError, match="no file extension"):
+        paper.generated_inputs(tmp_path)
+
+
+def test_the_real_paper_uses_every_analysis_output_it_shows():
+    used = paper.generated_inputs(PAPER)
+    assert {"results/paper/numbers.tex", "results/tables/claims.tex", "results/figures/brainscan.pdf",
+            "results/paper/sizes_table.tex"} <= set(used)
+    assert all(Path(u).suffix in (".tex", ".pdf") for u in used)
+
+
+def test_the_paper_rule_inputs_follow_the_tex(tmp_path):
+    """Every generated file the tex uses is an output of some rule (a dry run plans each one), and a
+    \\gentable of a table no rule makes becomes a missing input of the paper rule."""
+    from test_workflow import copy_repo, snakemake
+
+    repo = copy_repo(tmp_path / "repo")
+    smoke = ("-n", "--cores", "1", "--configfile", "config/smoke.yaml")
+    r = snakemake(repo, *paper.generated_inputs(PAPER), *smoke)  # targets first: --configfile takes a list
+    assert r.returncode == 0, r.stdout[-3000:]
+    results_tex = repo / "paper" / "sections" / "results.tex"
+    results_tex.write_text(results_tex.read_text() + "\n\\gentable{results/tables/new_analysis.tex}\n")
+    r = snakemake(repo, "results/paper/ncn.pdf", *smoke)
+    assert r.returncode != 0 and "MissingInputException" in r.stdout and "results/tables/new_analysis.tex" in r.stdout
 
 
 # The hard-coded-number lint. Digits are allowed only where they are not numbers of ours:

@@ -4,15 +4,17 @@ The prose in paper/ quotes no number of ours directly: every measured or configu
 a LaTeX macro written here into results/paper/numbers.tex (one `\\newcommand` per number), so
 the PDF always says what the results say. Subcommands:
 
-  numbers  results/ -> numbers.tex (+ the sizes and runs tables and the config listing it inputs)
+  numbers  the analysis outputs -> numbers.tex (+ the sizes and runs tables and the config listing)
   build    latexmk paper/ncn.tex in results/paper/build/, check the log, copy the PDF
   check    fail on undefined references/citations (and, optionally, wide overfull boxes)
 
-Each input is read as its producer writes it (docs/architecture.md); aggregates come from the
-analysis stage's own functions, so the prose and the tables cannot disagree. Missing optional
-inputs (skip.csv, a run without metrics.json or eval.json, the data's manifest.json or
-meta.json) make their macros read "n/a"; a missing results/claims.json is an error, because the
-paper is about those verdicts.
+numbers.tex is the concatenation of SECTIONS, small functions each returning {group comment:
+{macro: value}}; an analysis's macros come from its own module's `numbers(table, cfg)` over the
+table it wrote, so the prose and the tables cannot disagree. Every input is a path the rule
+passes; a missing optional one (a table, the runs table, the data's manifest.json or
+meta.json) makes its macros read "n/a"; a missing claims.json is an error, because the paper is
+about those verdicts. The files the paper itself inputs are found in its source:
+`generated_inputs` lists every \\gentable, \\genfigure and \\input of a results/ file.
 """
 
 from __future__ import annotations
@@ -26,194 +28,61 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
-from ncn.analysis.tables import escape as tex_escape
+from ncn.analysis.macros import (NA, Macros, Numbers, finite, fmt_bytes, fmt_cfg, fmt_duration, fmt_fixed,
+                                 fmt_human, fmt_int, fmt_list, fmt_pct, fmt_sig, macro_name, row, tex_escape,
+                                 tex_path)
 from ncn.errors import NCNError
 from ncn.fileio import read_json, write_bytes, write_text
 from ncn.variants import baseline, names
 
 VARIANTS = names()  # the registry's order, for every per-variant macro and table column
 
-NA = "n/a"
 PACKAGES = ("torch", "snakemake", "mlflow", "tokenizers", "datasets", "numpy", "pandas", "scipy")
 # The original work's own reported scale (its README): an 18M-parameter model trained for one
 # epoch of TinyStories (~520M GPT-2 tokens). Used only to state our scale relative to it.
 ORIGINAL_PARAMS = 18e6
 ORIGINAL_TOKENS = 520e6
-# Block skipping: the largest eps whose validation loss is within this fraction of eps = 0.
-SKIP_LOSS_TOLERANCE = 0.01
 LISTING_WIDTH = 96  # characters per line of the \footnotesize config listing on the page
-DIGIT_WORDS = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
 
 
 # ------------------------------------------------------------------------------------------------
-# formatting
+# the generated files the paper uses, from its own source (as showyourwork does)
+
+_GENERATED_USE = re.compile(r"\\(gentable|genfigure|input)\s*(?:\[[^\]]*\])?\s*\{([^}]*)\}")
 
 
-def tex_path(text) -> str:
-    """An escaped path or hash that may break after '/', '_', '-' or '.' (long paths in prose)."""
-    out = []
-    for ch in str(text):
-        out.append(tex_escape(ch))
-        if ch in "/_-.":
-            out.append(r"\allowbreak{}")
-    return "".join(out)
-
-
-def macro_name(*parts) -> str:
-    """CamelCase letters-only macro name: ("val loss", "causal", "paper18m") -> ValLossCausalPaperOneEightm.
-
-    LaTeX control words are letters only, so digits are spelled out and other characters split words.
-    """
-    out = []
-    for part in parts:
-        for word in re.split(r"[^A-Za-z0-9]+", str(part)):
-            if not word:
+def generated_inputs(paper_dir: str | os.PathLike = "paper", prefix: str = "results/") -> list[str]:
+    """Every file under `prefix` that paper/**/*.tex uses through \\gentable{}, \\genfigure{} or
+    \\input{} (comments ignored), sorted: the paper rule's generated inputs. A use without a file
+    extension gets TeX's ".tex" (\\input, \\gentable); a figure must name its extension."""
+    found = set()
+    for tex in sorted(Path(paper_dir).rglob("*.tex")):
+        body = re.sub(r"(?<!\\)%.*", "", tex.read_text(encoding="utf-8"))
+        for command, arg in _GENERATED_USE.findall(body):
+            arg = arg.strip()
+            if not arg.startswith(prefix):
                 continue
-            word = word[0].upper() + word[1:]
-            out.append("".join(DIGIT_WORDS[int(c)] if c.isdigit() else c for c in word))
-    name = "".join(out)
-    if not re.fullmatch(r"[A-Za-z]+", name):
-        raise NCNError(f"cannot build a LaTeX macro name from {parts!r}")
-    return name
-
-
-def _finite(x) -> bool:
-    """A number to print; None (JSON null) and NaN (an empty CSV cell, a missing run) read n/a."""
-    return x is not None and math.isfinite(x)
-
-
-def _minus(s: str) -> str:
-    return "$-$" + s[1:] if s.startswith("-") else s
-
-
-def fmt_fixed(x, decimals: int = 3) -> str:
-    """Fixed decimals; a nonzero value too small for them keeps two significant digits."""
-    if not _finite(x):
-        return NA
-    x = float(x)
-    if x != 0 and abs(x) < 0.5 * 10.0**-decimals:
-        return fmt_sig(x, 2)
-    return _minus(f"{x:,.{decimals}f}")
-
-
-def fmt_sig(x, sig: int = 3) -> str:
-    """About `sig` significant digits, no exponent unless tiny: 0.01234, 1.23, 123, 12,346."""
-    if not _finite(x):
-        return NA
-    x = float(x)
-    if x == 0:
-        return "0"
-    mag = math.floor(math.log10(abs(x)))
-    if mag < -4:
-        m, e = f"{x:.{sig - 1}e}".split("e")
-        return f"${m}\\times10^{{{int(e)}}}$"
-    if mag >= sig - 1:
-        return _minus(f"{x:,.0f}")
-    return _minus(f"{x:.{sig - 1 - mag}f}")
-
-
-def fmt_cfg(x) -> str:
-    """A configured value as written: 6e-4 -> $6\\times10^{-4}$, 0.95 -> 0.95, 4.0 -> 4, 32768 -> 32,768."""
-    if not _finite(x):
-        return NA
-    x = float(x)
-    if x == int(x) and abs(x) < 1e15:
-        return fmt_int(x)
-    s = f"{x:.6g}"
-    if "e" in s:
-        m, e = s.split("e")
-        return f"${m}\\times10^{{{int(e)}}}$"
-    return _minus(s)
-
-
-def fmt_int(x) -> str:
-    """Rounded to an integer, thousands separated: 1310.4 -> 1,310."""
-    return _minus(f"{round(float(x)):,}") if _finite(x) else NA
-
-
-def fmt_human(x) -> str:
-    """1234567 -> 1.23M (parameter and token counts in prose)."""
-    if not _finite(x):
-        return NA
-    x = float(x)
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= div:
-            return f"{fmt_sig(x / div, 3)}{unit}"
-    return fmt_sig(x, 3)
-
-
-def fmt_bytes(n) -> str:
-    if not _finite(n):
-        return NA
-    n = float(n)
-    for div, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if n >= div:
-            return f"{fmt_sig(n / div, 3)}~{unit}"
-    return f"{fmt_int(n)}~bytes"
-
-
-def fmt_duration(seconds) -> str:
-    if not _finite(seconds):
-        return NA
-    s = float(seconds)
-    if s >= 2 * 3600:
-        return f"{fmt_sig(s / 3600, 3)}~h"
-    if s >= 120:
-        return f"{fmt_sig(s / 60, 3)}~min"
-    return f"{fmt_sig(s, 3)}~s"
-
-
-def fmt_pct(fraction, decimals: int = 1) -> str:
-    if not _finite(fraction):
-        return NA
-    return f"{fmt_fixed(100 * float(fraction), decimals)}\\%"
-
-
-def fmt_list(items, fmt=str) -> str:
-    items = [fmt(i) for i in items]
-    return ", ".join(items) if items else NA
-
-
-# ------------------------------------------------------------------------------------------------
-# numbers.tex
-
-
-class Numbers:
-    """An ordered set of macros (name -> LaTeX text) with a comment per group."""
-
-    def __init__(self):
-        self.items: list[tuple[str, str]] = []  # (name, value) or ("%", comment)
-        self.names: set[str] = set()
-
-    def group(self, comment: str) -> None:
-        self.items.append(("%", comment))
-
-    def add(self, name: str, value: str) -> None:
-        if not re.fullmatch(r"[A-Za-z]+", name):
-            raise NCNError(f"macro name {name!r} is not letters only")
-        if name in self.names:
-            raise NCNError(f"macro \\{name} defined twice (a size or variant name collides with another macro)")
-        self.names.add(name)
-        self.items.append((name, str(value)))
-
-    def render(self, header: str) -> str:
-        lines = [f"% {line}" for line in header.splitlines()]
-        for name, value in self.items:
-            lines.append(f"\n% {value}" if name == "%" else f"\\newcommand{{\\{name}}}{{{value}}}")
-        return "\n".join(lines) + "\n"
+            if not Path(arg).suffix:
+                if command == "genfigure":
+                    raise NCNError(f"{tex}: \\genfigure{{{arg}}} names no file extension; write {arg}.pdf")
+                arg += ".tex"
+            found.add(arg)
+    return sorted(found)
 
 
 # ------------------------------------------------------------------------------------------------
 # inputs: each read as its producer writes it (docs/architecture.md)
 
 
-def _read_json(path: Path) -> dict:
-    """A JSON file, or {} when it does not exist (its macros then read n/a)."""
-    if not path.exists():
+def _read_json(path) -> dict:
+    """A JSON file, or {} when it is not given or does not exist (its macros then read n/a)."""
+    if path is None or not Path(path).exists():
         return {}
     try:
         return read_json(path)
@@ -221,57 +90,48 @@ def _read_json(path: Path) -> dict:
         raise NCNError(f"{path}: not valid JSON ({e})") from None
 
 
-def _load_runs(cfg: dict, results: Path) -> pd.DataFrame:
-    """One row per configured run that is trained and evaluated: metrics.json + eval.json merged
-    by the analysis stage's own collector, so the paper and the tables see the same records."""
-    from ncn.analysis.runs import LEAD, collect
+def load_runs(runs_csv, timing_csv) -> pd.DataFrame:
+    """One row per finished, evaluated run: the analysis stage's runs table (`ncn analyze runs`)
+    with its measured wall times joined back, so the paper and the tables see the same records."""
+    from ncn.analysis.runs import LEAD
+    from ncn.analysis.tables import read_table
 
-    dirs = [results / "runs" / v / s / f"seed{seed}" for v in cfg["variants"] for s in cfg["sizes"]
-            for seed in cfg["seeds"]]
-    dirs = [d for d in dirs if (d / "metrics.json").exists() and (d / "eval.json").exists()]
-    if not dirs:  # nothing trained yet: no rows, and the columns read below, so their macros read n/a
-        return pd.DataFrame(columns=[*LEAD, "epochs", "device", "batch_order_sha256", "wall_time_s", "tokens_per_s"])
-    return collect(dirs)
-
-
-def _row(df: pd.DataFrame, **key) -> dict:
-    """The row of a table with these column values, or {} when there is none (its macros read n/a)."""
-    if df.empty:
-        return {}
-    for col, value in key.items():
-        df = df[df[col] == value]
-    return df.iloc[0].to_dict() if len(df) else {}
+    columns = [*LEAD, "epochs", "device", "batch_order_sha256", "wall_time_s", "tokens_per_s"]
+    runs = read_table(runs_csv)
+    if runs.empty:  # nothing trained yet: no rows, and the columns read below, so their macros read n/a
+        return pd.DataFrame(columns=columns)
+    timing = read_table(timing_csv)
+    if not timing.empty:
+        runs = runs.merge(timing, on=["variant", "size", "seed"], how="left")
+    return runs.assign(**{c: math.nan for c in columns if c not in runs})
 
 
-def _half_width(row: dict, prefix: str):
-    """Half the width of a table row's t-interval ({prefix}ci_low, {prefix}ci_high), or None."""
-    low, high = row.get(f"{prefix}ci_low"), row.get(f"{prefix}ci_high")
-    return (high - low) / 2 if _finite(low) and _finite(high) else None
+@dataclass
+class Sources:
+    """Everything `ncn paper numbers` reads: the config, the checkout, claims.json, the runs and
+    the analysis tables by name (an empty frame when missing)."""
 
+    cfg: dict
+    repo: Path
+    claims: dict
+    runs: pd.DataFrame
+    manifest: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
 
-def _skip_choice(results: Path, variant: str | None, size: str) -> dict:
-    """The block-skipping row of `variant` at `size` at the largest eps whose loss is within
-    SKIP_LOSS_TOLERANCE of the dense loss (eps = 0, always in the grid), averaged over seeds.
+    @cached_property
+    def params(self) -> dict:
+        return _size_params(self.cfg, self.meta.get("vocab_size"))
 
-    tables/skip.csv holds the deterministic columns; the measured wall times are in
-    timing/skip_wall.csv (`ncn analyze skip` writes both), joined here on (variant, size, seed, eps).
-    """
-    skip_csv, wall_csv = results / "tables" / "skip.csv", results / "timing" / "skip_wall.csv"
-    if not skip_csv.exists():
-        return {}
-    names = {"variant": str, "size": str}  # a size named "1" is still a name
-    df = pd.read_csv(skip_csv, dtype=names)
-    if wall_csv.exists():
-        df = df.merge(pd.read_csv(wall_csv, dtype=names), on=["variant", "size", "seed", "eps"], how="left")
-    else:
-        df["wall_ratio"] = math.nan
-    df = df[(df["variant"] == variant) & (df["size"] == size)]
-    by_eps = df.groupby("eps")[["loss", "delta_loss", "skip_frac", "ffn_flops_saved", "wall_ratio"]].mean()
-    if by_eps.empty:
-        return {}
-    dense = by_eps.loc[0.0, "loss"]
-    within = by_eps[by_eps["delta_loss"] <= SKIP_LOSS_TOLERANCE * dense]
-    return {"eps": within.index[-1], "loss_dense": dense, **within.iloc[-1].to_dict()}
+    @property
+    def big(self) -> pd.DataFrame:
+        """The runs at the largest size."""
+        from ncn.analysis.runs import largest_size
+
+        return self.runs[self.runs["size"] == largest_size(self.cfg)]
+
+    def table(self, name: str) -> pd.DataFrame:
+        return self.tables.get(name, pd.DataFrame())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,213 +207,168 @@ def _size_params(cfg: dict, vocab_size: int | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-# every macro
+# numbers.tex: SECTIONS, each a small function of the sources -> {group comment: {macro: value}}
 
 
-def build_numbers(cfg: dict, results: Path, repo: Path) -> tuple[Numbers, dict]:
-    """Every macro the paper quotes. Returns (numbers, context for the side tables)."""
+def provenance(s: Sources) -> dict:
     from ncn import __version__
-    from ncn.analysis.ab import ab_table
-    from ncn.analysis.leak import leak_table
-    from ncn.analysis.runs import largest_size, primary_ncn, sizes_by_scale
-    from ncn.analysis.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 
-    claims_path = results / "claims.json"
-    if not claims_path.exists():
-        raise NCNError(f"{claims_path} not found: the paper reports the claims' verdicts; run 'ncn analyze claims' "
-                       "(or 'snakemake --cores all') first")
-    claims = _read_json(claims_path)["claims"]
-    manifest = _read_json(results / "data" / "manifest.json")
-    meta = _read_json(results / "data" / "meta.json")
-    runs = _load_runs(cfg, results)
-
-    n = Numbers()
-    conf = float(cfg["analysis"]["confidence"])
-    largest = largest_size(cfg)
-    ref = primary_ncn(cfg)
-
-    # -- provenance ---------------------------------------------------------------------------
-    n.group("provenance and environment")
-    n.add("Profile", tex_escape(cfg["profile"]))
-    commit, state = git_info(repo)
-    n.add("GitCommit", tex_escape(commit))
-    n.add("GitState", state)
-    n.add("VersionPython", platform.python_version())
-    n.add("VersionNcn", __version__)
-    for pkg in PACKAGES:
-        n.add(macro_name("version", pkg), tex_escape(_version(pkg)))
-    n.add("HardwareCPU", tex_escape(cpu_model()))
-    n.add("HardwareCores", str(os.cpu_count() or NA))
-    n.add("HardwareGPU", gpu_name())
-    n.add("TrainDevice", fmt_list(sorted(runs["device"].unique()), tex_escape))
+    cfg = s.cfg
+    commit, state = git_info(s.repo)
+    m = {"Profile": tex_escape(cfg["profile"]), "GitCommit": tex_escape(commit), "GitState": state,
+         "VersionPython": platform.python_version(), "VersionNcn": __version__}
+    m |= {macro_name("version", pkg): tex_escape(_version(pkg)) for pkg in PACKAGES}
+    m |= {"HardwareCPU": tex_escape(cpu_model()), "HardwareCores": str(os.cpu_count() or NA),
+          "HardwareGPU": gpu_name(), "TrainDevice": fmt_list(sorted(s.runs["device"].unique()), tex_escape)}
     configfile = f"config/{cfg['profile']}.yaml"
     cmd = "snakemake --cores all" + ("" if cfg["profile"] == "default" else f" --configfile {configfile}")
-    n.add("ReproCommand", tex_escape(cmd))
-    n.add("ConfigFile", tex_path(configfile))
+    m |= {"ReproCommand": tex_escape(cmd), "ConfigFile": tex_path(configfile)}
+    return {"provenance and environment": m}
 
-    # -- data and tokenizer: the text files (manifest.json), the tokens (meta.json) -------------
-    n.group("data and tokenizer")
-    n.add("DataSource", describe_source(manifest.get("source")))
-    n.add("DataValSplit", tex_escape(cfg["data"]["val_split"]).replace("\\_", " "))
+
+def data(s: Sources) -> dict:
+    """The text files (manifest.json) and the tokens (meta.json)."""
+    manifest, meta = s.manifest, s.meta
+    m = {"DataSource": describe_source(manifest.get("source")),
+         "DataValSplit": tex_escape(s.cfg["data"]["val_split"]).replace("\\_", " ")}
     for split in ("train", "valid"):
         S = split.capitalize()
         text, tokens = manifest.get(split, {}), meta.get(split, {})
-        n.add(f"Data{S}From", rf"\texttt{{{tex_path(text['from'])}}}" if text else NA)
-        n.add(f"Data{S}Sha", text["sha256"][:12] if text else NA)
+        m[f"Data{S}From"] = rf"\texttt{{{tex_path(text['from'])}}}" if text else NA
+        m[f"Data{S}Sha"] = text["sha256"][:12] if text else NA
         # meta.json counts the story text that was tokenized (bytes: the denominator of bits-per-byte)
-        n.add(f"Data{S}Bytes", fmt_int(tokens.get("bytes")))
-        n.add(f"Data{S}Size", fmt_bytes(tokens.get("bytes")))
-        n.add(f"Data{S}Tokens", fmt_int(tokens.get("tokens")))
-        n.add(f"Data{S}TokensHuman", fmt_human(tokens.get("tokens")))
-        n.add(f"Data{S}Stories", fmt_int(tokens.get("stories")))  # null for a separator-less stream: n/a
-    kind = cfg["tokenizer"]["kind"]
-    n.add("TokenizerKind", {"bpe": "byte-level BPE", "gpt2": "GPT-2 BPE"}[kind])
-    vocab = meta.get("vocab_size")  # the trained tokenizer's, which may fall short of the configured one
-    n.add("VocabSize", fmt_int(vocab))
-    n.add("TokenizerSha", meta["tokenizer_sha256"][:12] if meta else NA)
+        m[f"Data{S}Bytes"] = fmt_int(tokens.get("bytes"))
+        m[f"Data{S}Size"] = fmt_bytes(tokens.get("bytes"))
+        m[f"Data{S}Tokens"] = fmt_int(tokens.get("tokens"))
+        m[f"Data{S}TokensHuman"] = fmt_human(tokens.get("tokens"))
+        m[f"Data{S}Stories"] = fmt_int(tokens.get("stories"))  # null for a separator-less stream: n/a
+    m["TokenizerKind"] = {"bpe": "byte-level BPE", "gpt2": "GPT-2 BPE"}[s.cfg["tokenizer"]["kind"]]
+    m["VocabSize"] = fmt_int(meta.get("vocab_size"))  # the trained tokenizer's, maybe short of the configured one
+    m["TokenizerSha"] = meta["tokenizer_sha256"][:12] if meta else NA
+    return {"data and tokenizer": m}
 
-    # -- design: sizes, seeds, budget -----------------------------------------------------------
-    n.group("design")
-    n.add("NumVariants", str(len(cfg["variants"])))
-    n.add("VariantList", ", ".join(rf"\texttt{{{tex_escape(v)}}}" for v in cfg["variants"]))
-    n.add("NumSizes", str(len(cfg["sizes"])))
-    n.add("SizesList", ", ".join(rf"\texttt{{{tex_escape(s)}}}" for s in sizes_by_scale(cfg)))
-    n.add("NumSeeds", str(len(cfg["seeds"])))
-    n.add("SeedList", fmt_list(cfg["seeds"]))
-    n.add("NumRuns", str(len(cfg["variants"]) * len(cfg["sizes"]) * len(cfg["seeds"])))
-    # Every loaded run is finished (train writes metrics.json last) and evaluated.
-    n.add("NumRunsFinished", str(len(runs)))
+
+def _design_runs(s: Sources) -> dict:
+    """The experiment's shape: variants, sizes, seeds, and how many runs finished."""
+    from ncn.analysis.runs import largest_size, primary_ncn, sizes_by_scale
+
+    cfg, runs = s.cfg, s.runs
+    ref = primary_ncn(cfg)
     # Same data order: within a (size, seed) every variant must report the same batch-order hash.
     orders = runs.groupby(["size", "seed"])["batch_order_sha256"].nunique()
-    n.add("BatchOrderIdentical", NA if orders.empty else "identical" if (orders == 1).all() else "not identical")
-    n.add("LargestSize", rf"\texttt{{{tex_escape(largest)}}}")
-    n.add("RefVariant", rf"\texttt{{{tex_escape(ref)}}}" if ref else NA)
-    n.add("BaselineReference", rf"\texttt{{{tex_escape(cfg['ncn_reference'])}}}")
-    tr, m = cfg["train"], cfg["model"]
-    n.add("TokenBudget", fmt_int(tr["tokens"]))
-    n.add("TokenBudgetHuman", fmt_human(tr["tokens"]))
-    n.add("EpochBudget", fmt_cfg(tr["epochs"]) if tr["tokens"] is None else NA)
-    big = runs[runs["size"] == largest]
-    n.add("TokensTrained", fmt_int(big["tokens"].max()))
-    n.add("TokensTrainedHuman", fmt_human(big["tokens"].max()))
-    n.add("EpochsTrained", fmt_sig(big["epochs"].max()))
-    n.add("StepsTrained", fmt_int(big["steps"].max()))
-    n.add("TokensVsOriginal", fmt_pct(big["tokens"].max() / ORIGINAL_TOKENS, 2))
-    sd = cfg["size_defs"][largest]
-    n.add("TokensPerStep", fmt_int(tr["micro_batch"] * tr["grad_accum"] * sd["block_size"]))
-    n.add("LearningRate", fmt_cfg(tr["lr"]))
-    n.add("MinLearningRate", fmt_cfg(tr["min_lr"]))
-    n.add("WarmupSteps", fmt_int(tr["warmup_steps"]))
-    n.add("WeightDecay", fmt_cfg(tr["weight_decay"]))
-    n.add("MicroBatch", fmt_int(tr["micro_batch"]))
-    n.add("GradAccum", fmt_int(tr["grad_accum"]))
-    n.add("GradClip", fmt_cfg(tr["grad_clip"]))
-    n.add("AdamBetaOne", fmt_cfg(tr["beta1"]))
-    n.add("AdamBetaTwo", fmt_cfg(tr["beta2"]))
-    n.add("Dropout", fmt_cfg(m["dropout"]))
-    n.add("RegLambda", fmt_cfg(m["reg_lambda"]))
-    n.add("NcnHidden", fmt_int(m["ncn_hidden"]))
-    n.add("NcnHeads", fmt_int(m["ncn_heads"]))
-    n.add("GateInit", fmt_cfg(m["gate_init"]))
-    n.add("BetaMax", fmt_cfg(m["beta_max"]))
-    ev = cfg["eval"]
-    n.add("EvalMaxTokens", fmt_int(ev["max_tokens"]) if ev["max_tokens"] else "all")
-    an = cfg["analysis"]
-    n.add("ConfidencePct", fmt_cfg(round(100 * conf, 4)) + r"\%")
-    n.add("PPLThreshold", fmt_cfg(an["ppl_threshold"]))
-    n.add("GainBandLow", fmt_cfg(an["gain_band"][0]))
-    n.add("GainBandHigh", fmt_cfg(an["gain_band"][1]))
-    n.add("GateEpsList", fmt_list(an["gate_eps"], fmt_cfg))
-    n.add("SkipEpsList", fmt_list(an["skip_eps"], fmt_cfg))
+    return {
+        "NumVariants": str(len(cfg["variants"])),
+        "VariantList": ", ".join(rf"\texttt{{{tex_escape(v)}}}" for v in cfg["variants"]),
+        "NumSizes": str(len(cfg["sizes"])),
+        "SizesList": ", ".join(rf"\texttt{{{tex_escape(x)}}}" for x in sizes_by_scale(cfg)),
+        "NumSeeds": str(len(cfg["seeds"])), "SeedList": fmt_list(cfg["seeds"]),
+        "NumRuns": str(len(cfg["variants"]) * len(cfg["sizes"]) * len(cfg["seeds"])),
+        "NumRunsFinished": str(len(runs)),  # every run in the table is finished and evaluated
+        "BatchOrderIdentical": NA if orders.empty else "identical" if (orders == 1).all() else "not identical",
+        "LargestSize": rf"\texttt{{{tex_escape(largest_size(cfg))}}}",
+        "RefVariant": rf"\texttt{{{tex_escape(ref)}}}" if ref else NA,
+        "BaselineReference": rf"\texttt{{{tex_escape(cfg['ncn_reference'])}}}",
+    }
 
-    # -- parameter counts per size (from the config; the runs' counts must agree) --------------
-    n.group("parameter counts (per size; Largest = the largest size)")
-    params = _size_params(cfg, vocab)
-    for size in cfg["sizes"]:
+
+def _design_budget(s: Sources) -> dict:
+    """The token budget as configured and as trained (largest size), and the optimiser."""
+    from ncn.analysis.runs import largest_size
+
+    tr, big = s.cfg["train"], s.big
+    sd = s.cfg["size_defs"][largest_size(s.cfg)]
+    return {
+        "TokenBudget": fmt_int(tr["tokens"]), "TokenBudgetHuman": fmt_human(tr["tokens"]),
+        "EpochBudget": fmt_cfg(tr["epochs"]) if tr["tokens"] is None else NA,
+        "TokensTrained": fmt_int(big["tokens"].max()), "TokensTrainedHuman": fmt_human(big["tokens"].max()),
+        "EpochsTrained": fmt_sig(big["epochs"].max()), "StepsTrained": fmt_int(big["steps"].max()),
+        "TokensVsOriginal": fmt_pct(big["tokens"].max() / ORIGINAL_TOKENS, 2),
+        "TokensPerStep": fmt_int(tr["micro_batch"] * tr["grad_accum"] * sd["block_size"]),
+        "LearningRate": fmt_cfg(tr["lr"]), "MinLearningRate": fmt_cfg(tr["min_lr"]),
+        "WarmupSteps": fmt_int(tr["warmup_steps"]), "WeightDecay": fmt_cfg(tr["weight_decay"]),
+        "MicroBatch": fmt_int(tr["micro_batch"]), "GradAccum": fmt_int(tr["grad_accum"]),
+        "GradClip": fmt_cfg(tr["grad_clip"]), "AdamBetaOne": fmt_cfg(tr["beta1"]),
+        "AdamBetaTwo": fmt_cfg(tr["beta2"]),
+    }
+
+
+def _design_settings(s: Sources) -> dict:
+    """The model's, evaluation's and analysis's configured values the prose quotes."""
+    m, ev, an = s.cfg["model"], s.cfg["eval"], s.cfg["analysis"]
+    return {
+        "Dropout": fmt_cfg(m["dropout"]), "RegLambda": fmt_cfg(m["reg_lambda"]),
+        "NcnHidden": fmt_int(m["ncn_hidden"]), "NcnHeads": fmt_int(m["ncn_heads"]),
+        "GateInit": fmt_cfg(m["gate_init"]), "BetaMax": fmt_cfg(m["beta_max"]),
+        "EvalMaxTokens": fmt_int(ev["max_tokens"]) if ev["max_tokens"] else "all",
+        "ConfidencePct": fmt_cfg(round(100 * float(an["confidence"]), 4)) + r"\%",
+        "PPLThreshold": fmt_cfg(an["ppl_threshold"]),
+        "GainBandLow": fmt_cfg(an["gain_band"][0]), "GainBandHigh": fmt_cfg(an["gain_band"][1]),
+        "GateEpsList": fmt_list(an["gate_eps"], fmt_cfg), "SkipEpsList": fmt_list(an["skip_eps"], fmt_cfg),
+    }
+
+
+def design(s: Sources) -> dict:
+    return {"design": {**_design_runs(s), **_design_budget(s), **_design_settings(s)}}
+
+
+def parameter_counts(s: Sources) -> dict:
+    """Per size and variant, from the config and the vocabulary (the runs' counts must agree)."""
+    from ncn.analysis.runs import largest_size, primary_ncn
+
+    params, largest = s.params, largest_size(s.cfg)
+    m = Macros()
+    for size in s.cfg["sizes"]:
         for variant in VARIANTS:
             p = params.get(size, {}).get(variant)
-            n.add(macro_name("size", size, "params", variant), fmt_int(p[0]) if p else NA)
+            m[macro_name("size", size, "params", variant)] = fmt_int(p[0]) if p else NA
     pl = params.get(largest, {})
     for variant in VARIANTS:
-        n.add(macro_name("params", variant, "largest"), fmt_int(pl[variant][0]) if pl else NA)
-        n.add(macro_name("params", variant, "largest", "human"), fmt_human(pl[variant][0]) if pl else NA)
-    n.add("DffBaselineLargest", fmt_int(pl["none"][1]) if pl else NA)
-    n.add("DffLargest", fmt_int(sd["d_ff"]))
-    n.add("ParamsVsOriginal", fmt_sig(pl[ref or "causal"][0] / ORIGINAL_PARAMS, 2) if pl else NA)
+        m[macro_name("params", variant, "largest")] = fmt_int(pl[variant][0]) if pl else NA
+        m[macro_name("params", variant, "largest", "human")] = fmt_human(pl[variant][0]) if pl else NA
+    m["DffBaselineLargest"] = fmt_int(pl["none"][1]) if pl else NA
+    m["DffLargest"] = fmt_int(s.cfg["size_defs"][largest]["d_ff"])
+    m["ParamsVsOriginal"] = fmt_sig(pl[primary_ncn(s.cfg) or "causal"][0] / ORIGINAL_PARAMS, 2) if pl else NA
+    return {"parameter counts (per size; Largest = the largest size)": m}
 
-    # -- validation metrics and the A/B, from the analysis stage's own A/B table ----------------
-    ab = ab_table(runs, cfg)
-    metrics = (("loss", "ValLoss", 3), ("ppl", "ValPPL", 2), ("bpb", "ValBPB", 3))
-    n.group(f"validation metrics, mean over seeds (PM = half-width of the {fmt_sig(100 * conf)}% t-interval)")
-    for size in cfg["sizes"]:
-        for variant in VARIANTS:
-            row = _row(ab, size=size, variant=variant)
-            for short, stem, dec in metrics:
-                n.add(macro_name("size", size, stem, variant), fmt_fixed(row.get(f"{short}_mean"), dec))
-    for variant in VARIANTS:
-        row = _row(ab, size=largest, variant=variant)
-        for short, stem, dec in metrics:
-            n.add(macro_name(stem, variant, "largest"), fmt_fixed(row.get(f"{short}_mean"), dec))
-            n.add(macro_name(stem, variant, "largest", "PM"), fmt_fixed(_half_width(row, f"{short}_"), dec))
 
-    n.group("variant - baseline, paired by seed, largest size (negative: the variant is better)")
-    for variant in VARIANTS[1:]:
-        row = _row(ab, size=largest, variant=variant)
-        for short, stem, dec in (("ppl", "DeltaPPL", 2), ("loss", "DeltaLoss", 3), ("bpb", "DeltaBPB", 3)):
-            n.add(macro_name(stem, variant, "largest"), fmt_fixed(row.get(f"d{short}_mean"), dec))
-            n.add(macro_name(stem, variant, "largest", "CILow"), fmt_fixed(row.get(f"d{short}_ci_low"), dec))
-            n.add(macro_name(stem, variant, "largest", "CIHigh"), fmt_fixed(row.get(f"d{short}_ci_high"), dec))
-            n.add(macro_name(stem, variant, "largest", "N"), fmt_int(row.get("n_pairs", 0)))
+def wall_time(s: Sources) -> dict:
+    wall = s.runs["wall_time_s"].sum(min_count=1)  # NaN, not 0, without runs
+    big = s.big
+    return {"training wall time (sum over runs; differs between reruns)": {
+        "WallTimeTotal": fmt_duration(wall), "WallTimeTotalSeconds": fmt_int(wall),
+        "TokensPerSecondBaselineLargest": fmt_int(big.loc[big["variant"] == "none", "tokens_per_s"].mean()),
+    }}
 
-    # -- the asrun leak, from the analysis stage's own leak table --------------------------------
-    n.group("the future-token leak of asrun, largest size: val loss full - prefix-only pooling (negative: it leaks)")
-    leak = _row(leak_table(runs, cfg), size=largest)
-    n.add("LeakLossFull", fmt_fixed(leak.get("loss_full_mean"), 3))
-    n.add("LeakLossPrefix", fmt_fixed(leak.get("loss_prefix_mean"), 3))
-    n.add("LeakGap", fmt_fixed(leak.get("leak_mean"), 3))
-    n.add("LeakGapCILow", fmt_fixed(leak.get("leak_ci_low"), 3))
-    n.add("LeakGapCIHigh", fmt_fixed(leak.get("leak_ci_high"), 3))
 
-    # -- wall time (metrics.json) -----------------------------------------------------------------
-    n.group("training wall time (sum over runs; differs between reruns)")
-    wall = runs["wall_time_s"].sum(min_count=1)  # NaN, not 0, without runs
-    n.add("WallTimeTotal", fmt_duration(wall))
-    n.add("WallTimeTotalSeconds", fmt_int(wall))
-    n.add("TokensPerSecondBaselineLargest", fmt_int(big.loc[big["variant"] == "none", "tokens_per_s"].mean()))
+def _analysis_numbers(s: Sources) -> dict:
+    """The macros each analysis module writes over its own output (its `numbers(table, cfg)`)."""
+    from ncn.analysis import ab, leak
 
-    # -- claims -------------------------------------------------------------------------------
-    n.group("claims (results/claims.json)")
-    verdicts = [c["verdict"] for c in claims]
-    n.add("ClaimsTotal", str(len(claims)))
-    n.add("ClaimsSupported", str(verdicts.count(SUPPORTED)))
-    n.add("ClaimsNotSupported", str(verdicts.count(NOT_SUPPORTED)))
-    n.add("ClaimsInconclusive", str(verdicts.count(INCONCLUSIVE)))
-    for c in claims:
-        stem = macro_name("claim", c["id"])
-        n.add(stem + "Verdict", c["verdict"])
-        n.add(stem + "Value", fmt_sig(c["value"]))
-        n.add(stem + "CILow", fmt_sig(c["ci_low"]))
-        n.add(stem + "CIHigh", fmt_sig(c["ci_high"]))
-        # Claims judged by a fraction or a test statistic have no interval (null bounds).
-        n.add(stem + "CI", rf"\ConfidencePct{{}} interval [{fmt_sig(c['ci_low'])}, {fmt_sig(c['ci_high'])}]"
-              if _finite(c["ci_low"]) and _finite(c["ci_high"]) else "no interval")
-        n.add(stem + "Statistic", tex_escape(c["statistic"]))
-        n.add(stem + "Threshold", tex_escape(c["threshold"]))
-        n.add(stem + "Text", tex_escape(c["claim"]))
+    return {**ab.numbers(s.table("ab"), s.cfg), **leak.numbers(s.table("leak"), s.cfg)}
 
-    # -- block skipping -------------------------------------------------------------------------
-    n.group(f"block skipping at the largest eps whose loss is within {SKIP_LOSS_TOLERANCE:.0%} of eps = 0")
-    sk = _skip_choice(results, ref, largest)
-    n.add("SkipTolerancePct", fmt_pct(SKIP_LOSS_TOLERANCE, 0))
-    n.add("SkipEps", fmt_cfg(sk.get("eps")))
-    n.add("SkipLoss", fmt_fixed(sk.get("loss"), 3))
-    n.add("SkipLossDense", fmt_fixed(sk.get("loss_dense"), 3))
-    n.add("SkipLossDelta", fmt_fixed(sk.get("delta_loss"), 3))
-    n.add("SkipFraction", fmt_pct(sk.get("skip_frac")))
-    n.add("SkipFlopsSaved", fmt_pct(sk.get("ffn_flops_saved")))
-    n.add("SkipWallRatio", fmt_sig(sk.get("wall_ratio")))
 
-    return n, {"params": params, "runs": runs}
+def _claims_numbers(s: Sources) -> dict:
+    from ncn.analysis import claims
+
+    return claims.numbers(s.claims, s.cfg)
+
+
+def _skip_numbers(s: Sources) -> dict:
+    from ncn.analysis import skip
+
+    return skip.numbers(s.table("skip"), s.cfg, s.table("skip_timing"))
+
+
+# numbers.tex, in this order. A new section: a function here, or an analysis module's `numbers`.
+SECTIONS = (provenance, data, design, parameter_counts, _analysis_numbers, wall_time, _claims_numbers, _skip_numbers)
+
+
+def build_numbers(s: Sources) -> Numbers:
+    """Every macro the paper quotes."""
+    n = Numbers()
+    for section in SECTIONS:
+        n.extend(section(s))
+    return n
 
 
 def sizes_table(cfg: dict, params: dict) -> str:
@@ -587,7 +402,7 @@ def runs_table(cfg: dict, runs: pd.DataFrame) -> str:
     for v in cfg["variants"]:
         for size in sizes_by_scale(cfg):
             for seed in cfg["seeds"]:
-                r = _row(runs, variant=v, size=size, seed=seed)
+                r = row(runs, variant=v, size=size, seed=seed)
                 rows.append(" & ".join([
                     rf"\texttt{{{tex_escape(v)}}}", rf"\texttt{{{tex_escape(size)}}}", str(seed),
                     fmt_int(r.get("n_params")), fmt_int(r.get("tokens")), fmt_int(r.get("steps")),
@@ -630,18 +445,23 @@ def config_listing(config_path: Path) -> str:
 
 
 def cmd_numbers(a) -> int:
+    from ncn.analysis.tables import read_table
     from ncn.config import load_config
 
+    if not Path(a.claims).exists():
+        raise NCNError(f"{a.claims} not found: the paper reports the claims' verdicts; run 'ncn analyze claims' "
+                       "(or 'snakemake --cores all') first")
     cfg = load_config(a.config)
-    results = Path(a.results)
-    numbers, ctx = build_numbers(cfg, results, Path(a.repo))
+    tables = {name: read_table(getattr(a, name)) for name in ("ab", "leak", "skip", "skip_timing")}
+    s = Sources(cfg, Path(a.repo), _read_json(a.claims), load_runs(a.runs, a.runs_timing),
+                _read_json(a.manifest), _read_json(a.meta), tables)
+    numbers = build_numbers(s)
     header = ("Generated by `ncn paper numbers` from results/ -- do not edit; rebuild with\n"
               "snakemake --cores all --forcerun paper_numbers. Values the text quotes: each macro is one number.")
     write_text(a.out, numbers.render(header))
-    out_dir = Path(a.out).parent
-    write_text(a.sizes_table or out_dir / "sizes_table.tex", sizes_table(cfg, ctx["params"]))
-    write_text(a.config_listing or out_dir / "config_listing.tex", config_listing(Path(a.config)))
-    write_text(a.runs_table or out_dir / "runs_table.tex", runs_table(cfg, ctx["runs"]))
+    write_text(a.sizes_table, sizes_table(cfg, s.params))
+    write_text(a.config_listing, config_listing(Path(a.config)))
+    write_text(a.runs_table, runs_table(cfg, s.runs))
     print(f"ncn paper numbers: {len(numbers.names)} macros -> {a.out}", file=sys.stderr)
     return 0
 
@@ -696,7 +516,7 @@ def verify_pdf(pdf: str | os.PathLike, claims_path: str | os.PathLike) -> list[s
     numbers = [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", text)]
     for c in read_json(claims_path)["claims"]:
         v = c.get("value")
-        if not _finite(v) or float(v) == 0:
+        if not finite(v) or float(v) == 0:
             continue
         tol = 0.5 * 10.0 ** (math.floor(math.log10(abs(float(v)))) - 2) * 1.001  # half a unit in the 3rd digit
         if not any(abs(x - float(v)) <= tol for x in numbers):
@@ -746,23 +566,27 @@ def cmd_check(a) -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="ncn paper",
-        description="The generated half of the LaTeX paper (paper/ncn.tex): numbers.tex with one \\newcommand "
-        "per number the prose quotes, the setup table, the config listing; and the PDF build.",
-    )
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{numbers,build,check}")
-    q = sub.add_parser("numbers", help="results/ -> numbers.tex (+ sizes_table, runs_table, config_listing)",
+def _add_numbers(sub) -> None:
+    q = sub.add_parser("numbers", help="analysis outputs -> numbers.tex (+ sizes_table, runs_table, config_listing)",
                        description="Write one \\newcommand per number the paper quotes. Missing optional "
-                       "inputs give 'n/a'; a missing results/claims.json is an error.")
+                       "inputs give 'n/a'; a missing claims JSON is an error.")
     q.add_argument("--config", required=True, help="the resolved config (results/config.json) or a YAML profile")
-    q.add_argument("--results", default="results", help="the results folder (default: results)")
+    q.add_argument("--claims", required=True, help="results/claims.json ('ncn analyze claims')")
+    inputs = {"runs": "the runs table ('ncn analyze runs')", "runs-timing": "its measured wall times",
+              "ab": "the A/B table CSV ('ncn analyze ab')", "leak": "the leak table CSV ('ncn analyze leak')",
+              "skip": "the block-skipping table CSV ('ncn analyze skip')",
+              "skip-timing": "its measured wall times", "manifest": "the data's manifest.json ('ncn data fetch')",
+              "meta": "the tokenized data's meta.json ('ncn data tokenize')"}
+    for name, what in inputs.items():
+        q.add_argument(f"--{name}", help=f"{what}; missing: its macros read n/a")
     q.add_argument("--out", required=True, help="numbers.tex to write, e.g. results/paper/numbers.tex")
-    q.add_argument("--sizes-table", help="sizes table (default: sizes_table.tex beside --out)")
-    q.add_argument("--config-listing", help="verbatim config listing (default: config_listing.tex beside --out)")
-    q.add_argument("--runs-table", help="table of every run (default: runs_table.tex beside --out)")
+    q.add_argument("--sizes-table", required=True, help="the sizes table to write (a booktabs tabular)")
+    q.add_argument("--config-listing", required=True, help="the verbatim config listing to write")
+    q.add_argument("--runs-table", required=True, help="the table of every run to write (a booktabs tabular)")
     q.add_argument("--repo", default=".", help="git checkout whose commit the paper reports (default: .)")
+
+
+def _add_build(sub) -> None:
     q = sub.add_parser("build", help="latexmk paper/ncn.tex into results/paper/build and copy the PDF",
                        description="Run latexmk (pdflatex + bibtex) from --root, fail on undefined "
                        "references or citations, and copy the PDF to --out.")
@@ -772,11 +596,30 @@ def main(argv: list[str]) -> int:
     q.add_argument("--out", default="results/paper/ncn.pdf", help="the PDF, relative to --root")
     q.add_argument("--max-overfull-pt", type=float, default=None,
                    help="also fail on an overfull box wider than this (default: only warn)")
+
+
+def _add_check(sub) -> None:
     q = sub.add_parser("check", help="fail if a LaTeX log has undefined references or citations")
     q.add_argument("--log", required=True, help="the .log file of a LaTeX run")
     q.add_argument("--max-overfull-pt", type=float, default=None, help="also fail on wider overfull boxes")
+
+
+# subcommand -> (add its arguments, run it)
+SUBCOMMANDS = {"numbers": (_add_numbers, cmd_numbers), "build": (_add_build, cmd_build),
+               "check": (_add_check, cmd_check)}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="ncn paper",
+        description="The generated half of the LaTeX paper (paper/ncn.tex): numbers.tex with one \\newcommand "
+        "per number the prose quotes, the setup table, the config listing; and the PDF build.",
+    )
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{" + ",".join(SUBCOMMANDS) + "}")
+    for add, _ in SUBCOMMANDS.values():
+        add(sub)
     a = p.parse_args(argv)
-    return {"numbers": cmd_numbers, "build": cmd_build, "check": cmd_check}[a.cmd](a)
+    return SUBCOMMANDS[a.cmd][1](a)
 
 
 if __name__ == "__main__":

@@ -77,8 +77,6 @@ rule analysis_ab:
         png=report(f"{FIGURES}/loss_curves.png", caption="../report/loss_curves.rst", category="Figures"),
     params:
         config=CONFIG_JSON,
-        tables=lambda w, output: os.path.dirname(output.csv),
-        figures=lambda w, output: os.path.dirname(output.pdf),
         cfg=params_key(config, "confidence", top=LAYOUT),
     log:
         f"{LOGS}/analysis/ab.log",
@@ -89,7 +87,7 @@ rule analysis_ab:
         CONDA_ENV
     shell:
         "ncn analyze ab --runs-table {input.runs} --config {params.config}"
-        " --tables {params.tables} --figures {params.figures} > {log} 2>&1"
+        " --csv {output.csv} --tex {output.tex} --pdf {output.pdf} --png {output.png} > {log} 2>&1"
 
 
 rule analysis_scaling:
@@ -102,8 +100,6 @@ rule analysis_scaling:
         png=report(f"{FIGURES}/scaling.png", caption="../report/scaling.rst", category="Figures"),
     params:
         config=CONFIG_JSON,
-        tables=lambda w, output: os.path.dirname(output.csv),
-        figures=lambda w, output: os.path.dirname(output.pdf),
         cfg=params_key(config, "confidence", top=LAYOUT),
     log:
         f"{LOGS}/analysis/scaling.log",
@@ -114,7 +110,7 @@ rule analysis_scaling:
         CONDA_ENV
     shell:
         "ncn analyze scaling --runs-table {input.runs} --config {params.config}"
-        " --tables {params.tables} --figures {params.figures} > {log} 2>&1"
+        " --csv {output.csv} --tex {output.tex} --pdf {output.pdf} --png {output.png} > {log} 2>&1"
 
 
 rule analysis_leak:
@@ -125,7 +121,6 @@ rule analysis_leak:
         tex=f"{TABLES}/leak.tex",
     params:
         config=CONFIG_JSON,
-        tables=lambda w, output: os.path.dirname(output.csv),
         cfg=params_key(config, "confidence", top=LAYOUT),
     log:
         f"{LOGS}/analysis/leak.log",
@@ -135,8 +130,8 @@ rule analysis_leak:
     conda:
         CONDA_ENV
     shell:
-        "ncn analyze leak --runs-table {input.runs} --config {params.config} --tables {params.tables}"
-        " > {log} 2>&1"
+        "ncn analyze leak --runs-table {input.runs} --config {params.config}"
+        " --csv {output.csv} --tex {output.tex} > {log} 2>&1"
 
 
 rule analysis_brainscan:
@@ -149,7 +144,6 @@ rule analysis_brainscan:
         dev_png=report(f"{FIGURES}/brainscan_dev.png", caption="../report/brainscan_dev.rst", category="Figures"),
     params:
         config=CONFIG_JSON,
-        figures=lambda w, output: os.path.dirname(output.pdf),
         cfg=params_key(config, "dev_limit", top=("variants", "model")),
     log:
         f"{LOGS}/analysis/brainscan.log",
@@ -159,7 +153,8 @@ rule analysis_brainscan:
     conda:
         CONDA_ENV
     shell:
-        "ncn analyze brainscan --traces {input.traces} --config {params.config} --figures {params.figures}"
+        "ncn analyze brainscan --traces {input.traces} --config {params.config}"
+        " --pdf {output.pdf} --png {output.png} --dev-pdf {output.dev_pdf} --dev-png {output.dev_png}"
         " > {log} 2>&1"
 
 
@@ -179,8 +174,6 @@ rule analysis_skip:
         config=CONFIG_JSON,
         runs=lambda w, input: [os.path.dirname(m) for m in input.models],
         data=data_dir,
-        tables=lambda w, output: os.path.dirname(output.csv),
-        figures=lambda w, output: os.path.dirname(output.pdf),
         cfg=params_key(config, "skip_eps", "skip_max_tokens", top=("eval",)),
     log:
         f"{LOGS}/analysis/skip.log",
@@ -192,7 +185,8 @@ rule analysis_skip:
         CONDA_ENV
     shell:
         "ncn analyze skip --run {params.runs} --config {params.config} --data {params.data}"
-        " --tables {params.tables} --figures {params.figures} --threads {threads} > {log} 2>&1"
+        " --csv {output.csv} --timing {output.timing} --tex {output.tex} --pdf {output.pdf} --png {output.png}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule analysis_claims:
@@ -225,7 +219,7 @@ rule analysis_claims:
         CONDA_ENV
     shell:
         "ncn analyze claims --runs-table {input.runs} --traces {input.traces} --config {params.config}"
-        " --data {params.data} --out {output.json} --tex {output.tex} > {log} 2>&1"
+        " --data {params.data} --json {output.json} --tex {output.tex} > {log} 2>&1"
 
 
 TARGETS.append(RUNS_TABLE)

@@ -1,17 +1,18 @@
-# Paper stage: `ncn paper numbers` turns the results into results/paper/numbers.tex (one
+# Paper stage: `ncn paper numbers` turns the analysis outputs into results/paper/numbers.tex (one
 # \newcommand per number the prose quotes), the setup table and the config listing; then
 # `ncn paper build` runs latexmk on paper/ncn.tex in results/paper/build/ and fails on undefined
-# references or citations. Every tex file under paper/, every table, figure and run is an input,
-# so a changed result or sentence rebuilds the PDF; `--forcerun paper` rebuilds it regardless.
+# references or citations. The paper declares its own inputs, as showyourwork does: every
+# \gentable, \genfigure and \input of a results/ file in paper/**/*.tex is an input of the rule
+# (ncn.paper.generated_inputs), so a table the prose starts to use is built first, and a changed
+# result or sentence rebuilds the PDF; `--forcerun paper` rebuilds it regardless.
 import subprocess
 from glob import glob
 
+from ncn.paper import generated_inputs
+
 PAPER = f"{RES}/paper"
 PAPER_SOURCES = sorted(glob("paper/**/*.tex", recursive=True)) + ["paper/refs.bib"]
-PAPER_TABLES = expand(f"{RES}/tables/{{t}}.tex", t=["ab", "scaling", "skip", "leak", "claims"])
-PAPER_FIGURES = expand(
-    f"{RES}/figures/{{f}}.pdf", f=["loss_curves", "scaling", "brainscan", "brainscan_dev", "skip_tradeoff"]
-)
+PAPER_GENERATED = generated_inputs("paper", prefix=f"{RES}/")
 # TeX and the pinned Python environment (the rule calls `ncn paper build`) under `--sdm conda`.
 PAPER_CONDA_ENV = "../../envs/paper.yaml"
 
@@ -24,11 +25,13 @@ PAPER_COMMIT = subprocess.run(
 
 rule paper_numbers:
     input:
-        claims=f"{RES}/claims.json",
-        skip=f"{RES}/tables/skip.csv",
-        skip_wall=f"{RES}/timing/skip_wall.csv",
-        metrics=[f"{d}/metrics.json" for d in run_dirs()],
-        evals=[f"{d}/eval.json" for d in run_dirs()],
+        claims=rules.analysis_claims.output.json,
+        runs=rules.analysis_runs.output.table,
+        runs_timing=rules.analysis_runs.output.timing,
+        ab=rules.analysis_ab.output.csv,
+        leak=rules.analysis_leak.output.csv,
+        skip=rules.analysis_skip.output.csv,
+        skip_timing=rules.analysis_skip.output.timing,
         manifest=f"{DATA}/manifest.json",
         meta=f"{DATA}/meta.json",
     output:
@@ -38,7 +41,6 @@ rule paper_numbers:
         runs=f"{PAPER}/runs_table.tex",
     params:
         config=CONFIG_JSON,
-        results=lambda w, input: os.path.dirname(input.claims),
         # The listing shows the whole resolved config, so any config change regenerates it.
         cfg=section(*sorted(config)),
         commit=PAPER_COMMIT,
@@ -50,20 +52,17 @@ rule paper_numbers:
     conda:
         CONDA_ENV
     shell:
-        "ncn paper numbers --config {params.config} --results {params.results} --out {output.numbers}"
-        " --sizes-table {output.sizes} --config-listing {output.listing} --runs-table {output.runs}"
-        " > {log} 2>&1"
+        "ncn paper numbers --config {params.config} --claims {input.claims} --runs {input.runs}"
+        " --runs-timing {input.runs_timing} --ab {input.ab} --leak {input.leak} --skip {input.skip}"
+        " --skip-timing {input.skip_timing} --manifest {input.manifest} --meta {input.meta}"
+        " --out {output.numbers} --sizes-table {output.sizes} --config-listing {output.listing}"
+        " --runs-table {output.runs} > {log} 2>&1"
 
 
 rule paper:
     input:
         sources=PAPER_SOURCES,
-        numbers=rules.paper_numbers.output.numbers,
-        sizes=rules.paper_numbers.output.sizes,
-        listing=rules.paper_numbers.output.listing,
-        runs=rules.paper_numbers.output.runs,
-        tables=PAPER_TABLES,
-        figures=PAPER_FIGURES,
+        generated=PAPER_GENERATED,
     output:
         pdf=report(f"{PAPER}/ncn.pdf", category="Paper"),
     params:

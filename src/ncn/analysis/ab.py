@@ -12,10 +12,11 @@ import math
 
 import pandas as pd
 
-from ncn.analysis import plots, tables
-from ncn.analysis.runs import per_seed, read_train_log, sizes_by_scale
+from ncn.analysis import options, plots, tables
+from ncn.analysis.macros import Macros, fmt_fixed, fmt_int, fmt_sig, half_width, macro_name, row
+from ncn.analysis.runs import largest_size, load_runs_table, per_seed, read_train_log, sizes_by_scale
 from ncn.analysis.stats import ab_verdict, paired_differences, t_interval
-from ncn.variants import baseline
+from ncn.variants import baseline, names, ncn_names
 
 METRICS = (("val_loss", "loss"), ("val_ppl", "ppl"), ("val_bpb", "bpb"))
 
@@ -69,7 +70,7 @@ def ab_tex(ab: pd.DataFrame, confidence: float) -> str:
     return tables.booktabs(header, rows, "llrrrrlrl", tables.group_breaks(list(ab["size"])))
 
 
-def loss_curves(runs: pd.DataFrame, cfg: dict, stem) -> None:
+def loss_curves(runs: pd.DataFrame, cfg: dict, pdf, png) -> None:
     """Training cross-entropy vs tokens, one panel per size: mean over seeds, band = min–max."""
     plots.setup()
     import matplotlib.pyplot as plt
@@ -97,13 +98,47 @@ def loss_curves(runs: pd.DataFrame, cfg: dict, stem) -> None:
     if sizes:
         axes[0][0].legend(fontsize=7, frameon=False)
     fig.suptitle("Loss curves: mean over seeds, band = min–max across seeds", fontsize=9)
-    plots.save(fig, stem)
+    options.save_figure(fig, pdf, png)
 
 
-def run(runs: pd.DataFrame, cfg: dict, tables_dir, figures_dir) -> pd.DataFrame:
+def add_arguments(p) -> None:
+    options.add_runs_table(p)
+    options.add_config(p)
+    options.add_table(p)
+    options.add_figure(p, what="the loss curves")
+
+
+def main(args, cfg: dict) -> None:
+    runs = load_runs_table(args.runs_table)
     ab = ab_table(runs, cfg)
-    tables.write_csv(ab, f"{tables_dir}/ab.csv")
-    tables.write_tex(f"{tables_dir}/ab.tex", ab_tex(ab, cfg["analysis"]["confidence"]))
-    loss_curves(runs, cfg, f"{figures_dir}/loss_curves")
-    return ab
+    tables.write_csv(ab, args.csv)
+    tables.write_tex(args.tex, ab_tex(ab, cfg["analysis"]["confidence"]))
+    loss_curves(runs, cfg, args.pdf, args.png)
 
+
+def numbers(ab: pd.DataFrame, cfg: dict) -> dict:
+    """The prose's macros of the A/B table: each variant's validation metrics per size, and at the
+    largest size with their ± half-widths and the paired differences to the baseline."""
+    conf, largest = float(cfg["analysis"]["confidence"]), largest_size(cfg)
+    metrics = (("loss", "ValLoss", 3), ("ppl", "ValPPL", 2), ("bpb", "ValBPB", 3))
+    values = Macros()
+    for size in cfg["sizes"]:
+        for variant in names():
+            r = row(ab, size=size, variant=variant)
+            for short, stem, dec in metrics:
+                values[macro_name("size", size, stem, variant)] = fmt_fixed(r.get(f"{short}_mean"), dec)
+    for variant in names():
+        r = row(ab, size=largest, variant=variant)
+        for short, stem, dec in metrics:
+            values[macro_name(stem, variant, "largest")] = fmt_fixed(r.get(f"{short}_mean"), dec)
+            values[macro_name(stem, variant, "largest", "PM")] = fmt_fixed(half_width(r, f"{short}_"), dec)
+    deltas = Macros()
+    for variant in ncn_names():
+        r = row(ab, size=largest, variant=variant)
+        for short, stem, dec in (("ppl", "DeltaPPL", 2), ("loss", "DeltaLoss", 3), ("bpb", "DeltaBPB", 3)):
+            deltas[macro_name(stem, variant, "largest")] = fmt_fixed(r.get(f"d{short}_mean"), dec)
+            deltas[macro_name(stem, variant, "largest", "CILow")] = fmt_fixed(r.get(f"d{short}_ci_low"), dec)
+            deltas[macro_name(stem, variant, "largest", "CIHigh")] = fmt_fixed(r.get(f"d{short}_ci_high"), dec)
+            deltas[macro_name(stem, variant, "largest", "N")] = fmt_int(r.get("n_pairs", 0))
+    return {f"validation metrics, mean over seeds (PM = half-width of the {fmt_sig(100 * conf)}% t-interval)": values,
+            "variant - baseline, paired by seed, largest size (negative: the variant is better)": deltas}

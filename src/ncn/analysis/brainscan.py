@@ -15,7 +15,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import plots
+from ncn.analysis import options, plots
 from ncn.analysis.runs import SIGNALS
 from ncn.analysis.trace import read_trace
 from ncn.variants import spec
@@ -82,7 +82,7 @@ def dev_limit(scans: dict, cfg: dict) -> float:
     return nice_ceil(worst)
 
 
-def _heatmaps(scans: dict, cfg: dict, stem, deviation: bool) -> None:
+def _heatmaps(scans: dict, cfg: dict, pdf, png, deviation: bool) -> None:
     import matplotlib.pyplot as plt
 
     plots.setup()
@@ -123,18 +123,25 @@ def _heatmaps(scans: dict, cfg: dict, stem, deviation: bool) -> None:
     title = ("Deviation from the initial value; symmetric limit ±%g shared by all models" % dlim if deviation
              else "Signals per layer and token; fixed colour limits = natural ranges, shared by all models")
     fig.suptitle(title, fontsize=9)
-    plots.save(fig, stem, tight=False)  # the shared colour bars manage their own space
+    options.save_figure(fig, pdf, png, tight=False)  # the shared colour bars manage their own space
 
 
-def run(trace_paths, cfg: dict, figures_dir) -> dict:
+def add_arguments(p) -> None:
+    p.add_argument("--traces", nargs="+", required=True, metavar="CSV",
+                   help="trace CSVs to show, one per NCN variant (the pipeline passes the largest size)")
+    options.add_config(p)
+    options.add_figure(p, what="the signals' heatmaps")
+    options.add_figure(p, "dev", what="the signals' deviation from init")
+
+
+def main(args, cfg: dict) -> None:
     """Brain scans of the given traces (one per NCN variant, the largest size)."""
     scans = {}
-    for p in trace_paths:
+    for p in args.traces:
         df = read_trace(p)
         variant = str(df["variant"].iloc[0])
         scans[variant] = matrices(scan_sentence(df))
     order = [v for v in cfg["variants"] if v in scans] + sorted(v for v in scans if v not in cfg["variants"])
     scans = {v: scans[v] for v in order}
-    _heatmaps(scans, cfg, f"{figures_dir}/brainscan", deviation=False)
-    _heatmaps(scans, cfg, f"{figures_dir}/brainscan_dev", deviation=True)
-    return {"dev_limit": dev_limit(scans, cfg)}
+    _heatmaps(scans, cfg, args.pdf, args.png, deviation=False)
+    _heatmaps(scans, cfg, args.dev_pdf, args.dev_png, deviation=True)

@@ -6,6 +6,10 @@ NCN variant trained); `asrun` (the original as it ran) is reported beside it in
 is "supported" only when the whole CI lies on the claim's side of the threshold; with fewer
 than two seeds the CI is undefined and the verdict is "inconclusive" (stats.ci_verdict).
 
+Each claim is one `Claim` object in CLAIMS (its id is its position): key, text, the statistic and
+the threshold in words, and the compute function (ab_claim, baseline_ppl_claim, ...). A new
+claim is one entry there (and its sentence in paper/sections/results.tex).
+
  1 ab_beats_baseline   ΔPPL = PPL(NCN) − PPL(none), paired by seed; supported if CI < 0.
  2 baseline_ppl        the baseline's PPL vs analysis.ppl_threshold (5.5, the original's GPT-2
                        number). Only comparable under the GPT-2 tokenizer: otherwise the verdict
@@ -33,29 +37,24 @@ than two seeds the CI is undefined and the verdict is "inconclusive" (stats.ci_v
 from __future__ import annotations
 
 import math
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import tables
-from ncn.analysis.runs import SIGNALS, final_layer_means, largest_size, per_seed, primary_ncn, read_train_log
+from ncn.analysis import options, tables
+from ncn.analysis.macros import finite, fmt_sig, macro_name, tex_escape
+from ncn.analysis.runs import (SIGNALS, final_layer_means, largest_size, load_runs_table, per_seed, primary_ncn,
+                               read_train_log)
 from ncn.analysis.stats import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ci_verdict, empirical_p_greater,
                                 nan_to_none, one_way_anova, paired_differences, spearman, t_interval)
+from ncn.errors import NCNError
 from ncn.fileio import write_json
 
 NAN = math.nan
-
-CLAIM_TEXT = {
-    1: ("ab_beats_baseline", "The NCN beats an iso-parameter baseline"),
-    2: ("baseline_ppl", "A standard Transformer struggles to break 5.5 PPL at this budget"),
-    3: ("layer_specialisation", "Layers specialise: per-layer mean precision differs across layers"),
-    4: ("phasic_but", "Signals react phasically to the twist at 'but'"),
-    5: ("homeostasis", "Homeostasis: the gain stays within the band and the regulariser is active"),
-    6: ("gamma_gates", "The FFN gate closes (gamma near 0) for some layers and tokens"),
-    7: ("asrun_leak", "The as-run NCN leaks future tokens through its pooling"),
-}
-
 
 def _result(value=NAN, low=NAN, high=NAN, verdict=INCONCLUSIVE, **details):
     return {"value": value, "ci_low": low, "ci_high": high, "verdict": verdict, "details": details}
@@ -258,74 +257,132 @@ def leak_claim(runs, size, conf):
                    size=size, seeds=seeds, leak_per_seed=list(d), n_seeds=len(seeds))
 
 
-# -- all -------------------------------------------------------------------------------------------
-def _statistic(i, variant, size, conf, cfg, res):
-    pct = f"{round(conf * 100)}%"
-    a = cfg["analysis"]
-    return {
-        1: f"mean paired dPPL = PPL({variant}) - PPL(none) over seeds, size {size}, {pct} t-CI",
-        2: (f"baseline (none) {'PPL' if res['details'].get('tokenizer_kind') == 'gpt2' else 'bits-per-byte'} "
-            f"at size {size}, {pct} t-CI ({res['details'].get('tokenizer_kind')} tokenizer)"),
-        3: f"one-way ANOVA F of final per-layer mean beta ({variant}, size {size}; seeds = replicates)",
-        4: (f"signal change at '{a['probe_word']}' in the twist sentence minus its mean in "
-            f"{len(a['control_sentences'])} neutral contexts ({variant}, size {size}); CI from the controls"),
-        5: f"fraction of traced (layer, token) gains in [{a['gain_band'][0]:g}, {a['gain_band'][1]:g}] ({variant}, size {size})",
-        6: f"fraction of traced (layer, token) with gamma < {max(a['gate_eps']):g} ({variant}, size {size})",
-        7: f"asrun val_loss - val_loss_prefix_pool (nats/token), size {size}, {pct} t-CI",
-    }[i]
+# -- all: one Claim object per claim, in the order of the write-up ---------------------------------
+@dataclass(frozen=True)
+class Setting:
+    """What every claim is judged on: the largest size, the runs table, the traces by variant."""
+
+    runs: pd.DataFrame
+    traces: dict
+    cfg: dict
+    meta: dict
+    size: str
+    tpb: float  # GPT-2 tokens per byte of our validation text (claim 2), and how it was measured
+    tpb_how: str
+
+    @property
+    def a(self) -> dict:
+        return self.cfg["analysis"]
+
+    @property
+    def conf(self) -> float:
+        return self.a["confidence"]
+
+    @property
+    def pct(self) -> str:
+        return f"{round(self.conf * 100)}%"
 
 
-def _threshold(i, cfg, res):
-    a = cfg["analysis"]
-    alpha = 1 - a["confidence"]
-    d = res["details"]
-    return {
-        1: "CI entirely below 0",
-        2: (f"CI entirely above {a['ppl_threshold']:g} PPL" if d.get("tokenizer_kind") == "gpt2" else
-            f"CI entirely above {d['bpb_threshold']:.4g} bpb (= {a['ppl_threshold']:g} GPT-2 PPL)"
-            if math.isfinite(d.get("bpb_threshold", NAN)) else
-            f"CI entirely above the bpb of {a['ppl_threshold']:g} GPT-2 PPL (not computable: {d.get('gpt2_tokens_per_byte_source')})"),
-        3: f"p < {alpha:g}",
-        4: f"rank p <= {alpha:g} vs controls and Spearman(change, surprisal) rho > 0 with p < {alpha:g}",
-        5: f">= {a['gain_min_fraction']:g} in band and L_reg moved > {a['reg_move_rel']:g} x its start in every seed",
-        6: f">= {a['gate_min_fraction']:g}",
-        7: "CI entirely below 0",
-    }[i]
+@dataclass(frozen=True)
+class Claim:
+    """One claim: what it says, the statistic that tests it and when that counts as support,
+    both in words (`statistic(setting, variant, result)`, `threshold(setting, result)`), and
+    `compute(setting, variant) -> result` (a `_result` dict). subject=None: judged for "the NCN",
+    with asrun beside it in details.also; else judged for that variant only."""
+
+    key: str
+    text: str
+    statistic: Callable[[Setting, str | None, dict], str]
+    threshold: Callable[[Setting, dict], str]
+    compute: Callable[[Setting, str], dict]
+    subject: str | None = None
+
+
+def _baseline_statistic(s: Setting, variant, res) -> str:
+    kind = res["details"].get("tokenizer_kind")
+    return (f"baseline (none) {'PPL' if kind == 'gpt2' else 'bits-per-byte'} at size {s.size}, {s.pct} t-CI "
+            f"({kind} tokenizer)")
+
+
+def _baseline_threshold(s: Setting, res) -> str:
+    d, thr = res["details"], s.a["ppl_threshold"]
+    if d.get("tokenizer_kind") == "gpt2":
+        return f"CI entirely above {thr:g} PPL"
+    if math.isfinite(d.get("bpb_threshold", NAN)):
+        return f"CI entirely above {d['bpb_threshold']:.4g} bpb (= {thr:g} GPT-2 PPL)"
+    return (f"CI entirely above the bpb of {thr:g} GPT-2 PPL (not computable: "
+            f"{d.get('gpt2_tokens_per_byte_source')})")
+
+
+def _alpha(s: Setting) -> float:
+    return 1 - s.conf
+
+
+CLAIMS = [
+    Claim(key="ab_beats_baseline", text="The NCN beats an iso-parameter baseline",
+          statistic=lambda s, v, r: (f"mean paired dPPL = PPL({v}) - PPL(none) over seeds, size {s.size}, "
+                                     f"{s.pct} t-CI"),
+          threshold=lambda s, r: "CI entirely below 0",
+          compute=lambda s, v: ab_claim(s.runs, v, s.size, s.conf)),
+    Claim(key="baseline_ppl", text="A standard Transformer struggles to break 5.5 PPL at this budget",
+          statistic=_baseline_statistic,
+          threshold=_baseline_threshold,
+          compute=lambda s, v: baseline_ppl_claim(s.runs, s.size, s.cfg, s.meta, s.tpb, s.tpb_how),
+          subject="none"),
+    Claim(key="layer_specialisation", text="Layers specialise: per-layer mean precision differs across layers",
+          statistic=lambda s, v, r: (f"one-way ANOVA F of final per-layer mean beta ({v}, size {s.size}; "
+                                     "seeds = replicates)"),
+          threshold=lambda s, r: f"p < {_alpha(s):g}",
+          compute=lambda s, v: layer_claim(s.runs, v, s.size, s.conf)),
+    Claim(key="phasic_but", text="Signals react phasically to the twist at 'but'",
+          statistic=lambda s, v, r: (f"signal change at '{s.a['probe_word']}' in the twist sentence minus its "
+                                     f"mean in {len(s.a['control_sentences'])} neutral contexts ({v}, size "
+                                     f"{s.size}); CI from the controls"),
+          threshold=lambda s, r: (f"rank p <= {_alpha(s):g} vs controls and Spearman(change, surprisal) "
+                                  f"rho > 0 with p < {_alpha(s):g}"),
+          compute=lambda s, v: phasic_claim(s.traces.get(v), s.conf)),
+    Claim(key="homeostasis", text="Homeostasis: the gain stays within the band and the regulariser is active",
+          statistic=lambda s, v, r: (f"fraction of traced (layer, token) gains in [{s.a['gain_band'][0]:g}, "
+                                     f"{s.a['gain_band'][1]:g}] ({v}, size {s.size})"),
+          threshold=lambda s, r: (f">= {s.a['gain_min_fraction']:g} in band and L_reg moved > "
+                                  f"{s.a['reg_move_rel']:g} x its start in every seed"),
+          compute=lambda s, v: homeostasis_claim(s.traces.get(v), s.runs, v, s.size, s.cfg)),
+    Claim(key="gamma_gates", text="The FFN gate closes (gamma near 0) for some layers and tokens",
+          statistic=lambda s, v, r: (f"fraction of traced (layer, token) with gamma < {max(s.a['gate_eps']):g} "
+                                     f"({v}, size {s.size})"),
+          threshold=lambda s, r: f">= {s.a['gate_min_fraction']:g}",
+          compute=lambda s, v: gate_claim(s.traces.get(v), s.cfg)),
+    Claim(key="asrun_leak", text="The as-run NCN leaks future tokens through its pooling",
+          statistic=lambda s, v, r: f"asrun val_loss - val_loss_prefix_pool (nats/token), size {s.size}, {s.pct} t-CI",
+          threshold=lambda s, r: "CI entirely below 0",
+          compute=lambda s, v: leak_claim(s.runs, s.size, s.conf),
+          subject="asrun"),
+]
+
+
+def _judge_variant(claim: Claim, s: Setting, variant: str | None) -> dict:
+    if variant is None:
+        return _result(reason="no NCN variant trained")
+    return claim.compute(s, variant)
+
+
+def judge(i: int, claim: Claim, s: Setting, ncn: str | None, also: list[str]) -> dict:
+    """claims.json's entry of claim number i."""
+    variant = claim.subject or ncn
+    res = _judge_variant(claim, s, variant)
+    if claim.subject is None and also:
+        res["details"]["also"] = {v: _judge_variant(claim, s, v) for v in also}
+    return {"id": i, "key": claim.key, "claim": claim.text, "variant": variant, "size": s.size,
+            "statistic": claim.statistic(s, variant, res), "threshold": claim.threshold(s, res), **res}
 
 
 def compute(runs: pd.DataFrame, traces: dict, cfg: dict, meta: dict, data_dir) -> dict:
-    a = cfg["analysis"]
-    conf = a["confidence"]
-    size = largest_size(cfg)
+    tpb, tpb_how = gpt2_tokens_per_byte(cfg, data_dir, meta)
+    s = Setting(runs, traces, cfg, meta, largest_size(cfg), tpb, tpb_how)
     ncn = primary_ncn(cfg)
     also = [v for v in ("asrun",) if v in cfg["variants"] and v != ncn]
-    tpb, tpb_how = gpt2_tokens_per_byte(cfg, data_dir, meta)
-
-    def per_variant(i, v):
-        tr = traces.get(v)
-        if v is None:
-            return _result(reason="no NCN variant trained")
-        return {1: lambda: ab_claim(runs, v, size, conf),
-                3: lambda: layer_claim(runs, v, size, conf),
-                4: lambda: phasic_claim(tr, conf),
-                5: lambda: homeostasis_claim(tr, runs, v, size, cfg),
-                6: lambda: gate_claim(tr, cfg)}[i]()
-
-    claims = []
-    for i in range(1, 8):
-        if i == 2:
-            res, variant = baseline_ppl_claim(runs, size, cfg, meta, tpb, tpb_how), "none"
-        elif i == 7:
-            res, variant = leak_claim(runs, size, conf), "asrun"
-        else:
-            res, variant = per_variant(i, ncn), ncn
-            if also:
-                res["details"]["also"] = {v: per_variant(i, v) for v in also}
-        key, text = CLAIM_TEXT[i]
-        claims.append({"id": i, "key": key, "claim": text, "variant": variant, "size": size,
-                       "statistic": _statistic(i, variant, size, conf, cfg, res),
-                       "threshold": _threshold(i, cfg, res), **res})
-    return {"profile": cfg["profile"], "size": size, "ncn_variant": ncn, "confidence": conf,
+    claims = [judge(i, claim, s, ncn, also) for i, claim in enumerate(CLAIMS, start=1)]
+    return {"profile": cfg["profile"], "size": s.size, "ncn_variant": ncn, "confidence": s.conf,
             "tokenizer_kind": meta.get("tokenizer_kind"), "claims": claims}
 
 
@@ -355,8 +412,60 @@ def claims_tex(doc: dict) -> str:
     return tables.booktabs(header, rows, r"@{}r p{0.2\linewidth} p{0.26\linewidth} l p{0.17\linewidth} l@{}")
 
 
-def run(runs: pd.DataFrame, traces: dict, cfg: dict, meta: dict, data_dir, out_json, out_tex) -> dict:
-    doc = nan_to_none(compute(runs, traces, cfg, meta, data_dir))
-    write_json(out_json, doc)
-    tables.write_tex(out_tex, claims_tex(doc))
-    return doc
+def add_arguments(p) -> None:
+    options.add_runs_table(p)
+    p.add_argument("--traces", nargs="*", default=[], metavar="CSV",
+                   help="traces at the largest size (the NCN's and asrun's); a missing one makes the "
+                        "trace-based claims inconclusive")
+    options.add_config(p)
+    options.add_data(p)
+    p.add_argument("--json", required=True, help="output claims JSON (results/claims.json)")
+    options.add_table(p, csv=False)
+
+
+def read_traces(paths) -> dict:
+    """{variant: trace} of the given trace CSVs, one per variant."""
+    from ncn.analysis.trace import read_trace
+
+    traces = {}
+    for path in paths:
+        df = read_trace(path)
+        v = str(df["variant"].iloc[0])
+        if v in traces:
+            raise NCNError(f"two traces of variant {v} given ({path}); pass one per variant (the largest size)")
+        traces[v] = df
+    return traces
+
+
+def main(args, cfg: dict) -> None:
+    from ncn.data import load_meta
+
+    runs, traces = load_runs_table(args.runs_table), read_traces(args.traces)
+    doc = nan_to_none(compute(runs, traces, cfg, load_meta(args.data), args.data))
+    write_json(args.json, doc)
+    tables.write_tex(args.tex, claims_tex(doc))
+    for c in doc["claims"]:
+        print(f"  claim {c['id']} {c['key']:<22} {c['verdict']}", file=sys.stderr)
+
+
+def numbers(doc: dict, cfg: dict) -> dict:
+    """The prose's macros of claims.json: the verdict counts, and per claim its verdict, value,
+    interval, statistic, threshold and text (\\ClaimOneVerdict, ...)."""
+    claims = doc["claims"]
+    verdicts = [c["verdict"] for c in claims]
+    m = {"ClaimsTotal": str(len(claims)), "ClaimsSupported": str(verdicts.count(SUPPORTED)),
+         "ClaimsNotSupported": str(verdicts.count(NOT_SUPPORTED)),
+         "ClaimsInconclusive": str(verdicts.count(INCONCLUSIVE))}
+    for c in claims:
+        stem = macro_name("claim", c["id"])
+        m[stem + "Verdict"] = c["verdict"]
+        m[stem + "Value"] = fmt_sig(c["value"])
+        m[stem + "CILow"] = fmt_sig(c["ci_low"])
+        m[stem + "CIHigh"] = fmt_sig(c["ci_high"])
+        # Claims judged by a fraction or a test statistic have no interval (null bounds).
+        m[stem + "CI"] = (rf"\ConfidencePct{{}} interval [{fmt_sig(c['ci_low'])}, {fmt_sig(c['ci_high'])}]"
+                          if finite(c["ci_low"]) and finite(c["ci_high"]) else "no interval")
+        m[stem + "Statistic"] = tex_escape(c["statistic"])
+        m[stem + "Threshold"] = tex_escape(c["threshold"])
+        m[stem + "Text"] = tex_escape(c["claim"])
+    return {"claims (results/claims.json)": m}

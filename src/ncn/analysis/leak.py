@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ncn.analysis import tables
-from ncn.analysis.runs import per_seed, sizes_by_scale
+from ncn.analysis import options, tables
+from ncn.analysis.macros import fmt_fixed, row
+from ncn.analysis.runs import largest_size, load_runs_table, per_seed, sizes_by_scale
 from ncn.analysis.stats import paired_differences, t_interval
 
 
@@ -54,8 +55,25 @@ def leak_tex(df: pd.DataFrame, confidence: float) -> str:
     return tables.booktabs(header, rows, "lrrrl")
 
 
-def run(runs: pd.DataFrame, cfg: dict, tables_dir) -> pd.DataFrame:
-    df = leak_table(runs, cfg)
-    tables.write_csv(df, f"{tables_dir}/leak.csv")
-    tables.write_tex(f"{tables_dir}/leak.tex", leak_tex(df, cfg["analysis"]["confidence"]))
-    return df
+def add_arguments(p) -> None:
+    options.add_runs_table(p)
+    options.add_config(p)
+    options.add_table(p)
+
+
+def main(args, cfg: dict) -> None:
+    df = leak_table(load_runs_table(args.runs_table), cfg)
+    tables.write_csv(df, args.csv)
+    tables.write_tex(args.tex, leak_tex(df, cfg["analysis"]["confidence"]))
+
+
+def numbers(leak: pd.DataFrame, cfg: dict) -> dict:
+    """The prose's macros of the leak table: asrun at the largest size."""
+    r = row(leak, size=largest_size(cfg))
+    return {"the future-token leak of asrun, largest size: val loss full - prefix-only pooling (negative: it leaks)": {
+        "LeakLossFull": fmt_fixed(r.get("loss_full_mean"), 3),
+        "LeakLossPrefix": fmt_fixed(r.get("loss_prefix_mean"), 3),
+        "LeakGap": fmt_fixed(r.get("leak_mean"), 3),
+        "LeakGapCILow": fmt_fixed(r.get("leak_ci_low"), 3),
+        "LeakGapCIHigh": fmt_fixed(r.get("leak_ci_high"), 3),
+    }}

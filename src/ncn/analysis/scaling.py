@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import plots, tables
-from ncn.analysis.runs import per_seed, sizes_by_scale
+from ncn.analysis import options, plots, tables
+from ncn.analysis.runs import load_runs_table, per_seed, sizes_by_scale
 from ncn.analysis.stats import paired_differences, t_interval
 from ncn.variants import baseline
 
@@ -72,7 +72,7 @@ def scaling_tex(df: pd.DataFrame) -> str:
     return tables.booktabs(header, rows, "llrrrr", tables.group_breaks(list(df["variant"])))
 
 
-def scaling_figure(df: pd.DataFrame, stem) -> None:
+def scaling_figure(df: pd.DataFrame, pdf, png) -> None:
     import matplotlib.pyplot as plt
 
     plots.setup()
@@ -111,12 +111,18 @@ def scaling_figure(df: pd.DataFrame, stem) -> None:
     gx.set_title("NCN – baseline gap (< 0: NCN better)")
     if gx.get_legend_handles_labels()[0]:
         gx.legend(fontsize=7, frameon=False)
-    plots.save(fig, stem)
+    options.save_figure(fig, pdf, png)
 
 
-def run(runs: pd.DataFrame, cfg: dict, tables_dir, figures_dir) -> pd.DataFrame:
-    df = scaling_table(runs, cfg)
-    tables.write_csv(df, f"{tables_dir}/scaling.csv")
-    tables.write_tex(f"{tables_dir}/scaling.tex", scaling_tex(df))
-    scaling_figure(df, f"{figures_dir}/scaling")
-    return df
+def add_arguments(p) -> None:
+    options.add_runs_table(p)
+    options.add_config(p)
+    options.add_table(p)
+    options.add_figure(p, what="loss vs parameters and the NCN-baseline gap")
+
+
+def main(args, cfg: dict) -> None:
+    df = scaling_table(load_runs_table(args.runs_table), cfg)
+    tables.write_csv(df, args.csv)
+    tables.write_tex(args.tex, scaling_tex(df))
+    scaling_figure(df, args.pdf, args.png)

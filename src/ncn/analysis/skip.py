@@ -21,8 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import plots, tables
+from ncn.analysis import options, plots, tables
+from ncn.analysis.macros import fmt_cfg, fmt_fixed, fmt_pct, fmt_sig
 from ncn.errors import NCNError
+
+# The paper quotes the largest eps whose validation loss is within this fraction of eps = 0.
+SKIP_LOSS_TOLERANCE = 0.01
+TIMING = ["wall_s", "wall_ratio"]
 
 
 def windows(tokens: np.ndarray, block_size: int, max_tokens: int | None):
@@ -58,21 +63,12 @@ def evaluate(model, x, y, batch_size: int, skip_eps=None) -> tuple[float, float,
 
 
 def skip_table(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int = 1, repeats: int = 1) -> pd.DataFrame:
-    import torch
-
-    from ncn.data import load_meta, open_split
-    from ncn.model import load_model
+    from ncn.analysis.trace import load_ncn_run
+    from ncn.data import open_split
     from ncn.progress import bar
-    from ncn.runs import check_config_matches, check_data_matches
 
-    torch.set_num_threads(threads)
-    model, payload = load_model(Path(run_dir) / "model.pt")
-    if model.cfg.spec.is_baseline:
-        raise NCNError(f"{run_dir}: variant '{model.cfg.ncn}' has no gate to skip on; pass an NCN run")
+    model, payload, meta = load_ncn_run(run_dir, cfg, data_dir, threads, "has no gate to skip on; pass an NCN run")
     a = cfg["analysis"]
-    meta = load_meta(data_dir)
-    check_data_matches(payload, meta, Path(run_dir) / "model.pt", Path(data_dir))
-    check_config_matches(cfg, payload, Path(run_dir) / "model.pt", "the config")
     x, y = windows(open_split(data_dir, "valid", meta), model.cfg.block_size, a["skip_max_tokens"])
     bs = cfg["eval"]["batch_size"]
     eps_grid = sorted(set(float(e) for e in a["skip_eps"]) | {0.0})
@@ -101,7 +97,7 @@ def skip_tex(df: pd.DataFrame) -> str:
     return tables.booktabs(header, rows, "lrrrrrr", tables.group_breaks(list(df["variant"])))
 
 
-def tradeoff_figure(df: pd.DataFrame, stem) -> None:
+def tradeoff_figure(df: pd.DataFrame, pdf, png) -> None:
     import matplotlib.pyplot as plt
 
     plots.setup()
@@ -121,16 +117,61 @@ def tradeoff_figure(df: pd.DataFrame, stem) -> None:
     axes[1].set_ylabel("wall time / wall time at ε = 0")
     axes[1].set_title("measured wall time")
     axes[0].legend(fontsize=7, frameon=False)
-    plots.save(fig, stem)
+    options.save_figure(fig, pdf, png)
 
 
-def run(run_dirs, cfg: dict, data_dir, tables_dir, figures_dir, threads: int = 1, repeats: int = 1) -> pd.DataFrame:
-    df = pd.concat([skip_table(r, cfg, data_dir, threads, repeats) for r in run_dirs], ignore_index=True)
-    # Measured wall times differ between reruns: they go to results/timing/, so every
-    # results/tables/*.csv stays byte-identical across reruns.
-    timing = ["wall_s", "wall_ratio"]
-    tables.write_csv(df.drop(columns=timing), f"{tables_dir}/skip.csv")
-    tables.write_csv(df[["variant", "size", "seed", "eps", *timing]], Path(tables_dir).parent / "timing" / "skip_wall.csv")
-    tables.write_tex(f"{tables_dir}/skip.tex", skip_tex(df))
-    tradeoff_figure(df, f"{figures_dir}/skip_tradeoff")
-    return df
+def add_arguments(p) -> None:
+    p.add_argument("--run", nargs="+", required=True, metavar="RUN", help="NCN run folder(s) holding model.pt")
+    options.add_config(p)
+    options.add_data(p)
+    options.add_table(p)
+    p.add_argument("--timing", required=True, help="output CSV of the measured wall times (results/timing/), "
+                   "kept out of --csv so the table is byte-identical across reruns")
+    options.add_figure(p, what="the loss / skipped-fraction / wall-time trade-off")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="timed passes per eps; the wall time is their median (default: %(default)s)")
+
+
+def main(args, cfg: dict) -> None:
+    df = pd.concat([skip_table(r, cfg, args.data, args.threads, args.repeats) for r in args.run], ignore_index=True)
+    tables.write_csv(df.drop(columns=TIMING), args.csv)
+    tables.write_csv(df[["variant", "size", "seed", "eps", *TIMING]], args.timing)
+    tables.write_tex(args.tex, skip_tex(df))
+    tradeoff_figure(df, args.pdf, args.png)
+
+
+def choice(skip: pd.DataFrame, timing: pd.DataFrame, variant: str | None, size: str) -> dict:
+    """The row of `variant` at `size` at the largest eps whose loss is within
+    SKIP_LOSS_TOLERANCE of the dense loss (eps = 0, always in the grid), averaged over seeds;
+    the wall ratio joined from the timing table on (variant, size, seed, eps)."""
+    if skip.empty:
+        return {}
+    if timing.empty:
+        df = skip.assign(wall_ratio=math.nan)
+    else:
+        df = skip.merge(timing, on=["variant", "size", "seed", "eps"], how="left")
+    df = df[(df["variant"] == variant) & (df["size"] == size)]
+    by_eps = df.groupby("eps")[["loss", "delta_loss", "skip_frac", "ffn_flops_saved", "wall_ratio"]].mean()
+    if by_eps.empty:
+        return {}
+    dense = by_eps.loc[0.0, "loss"]
+    within = by_eps[by_eps["delta_loss"] <= SKIP_LOSS_TOLERANCE * dense]
+    return {"eps": within.index[-1], "loss_dense": dense, **within.iloc[-1].to_dict()}
+
+
+def numbers(skip: pd.DataFrame, cfg: dict, timing: pd.DataFrame) -> dict:
+    """The prose's macros of the skip table: "the NCN" at the largest size (see `choice`)."""
+    from ncn.analysis.runs import largest_size, primary_ncn
+
+    sk = choice(skip, timing, primary_ncn(cfg), largest_size(cfg))
+    return {f"block skipping at the largest eps whose loss is within {SKIP_LOSS_TOLERANCE:.0%} of eps = 0": {
+        "SkipTolerancePct": fmt_pct(SKIP_LOSS_TOLERANCE, 0),
+        "SkipEps": fmt_cfg(sk.get("eps")),
+        "SkipLoss": fmt_fixed(sk.get("loss"), 3),
+        "SkipLossDense": fmt_fixed(sk.get("loss_dense"), 3),
+        "SkipLossDelta": fmt_fixed(sk.get("delta_loss"), 3),
+        "SkipFraction": fmt_pct(sk.get("skip_frac")),
+        "SkipFlopsSaved": fmt_pct(sk.get("ffn_flops_saved")),
+        "SkipWallRatio": fmt_sig(sk.get("wall_ratio")),
+    }}

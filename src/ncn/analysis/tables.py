@@ -34,6 +34,14 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, float_format: str | Non
         df.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n", na_rep="")
 
 
+def read_table(path: str | os.PathLike | None) -> pd.DataFrame:
+    """A table CSV as written by write_csv, names (variant, size) kept as text (a size named "1"
+    is still a name); an empty frame when the path is not given or not there (its macros read n/a)."""
+    if path is None or not os.path.exists(path):
+        return pd.DataFrame()
+    return pd.read_csv(path, dtype={"variant": str, "size": str})
+
+
 def escape(text) -> str:
     """Escape LaTeX special characters in plain text."""
     return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))

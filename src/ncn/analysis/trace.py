@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import tables
+from ncn.analysis import options, tables
 from ncn.errors import NCNError
 
 COLUMNS = ["variant", "size", "seed", "sentence_id", "kind", "pos", "token_id", "token", "layer",
@@ -124,22 +124,30 @@ def sentences_for(cfg: dict, data_dir: str | Path, tokenizer, meta: dict) -> lis
     return out
 
 
-def trace_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int = 1) -> pd.DataFrame:
+def load_ncn_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int, why_ncn: str):
+    """(model, payload, meta) of an NCN run's model.pt, checked against the data and the config
+    with the same refusals as `ncn evaluate`; `why_ncn` completes the error for variant 'none'."""
     import torch
 
     from ncn.data import load_meta
     from ncn.model import load_model
-    from ncn.progress import bar
     from ncn.runs import check_config_matches, check_data_matches
 
     torch.set_num_threads(threads)
     model, payload = load_model(Path(run_dir) / "model.pt")
     if model.cfg.spec.is_baseline:
-        raise NCNError(f"{run_dir}: variant '{model.cfg.ncn}' has no signals to trace; trace an NCN variant")
+        raise NCNError(f"{run_dir}: variant '{model.cfg.ncn}' {why_ncn}")
     meta = load_meta(data_dir)
-    # The same refusals as `ncn evaluate`: another tokenizer/vocabulary or model shape than the run's.
     check_data_matches(payload, meta, Path(run_dir) / "model.pt", Path(data_dir))
     check_config_matches(cfg, payload, Path(run_dir) / "model.pt", "the config")
+    return model, payload, meta
+
+
+def trace_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int = 1) -> pd.DataFrame:
+    from ncn.progress import bar
+
+    model, payload, meta = load_ncn_run(run_dir, cfg, data_dir, threads,
+                                        "has no signals to trace; trace an NCN variant")
     tokenizer = load_tokenizer(data_dir)
     word = cfg["analysis"]["probe_word"]
     frames = []
@@ -179,3 +187,17 @@ def read_trace(path: str | Path) -> pd.DataFrame:
         raise NCNError(f"{path}: columns missing: {', '.join(missing)} (rerun 'ncn analyze trace')")
     df["size"] = df["size"].astype(str)
     return df
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--run", required=True, help="run folder holding model.pt (an NCN variant)")
+    options.add_config(p)
+    options.add_data(p)
+    p.add_argument("--out", required=True, help="output CSV (results/traces/V_S.csv)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+
+
+def main(args, cfg: dict) -> None:
+    df = trace_run(args.run, cfg, args.data, args.threads)
+    write_trace(df, args.out)
+    print(f"ncn analyze trace: {df['sentence_id'].nunique()} sentences -> {args.out}", file=sys.stderr)
