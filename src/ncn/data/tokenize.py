@@ -132,6 +132,22 @@ def tokenize(
         "heldout_fraction": manifest["heldout_fraction"],
         "source": manifest["source"],
     }
+    rates = _encode_splits(tok, manifest, data_dir, out, meta, batch_size, chunk_bytes)
+    write_json(out / "meta.json", meta)
+    load_meta(out, tokenizer_path)  # the consumers' check must pass on what we just wrote
+    for split in SPLITS:
+        m = meta[split]
+        print(
+            f"{split}: {m['tokens']:,} tokens, {m['bytes']:,} bytes ({m['bytes'] / max(m['tokens'], 1):.2f} bytes/token), "
+            f"{m['stories'] if m['stories'] is not None else 'one stream, no'} stories, {rates[split]:.2f} MB/s",
+            file=sys.stderr,
+        )
+    return meta
+
+
+def _encode_splits(tok, manifest: dict, data_dir: Path, out: Path, meta: dict, batch_size: int,
+                   chunk_bytes: int) -> dict[str, float]:
+    """Encode every split into out/{split}.bin, filling meta[split]; MB/s per split."""
     rates = {}
     with contextlib.ExitStack() as stack:  # the .bin files get their names only if all succeed
         for split in SPLITS:
@@ -141,7 +157,7 @@ def tokenize(
             t0 = time.perf_counter()
             with open(tmp, "wb") as f:
                 counts = encode_file(
-                    tok, text_path, f, dtype, eot_id, require_separator=split != "valid",
+                    tok, text_path, f, meta["dtype"], meta["eot_id"], require_separator=split != "valid",
                     batch_size=batch_size, chunk_bytes=chunk_bytes, desc=f"tokenize {split}",
                 )  # fmt: skip
             if entry["stories"] is not None and counts["stories"] != entry["stories"]:
@@ -154,16 +170,7 @@ def tokenize(
                 "stories": entry["stories"],  # None for a separator-less stream
                 "text_sha256": entry["sha256"],
             }
-    write_json(out / "meta.json", meta)
-    load_meta(out, tokenizer_path)  # the consumers' check must pass on what we just wrote
-    for split in SPLITS:
-        m = meta[split]
-        print(
-            f"{split}: {m['tokens']:,} tokens, {m['bytes']:,} bytes ({m['bytes'] / max(m['tokens'], 1):.2f} bytes/token), "
-            f"{m['stories'] if m['stories'] is not None else 'one stream, no'} stories, {rates[split]:.2f} MB/s",
-            file=sys.stderr,
-        )
-    return meta
+    return rates
 
 
 def _read_manifest(data_dir: Path) -> dict:
