@@ -7,7 +7,7 @@ CORES ?= all
 # Offline machines (ours, CI): the TinyStories excerpt beside the checkout.
 export NCN_DATA_DIR ?= $(if $(wildcard ../shared/data/tinystories/train.txt),$(abspath ../shared/data/tinystories),)
 
-.PHONY: setup test test-fast reproduce smoke paper bench mlflow-ui clean help tex
+.PHONY: setup test test-fast reproduce smoke paper bench mutate mlflow-ui clean help tex
 
 help:
 	@echo "make setup      create $(VENV) and install the pinned environment (idempotent)"
@@ -16,6 +16,7 @@ help:
 	@echo "make smoke      setup, then the smoke profile (~3 min)"
 	@echo "make paper      rebuild results/paper/ncn.pdf (after editing paper/)"
 	@echo "make bench      speed benchmarks -> results/bench/"
+	@echo "make mutate     mutation testing of the science modules -> results/bench/mutation.csv (not CI)"
 	@echo "make mlflow-ui  browse the runs at http://127.0.0.1:5000"
 
 setup: $(STAMP) tex
@@ -52,6 +53,14 @@ paper: setup
 
 bench: setup
 	$(VENV)/bin/ncn bench model --out results/bench/model.csv
+
+# Mutation testing (mutmut, pinned in envs/mutate.txt; not in the main environment, not in CI).
+# MUTATE_SAMPLE mutants per module (seeded); MUTATE_SAMPLE=0 runs every mutant (hours).
+MUTATE_SAMPLE ?= 100
+MUTATE_ARGS ?=
+mutate: setup
+	$(PY) -m pip install -q --disable-pip-version-check -r envs/mutate.txt
+	$(PY) bench/mutate.py --sample $(MUTATE_SAMPLE) $(MUTATE_ARGS)
 
 mlflow-ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000

@@ -15,8 +15,10 @@ in tests/test_workflow.py::test_bad_config_fails_before_any_job_naming_the_key).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
+import shlex
 import shutil
 import time
 from dataclasses import dataclass
@@ -77,8 +79,17 @@ CASES = [
          ("generate", "--run", RUN, "--config", "ctx32.yaml"),
          "context mismatch: size_defs.xs.block_size is 32 in ctx32.yaml but 16 in"),
     Case("context-long-prompt", "prompt longer than the model's context (accepted)",
-         ("generate", "--run", "results/runs/causal/xs/seed0_copy", "--config", "long_prompt.yaml"),
+         ("generate", "--run", "results/runs/causal/xs/seed0_copy", "--config", "long_prompt.yaml",
+          "--out", "long_prompt.json"),
          "longer than the model's context (block_size 16)", refused=False),
+    # -- sampling settings -------------------------------------------------------------------------
+    Case("generate-temperature", "negative sampling temperature",
+         ("generate", "--run", RUN, "--prompt", "Tim", "--temperature", "-1"), "--temperature must be a finite number >= 0"),
+    Case("generate-top-k", "top-k below 1", ("generate", "--run", RUN, "--prompt", "Tim", "--top-k", "0"),
+         "--top-k must be >= 1"),
+    Case("generate-empty-prompt", "empty prompt", ("generate", "--run", RUN, "--prompt", ""), "--prompt is empty"),
+    Case("generate-overwrite", "hand call asks to replace the pipeline's samples.json",
+         ("generate", "--run", RUN, "--prompt", "Tim", "--out", f"{RUN}/samples.json"), "is the pipeline's samples file"),
     # -- tokenizer / vocabulary vs checkpoint --------------------------------------------------------
     Case("vocab-evaluate", "data folder with another vocabulary size", ("evaluate", "--run", RUN, "--data", "other_vocab"),
          "vocabulary mismatch"),
@@ -124,7 +135,7 @@ def site(tmp_path_factory):
     run = site / RUN
     run_train(cfg_path, run, data)
     evaluate(run)
-    generate(run)
+    generate(run, out=run / "samples.json", stdout=io.StringIO())  # as the pipeline's rule does
     # killed mid-training: what a SIGKILL leaves (checkpoints, config, partial log; no outputs)
     half = site / "results/runs/causal/xs/seed1"
     shutil.copytree(run, half, ignore=shutil.ignore_patterns("model.pt", "metrics.json", "train_log.csv",
@@ -143,7 +154,7 @@ def site(tmp_path_factory):
     _write_cfg(site, "bad_size.yaml", base, lambda c: c.update(sizes=["xs", "huge"]))
     _write_cfg(site, "ctx32.yaml", base, lambda c: c["size_defs"]["xs"].update(block_size=32))
     _write_cfg(site, "long_prompt.yaml", base, lambda c: c.update(generate={"prompts": [LONG_PROMPT], "max_new_tokens": 4}))
-    # the accepted long-prompt case writes samples.json: give it its own copy of the run
+    # the accepted long-prompt case: a copy of the run (written to long_prompt.json, not into the run)
     shutil.copytree(run, site / "results/runs/causal/xs/seed0_copy")
     return site
 
@@ -202,7 +213,7 @@ def test_long_prompt_is_cropped_with_a_note(site, capsys):
     message, rc, err = run_case(case, site, capsys)
     assert rc == 0, err
     assert case.expect in message
-    out = json.loads((site / "results/runs/causal/xs/seed0_copy/samples.json").read_text())
+    out = json.loads((site / "long_prompt.json").read_text())
     assert out["samples"][0]["prompt"] == LONG_PROMPT and out["samples"][0]["new_tokens"] == 4
 
 
@@ -236,7 +247,7 @@ def table(site: Path, capsys) -> str:
         if case.id not in _SEEN:
             run_case(case, site, capsys)
         message, rc = _SEEN[case.id]
-        rows.append(f"| {case.input} | `ncn {' '.join(case.argv)}` | {md_cell(message)} | {rc} |")
+        rows.append(f"| {case.input} | `ncn {shlex.join(case.argv)}` | {md_cell(message)} | {rc} |")
     return "\n".join(rows)
 
 

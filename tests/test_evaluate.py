@@ -150,16 +150,15 @@ def test_refuses_missing_unfinished_and_mismatched(trained, tmp_path):
         main(["--run", str(trained.runs["causal"]), "--data", str(other)])
 
 
-def test_generate_writes_samples(trained):
+def test_generate_writes_samples(trained, tmp_path):
     from ncn.generate import main
 
     run = trained.runs["causal"]
-    assert main(["--run", str(run)]) == 0
-    out = json.loads((run / "samples.json").read_text())
+    assert main(["--run", str(run), "--out", str(tmp_path / "a.json")]) == 0
+    out = json.loads((tmp_path / "a.json").read_text())
     s = out["samples"][0]
     assert s["prompt"].startswith("Once upon a time")
     assert s["text"].startswith(s["prompt"]) and s["new_tokens"] == 8 and s["tokens_per_s"] > 0
     assert out["tokens_per_s"] > 0 and out["kv_cache"] is True
-    first = s["text"]
-    main(["--run", str(run)])  # seeded: the same sample again
-    assert json.loads((run / "samples.json").read_text())["samples"][0]["text"] == first
+    main(["--run", str(run), "--out", str(tmp_path / "b.json")])  # seeded: the same sample again
+    assert json.loads((tmp_path / "b.json").read_text())["samples"][0]["text"] == s["text"]

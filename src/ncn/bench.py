@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
-from tqdm import tqdm
 
 import ncn.model as M
 from ncn.errors import NCNError
 from ncn.fileio import write_csv_rows
+from ncn.progress import bar
 
 COLUMNS = ["variant", "d_ff", "n_params", "step_s_median", "step_s_min", "tokens_per_s", "ratio_to_none",
            "pool_impl", "threads", "steps", "batch", "seq_len", "d_model", "n_layer", "n_head", "vocab_size",
@@ -51,7 +50,7 @@ def bench_model(a) -> list[dict]:
         for model in models.values():
             train_step(model, idx, targets)
     times: dict[str, list[float]] = {v: [] for v in models}
-    for _ in tqdm(range(a.steps), desc="bench rounds", file=sys.stderr, disable=None):
+    for _ in bar(range(a.steps), desc="bench rounds"):
         for v, model in models.items():
             t0 = time.perf_counter()
             train_step(model, idx, targets)

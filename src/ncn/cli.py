@@ -20,7 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mlflow-init": ("ncn.tracking", "create the MLflow store and experiment before parallel jobs"),
     "train": ("ncn.train", "train one (variant, size, seed) run; resumes from its checkpoint"),
     "evaluate": ("ncn.evaluate", "validation loss, perplexity and bits-per-byte of a run"),
-    "generate": ("ncn.generate", "sample text from a run with the KV cache"),
+    "export": ("ncn.hub", "write a run as a Hugging Face-style folder RUN/hf (safetensors, card)"),
+    "generate": ("ncn.generate", "sample text from a run, streamed: --prompt, --temperature, --top-k, ..."),
     "analyze": ("ncn.analysis.cli", "brain scans, A/B statistics, claims, scaling, block skipping"),
     "paper": ("ncn.paper", "generate the numbers the LaTeX paper quotes"),
     "mlflow-sync": ("ncn.tracking", "replay finished runs' files into the MLflow store"),
@@ -28,11 +29,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def stages_text() -> str:
+    return "stages:\n" + "\n".join(f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items())
+
+
 def _top_parser() -> argparse.ArgumentParser:
-    epilog = "stages:\n" + "\n".join(f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items())
-    epilog += "\n\nRun 'ncn <stage> --help' for a stage's options. The whole pipeline: 'snakemake --cores all'."
+    epilog = stages_text() + "\n\nRun 'ncn <stage> --help' for a stage's options. The whole pipeline: 'snakemake --cores all'."
     p = argparse.ArgumentParser(
         prog="ncn",
+        usage="ncn [-h] [--version] <stage> [options]",
         description="Neuromodulatory Control Networks (NCN) replication pipeline.",
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -45,6 +50,10 @@ def _top_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # a bare `ncn`: what can I run? (not argparse's "required: stage, args")
+        print("usage: ncn <stage> [options]\n\n" + stages_text()
+              + "\n\nRun 'ncn <stage> --help' for a stage's options, 'ncn --help' for more.", file=sys.stderr)
+        return 2
     ns = _top_parser().parse_args(argv)
     module_name, _ = COMMANDS[ns.stage]
     module = importlib.import_module(module_name)

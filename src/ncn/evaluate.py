@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +56,10 @@ def stream_ce(model, tokens: np.ndarray, block_size: int, batch_size: int, devic
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
     total, count = 0.0, 0
-    from tqdm import tqdm
+    from ncn.progress import bar
 
     with torch.no_grad(), autocast:
-        for windows in tqdm(batches, desc=desc, unit="batch", file=sys.stderr, dynamic_ncols=True):
+        for windows in bar(batches, desc=desc, unit="batch"):
             L = T if windows[0] < n_full else tail
             rows = np.stack([np.asarray(tokens[w * T : w * T + L + 1], dtype=np.int64) for w in windows])
             xy = torch.from_numpy(rows).to(device)

@@ -512,6 +512,20 @@ class Transformer(nn.Module):
             return [self.static_z]
         return [self.controller.fc2.bias] if self.controller is not None else []
 
+    # -- Hugging Face-style folders (config.json + model.safetensors; see ncn.hub) ---------------
+    @classmethod
+    def from_pretrained(cls, folder, map_location="cpu") -> "Transformer":
+        """The model saved in `folder` by save_pretrained / `ncn export`, in eval mode."""
+        from ncn.hub import load_pretrained
+
+        return load_pretrained(folder, cls, map_location)
+
+    def save_pretrained(self, folder, card: dict | None = None, tokenizer=None):
+        """Write `folder`: model.safetensors, config.json, README.md card (see ncn.hub.save_pretrained)."""
+        from ncn.hub import save_pretrained
+
+        return save_pretrained(self, folder, card or {}, tokenizer)
+
 
 def sample_next(logits, temperature=1.0, top_k=None, generator=None):
     """(B, vocab) logits -> (B, 1) next tokens. temperature 0 = argmax."""

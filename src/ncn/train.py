@@ -575,14 +575,14 @@ class Faults:
 
 
 def progress_bar(run: Run, initial: int):
-    """The tqdm bar of rank 0 (None on other ranks)."""
+    """Rank 0's progress bar (ncn.progress: a tqdm on a terminal, summary lines in a log file);
+    None on other ranks."""
     if not run.dist.main:
         return None
-    from tqdm import tqdm
+    from ncn.progress import bar
 
     v, sz, seed = run.identity["variant"], run.identity["size"], run.identity["seed"]
-    return tqdm(total=run.steps, initial=initial, desc=f"train {v}-{sz}-s{seed}", unit="step",
-                file=sys.stderr, dynamic_ncols=True)
+    return bar(total=run.steps, initial=initial, desc=f"train {v}-{sz}-s{seed}", unit="step")
 
 
 class TrainLog:

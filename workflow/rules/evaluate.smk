@@ -1,4 +1,4 @@
-# Evaluation of every finished run, and text samples.
+# Evaluation of every finished run, its Hugging Face-style model folder, and text samples.
 from ncn.analysis.rules import largest_size
 
 
@@ -50,11 +50,42 @@ rule generate:
     threads: 1
     conda:
         CONDA_ENV
+    # --out: only the pipeline writes RUN/samples.json (a hand `ncn generate` streams to stdout, and
+    # its --out refuses to replace this file; Snakemake deletes it before the job reruns).
     shell:
-        "ncn generate --config {params.config} --run {params.run} --data {params.data} > {log} 2>&1"
+        "ncn generate --config {params.config} --run {params.run} --data {params.data} --out {output}"
+        " > {log} 2>&1"
+
+
+# RUN/hf/: model.safetensors + config.json (the ModelConfig) + tokenizer.json + README.md model card,
+# loadable with Transformer.from_pretrained(folder). After evaluate: the card quotes eval.json.
+# (A folder of its own: RUN/config.json already holds the run's resolved settings.)
+rule export:
+    input:
+        model=rules.train.output.model,
+        metrics=rules.train.output.metrics,
+        eval=rules.evaluate.output[0],
+        tokenizer=rules.train_tokenizer.output[0],
+        meta=rules.tokenize.output.meta,
+    output:
+        multiext(f"{RUN}/hf/", "model.safetensors", "config.json", "tokenizer.json", "README.md"),
+    params:
+        run=lambda w, input: os.path.dirname(input.model),
+        data=data_dir,
+        out=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"{LOGS}/export/{{variant}}/{{size}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/export/{{variant}}/{{size}}/seed{{seed}}.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn export --run {params.run} --data {params.data} --out {params.out} > {log} 2>&1"
 
 
 TARGETS.extend(expand(rules.evaluate.output[0], variant=VARIANTS, size=SIZES, seed=SEEDS))
+TARGETS.extend(expand(rules.export.output, variant=VARIANTS, size=SIZES, seed=SEEDS))
 # Samples are for reading, not for statistics (and each job costs a process start): one per
 # variant, from the largest size's first seed. Any other run: ask for its samples.json.
 TARGETS.extend(expand(rules.generate.output[0], variant=VARIANTS, size=largest_size(config), seed=SEEDS[:1]))

@@ -15,7 +15,6 @@ fraction) differ between reruns, so they go to results/timing/skip_wall.csv, not
 from __future__ import annotations
 
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -60,10 +59,10 @@ def evaluate(model, x, y, batch_size: int, skip_eps=None) -> tuple[float, float,
 
 def skip_table(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int = 1, repeats: int = 1) -> pd.DataFrame:
     import torch
-    from tqdm import tqdm
 
     from ncn.data import load_meta, open_split
     from ncn.model import load_model
+    from ncn.progress import bar
     from ncn.runs import check_config_matches, check_data_matches
 
     torch.set_num_threads(threads)
@@ -79,7 +78,7 @@ def skip_table(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: in
     eps_grid = sorted(set(float(e) for e in a["skip_eps"]) | {0.0})
     ref_loss, _, _ = evaluate(model, x, y, bs, None)
     rows = []
-    for eps in tqdm(eps_grid, desc=f"skip {model.cfg.ncn}", file=sys.stderr, leave=False):
+    for eps in bar(eps_grid, desc=f"skip {model.cfg.ncn}", leave=False):
         results = [evaluate(model, x, y, bs, eps) for _ in range(max(1, repeats))]
         loss, frac, _ = results[0]
         if any(r[0] != loss or r[1] != frac for r in results):

@@ -126,10 +126,10 @@ def sentences_for(cfg: dict, data_dir: str | Path, tokenizer, meta: dict) -> lis
 
 def trace_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int = 1) -> pd.DataFrame:
     import torch
-    from tqdm import tqdm
 
     from ncn.data import load_meta
     from ncn.model import load_model
+    from ncn.progress import bar
     from ncn.runs import check_config_matches, check_data_matches
 
     torch.set_num_threads(threads)
@@ -144,8 +144,8 @@ def trace_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int
     word = cfg["analysis"]["probe_word"]
     frames = []
     sents = sentences_for(cfg, data_dir, tokenizer, meta)
-    for sid, (kind, text) in enumerate(tqdm(sents, desc=f"trace {payload.get('variant')}/{payload.get('size')}",
-                                            file=sys.stderr, leave=False)):
+    for sid, (kind, text) in enumerate(bar(sents, desc=f"trace {payload.get('variant')}/{payload.get('size')}",
+                                           leave=False)):
         ids, pieces, probe = encode(tokenizer, text, meta["eot_id"], model.cfg.block_size, word)
         sig, surprisal = trace_sentence(model, ids)
         T, L, _ = sig.shape

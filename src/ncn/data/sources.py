@@ -31,8 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from tqdm import tqdm
-
+from ncn import progress
 from ncn.errors import NCNError
 from ncn.fileio import atomic_path, write_json
 from ncn.data import textfile
@@ -225,7 +224,7 @@ def _place_verbatim(src: Path, tmp: Path) -> None:
 def _write_stories(tmp: Path, stories: Iterable[str], desc: str, total: int | None = None) -> dict:
     with open(tmp, "wb") as f:
         w = StoryWriter(f)
-        with tqdm(total=total, unit="B", unit_scale=True, desc=desc, mininterval=1.0) as bar:
+        with progress.bar(total=total, unit="B", unit_scale=True, desc=desc, mininterval=1.0) as bar:
             for story in stories:
                 w.write(story)
                 bar.update(story_file_bytes(story))
@@ -280,7 +279,7 @@ def _write_hub_valid(d: dict, tmp: Path) -> dict:
     file = d["hub_valid_file"]
     if not file.endswith(".txt"):
         return _write_stories(tmp, hub_stories(d, file, require_separator=False), "valid")
-    with open(tmp, "wb") as f, tqdm(unit="B", unit_scale=True, desc="valid", mininterval=1.0) as bar:
+    with open(tmp, "wb") as f, progress.bar(unit="B", unit_scale=True, desc="valid", mininterval=1.0) as bar:
         for line in hub_lines_or_records(d, file):
             data = line.encode("utf-8")
             f.write(data)

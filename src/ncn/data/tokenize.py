@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from ncn import progress
 from ncn.data import textfile, tokenizer as tokenizers_
 from ncn.data.meta import SPLITS, load_meta
 from ncn.data.textfile import EOT
@@ -79,7 +79,7 @@ def encode_file(
         tokens += arr.size
         batch.clear()
 
-    with tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=desc, mininterval=1.0) as bar:
+    with progress.bar(total=path.stat().st_size, unit="B", unit_scale=True, desc=desc, mininterval=1.0) as bar:
         for text, n, ends in textfile.iter_pieces(path, chunk_bytes=chunk_bytes, require_separator=require_separator):
             batch.append((text, ends))
             nbytes += n

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm import tqdm
 
+from ncn import progress
 from ncn.data import textfile
 from ncn.data.textfile import EOT
 from ncn.errors import NCNError
@@ -39,7 +39,7 @@ def train_bpe(train_path: str | os.PathLike, vocab_size: int) -> Tokenizer:
         show_progress=False,
     )
     size = os.path.getsize(train_path)
-    with tqdm(total=size, unit="B", unit_scale=True, desc="bpe: count words", mininterval=1.0) as bar:
+    with progress.bar(total=size, unit="B", unit_scale=True, desc="bpe: count words", mininterval=1.0) as bar:
 
         def stories():
             for piece, nbytes, _ in textfile.iter_pieces(train_path, require_separator=True):

@@ -1,0 +1,104 @@
+"""The value of every ± and interval macro that `ncn paper numbers` writes, computed here
+independently (t quantile from scipy, means and differences by hand) from a fake results tree
+whose largest size has chosen per-seed values.
+
+With two seeds the 95% t-interval of values a, b is (a + b)/2 ± t_{0.975, 1} · |a − b| / 2,
+t_{0.975, 1} = 12.706205: the ± macro is that half-width, not the full width of the interval."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from ncn import paper
+from test_paper import macro_values, make_fake_results, run_numbers
+
+T975_1 = 12.706205
+# Largest size "s", seeds 0 and 1: validation loss per variant (a fresh set, not the tree's).
+LOSS = {"none": (2.90, 2.94), "asrun": (2.70, 2.79), "causal": (2.80, 2.81), "tonic": (2.85, 2.95),
+        "static": (2.88, 2.93)}
+PREFIX = (2.95, 3.00)  # asrun's val_loss_prefix_pool
+BPB_PER_NAT = 0.436
+NAMES = {"none": "None", "asrun": "Asrun", "causal": "Causal", "tonic": "Tonic", "static": "Static"}
+
+
+def metric(variant: str, short: str) -> tuple[float, float]:
+    a, b = LOSS[variant]
+    return {"loss": (a, b), "ppl": (math.exp(a), math.exp(b)), "bpb": (a * BPB_PER_NAT, b * BPB_PER_NAT)}[short]
+
+
+def mean_half(pair) -> tuple[float, float]:
+    a, b = pair
+    return (a + b) / 2, T975_1 * abs(a - b) / 2
+
+
+@pytest.fixture(scope="module")
+def macros(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paper_macros")
+    make_fake_results(root)
+    for v, losses in LOSS.items():
+        for seed, loss in enumerate(losses):
+            path = root / "results" / "runs" / v / "s" / f"seed{seed}" / "eval.json"
+            ev = json.loads(path.read_text())
+            ev.update(val_loss=loss, val_ppl=math.exp(loss), val_bpb=loss * BPB_PER_NAT,
+                      val_loss_prefix_pool=PREFIX[seed] if v == "asrun" else None)
+            path.write_text(json.dumps(ev))
+    return macro_values(run_numbers(root))
+
+
+def test_pm_is_the_half_width_by_hand(macros):
+    # none: mean 2.92, half 12.706205 * 0.04 / 2 = 0.254124 (the full width would print 0.508)
+    assert macros["ValLossNoneLargest"] == "2.920" and macros["ValLossNoneLargestPM"] == "0.254"
+    # asrun: mean 2.745, half 12.706205 * 0.09 / 2 = 0.571779
+    assert macros["ValLossAsrunLargest"] == "2.745" and macros["ValLossAsrunLargestPM"] == "0.572"
+
+
+@pytest.mark.parametrize("variant", list(LOSS))
+@pytest.mark.parametrize("short,stem,dec", [("loss", "ValLoss", 3), ("ppl", "ValPPL", 2), ("bpb", "ValBPB", 3)])
+def test_every_pm_macro(macros, variant, short, stem, dec):
+    mean, half = mean_half(metric(variant, short))
+    name = f"{stem}{NAMES[variant]}Largest"
+    assert macros[name] == paper.fmt_fixed(mean, dec)
+    assert macros[name + "PM"] == paper.fmt_fixed(half, dec)
+    assert macros[name + "PM"] != paper.fmt_fixed(2 * half, dec)  # the values tell half from full width
+
+
+@pytest.mark.parametrize("variant", [v for v in LOSS if v != "none"])
+@pytest.mark.parametrize("short,stem,dec", [("ppl", "DeltaPPL", 2), ("loss", "DeltaLoss", 3), ("bpb", "DeltaBPB", 3)])
+def test_every_paired_difference_interval(macros, variant, short, stem, dec):
+    (va, vb), (ba, bb) = metric(variant, short), metric("none", short)
+    mean, half = mean_half((va - ba, vb - bb))
+    name = f"{stem}{NAMES[variant]}Largest"
+    assert macros[name] == paper.fmt_fixed(mean, dec)
+    assert macros[name + "CILow"] == paper.fmt_fixed(mean - half, dec)
+    assert macros[name + "CIHigh"] == paper.fmt_fixed(mean + half, dec)
+    assert macros[name + "N"] == "2"
+
+
+def test_causal_delta_ppl_interval_by_hand(macros):
+    # d = exp(2.80) - exp(2.90), exp(2.81) - exp(2.94) = -1.729499, -2.305928:
+    # mean -2.017713, half 12.706205 * 0.576429 / 2 = 3.662116 -> [-5.68, 1.64]
+    assert macros["DeltaPPLCausalLargest"] == "$-$2.02"
+    assert (macros["DeltaPPLCausalLargestCILow"], macros["DeltaPPLCausalLargestCIHigh"]) == ("$-$5.68", "1.64")
+
+
+def test_leak_interval(macros):
+    # leak = full - prefix = 2.70 - 2.95, 2.79 - 3.00 = -0.25, -0.21: mean -0.23, half 0.254124
+    assert macros["LeakGap"] == "$-$0.230"
+    assert (macros["LeakGapCILow"], macros["LeakGapCIHigh"]) == ("$-$0.484", "0.024")
+    assert macros["LeakLossFull"] == "2.745" and macros["LeakLossPrefix"] == "2.975"
+
+
+def test_claim_interval_macros(macros):
+    """tests/test_paper.py's fake claims: claim 1 [-0.5, -0.1], claims 2, 4, 7 [-0.5, 0.25],
+    claims 3, 5, 6 without an interval."""
+    words = ("One", "Two", "Three", "Four", "Five", "Six", "Seven")
+    for i, w in enumerate(words, start=1):
+        low, high = macros[f"Claim{w}CILow"], macros[f"Claim{w}CIHigh"]
+        if i in (3, 5, 6):
+            assert (low, high, macros[f"Claim{w}CI"]) == ("n/a", "n/a", "no interval")
+            continue
+        assert low == "$-$0.500" and high == ("$-$0.100" if i == 1 else "0.250")
+        assert macros[f"Claim{w}CI"] == rf"\ConfidencePct{{}} interval [{low}, {high}]"
