@@ -250,7 +250,7 @@ def _split_heldout(stories: Callable[[], Iterable[str]], tmp: dict[str, Path], f
     k = n_heldout(n, fraction, where)
     with open(tmp["train"], "wb") as ft, open(tmp["heldout"], "wb") as fh, open(os.devnull, "wb") as fa:
         wt, wh, wa = StoryWriter(ft), StoryWriter(fh), StoryWriter(fa)
-        for i, story in enumerate(tqdm(stories(), total=n, unit="story", desc="train | heldout", mininterval=1.0)):
+        for i, story in enumerate(progress.bar(stories(), total=n, desc="train | heldout", unit="story", mininterval=1.0)):
             (wt if i < n - k else wh).write(story)
             wa.write(story)
     if wa.stories != n:
