@@ -100,6 +100,7 @@ def build_tree(tmp: Path) -> dict:
     meta = {"dtype": "uint16", "vocab_size": tok.get_vocab_size(), "eot_id": eot, "tokenizer_kind": "bpe",
             "tokenizer_sha256": sha256_file(data / "tokenizer.json"), "val_split": "official",
             "train": {"file": "valid.bin", "tokens": len(ids), "bytes": n_bytes, "stories": len(stories)},
+            "heldout": {"file": "valid.bin", "tokens": len(ids), "bytes": n_bytes, "stories": len(stories)},
             "valid": {"file": "valid.bin", "tokens": len(ids), "bytes": n_bytes, "stories": len(stories)}}
     (data / "meta.json").write_text(json.dumps(meta))
 

@@ -9,7 +9,7 @@ from ncn.errors import NCNError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["smoke", "default", "paper"])
+@pytest.mark.parametrize("name", ["smoke", "default", "paper", "cpu-trunk"])
 def test_profiles_validate(name):
     path = ROOT / "config" / f"{name}.yaml"
     if not path.exists():
@@ -17,6 +17,19 @@ def test_profiles_validate(name):
     cfg = load_config(path)
     assert cfg["profile"] == name
     assert cfg["train"]["grad_clip"] == 1.0 or name == "paper"
+
+
+def test_cpu_trunk_and_paper_profiles_say_what_their_comments_say():
+    """cpu-trunk is the original's non-embedding shape on CPU; paper uses the original's optimizer."""
+    t = load_config(ROOT / "config" / "cpu-trunk.yaml")
+    assert t["variants"] == ["none", "causal", "asrun"] and len(t["seeds"]) == 3 and t["sizes"] == ["trunk"]
+    shape = {k: t["size_defs"]["trunk"][k] for k in ("d_model", "n_layer", "n_head", "d_ff", "block_size")}
+    assert shape == {"d_model": 256, "n_layer": 6, "n_head": 8, "d_ff": 1024, "block_size": 256}
+    assert (t["tokenizer"]["kind"], t["tokenizer"]["vocab_size"], t["model"]["dropout"]) == ("bpe", 4096, 0.1)
+    assert t["train"]["tokens"] is None and t["train"]["epochs"] >= 2
+    p = load_config(ROOT / "config" / "paper.yaml")
+    assert (p["train"]["beta1"], p["train"]["beta2"], p["train"]["min_lr"]) == (0.9, 0.999, 0.0)
+    assert p["train"]["decay_all"] is True and p["data"]["heldout_fraction"] == 0.05
 
 
 def _write(tmp_path, cfg):

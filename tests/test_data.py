@@ -120,7 +120,8 @@ def test_pipeline_bins_equal_direct_encoding(tmp_path, corpus):
     eot = tok.token_to_id(EOT)
     assert meta["eot_id"] == eot == 0 and meta["dtype"] == "uint16" and meta["tokenizer_kind"] == "bpe"
     assert meta["vocab_size"] == tok.get_vocab_size() <= 300
-    for split, sts in (("train", train), ("valid", valid)):
+    # 30 train stories, the default heldout_fraction 0.05: round(1.5) = 2 held out
+    for split, sts in (("train", train[:28]), ("heldout", train[28:]), ("valid", valid)):
         expected: list[int] = []
         for i, s in enumerate(sts):
             expected += ([eot] if i else []) + tok.encode(s, add_special_tokens=False).ids
@@ -134,10 +135,15 @@ def test_pipeline_bins_equal_direct_encoding(tmp_path, corpus):
         text = tok.decode([t for t in got.tolist() if t != eot])
         assert len(text.encode()) == m["bytes"] and text == "".join(sts)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["source"] == f"local:{tmp_path / 'src'}"
-    assert manifest["train"]["stories"] == 30 and manifest["train"]["verbatim"] is True
-    assert (out / "train.txt").read_bytes() == (tmp_path / "src" / "train.txt").read_bytes()
-    assert (out / "train.txt").stat().st_ino != (tmp_path / "src" / "train.txt").stat().st_ino  # a copy
+    assert manifest["source"] == f"local:{tmp_path / 'src'}" and manifest["heldout_fraction"] == 0.05
+    assert (manifest["train"]["stories"], manifest["heldout"]["stories"], manifest["train_all"]["stories"]) == (28, 2, 30)
+    # the split is lossless: train.txt then heldout.txt is the source, whose sha256 train_all records
+    source = (tmp_path / "src" / "train.txt").read_bytes()
+    assert (out / "train.txt").read_bytes() + (out / "heldout.txt").read_bytes() == source
+    assert manifest["train_all"]["sha256"] == hashlib.sha256(source).hexdigest()
+    assert manifest["train_all"]["bytes"] == len(source)
+    assert manifest["valid"]["verbatim"] is True
+    assert (out / "valid.txt").stat().st_ino != (tmp_path / "src" / "valid.txt").stat().st_ino  # a copy
 
 
 def test_big_files_are_hard_linked(tmp_path, corpus, monkeypatch):
@@ -146,10 +152,11 @@ def test_big_files_are_hard_linked(tmp_path, corpus, monkeypatch):
     monkeypatch.setattr(ncn.data.sources, "LINK_MIN_BYTES", 0)  # every file counts as big
     out = tmp_path / "out"
     run_ok("fetch", "--config", str(write_config(tmp_path / "c.yaml")), "--out", str(out))
-    for name in ("train.txt", "valid.txt"):
-        assert (out / name).stat().st_ino == (tmp_path / "src" / name).stat().st_ino
+    assert (out / "valid.txt").stat().st_ino == (tmp_path / "src" / "valid.txt").stat().st_ino
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["train"]["sha256"] == hashlib.sha256((tmp_path / "src" / "train.txt").read_bytes()).hexdigest()
+    assert manifest["valid"]["sha256"] == hashlib.sha256((tmp_path / "src" / "valid.txt").read_bytes()).hexdigest()
+    # train.txt is always rewritten (its tail goes to heldout.txt): never a link to the source
+    assert (out / "train.txt").stat().st_ino != (tmp_path / "src" / "train.txt").stat().st_ino
 
 
 def test_roundtrip_decode_encode(tmp_path, corpus):
@@ -173,7 +180,8 @@ def test_reruns_are_byte_identical(tmp_path, corpus):
     cfg = write_config(tmp_path / "c.yaml", data={"max_train_stories": 25})
     a = pipeline(tmp_path, cfg, tmp_path / "a")
     b = pipeline(tmp_path, cfg, tmp_path / "b")
-    names = ["train.txt", "valid.txt", "manifest.json", "tokenizer.json", "train.bin", "valid.bin", "meta.json"]
+    names = ["train.txt", "heldout.txt", "valid.txt", "manifest.json", "tokenizer.json", "train.bin", "heldout.bin",
+             "valid.bin", "meta.json"]
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     # and a rerun in place changes nothing either
@@ -221,15 +229,16 @@ def test_eot_only_between_stories(tmp_path, monkeypatch):
     meta = load_meta(out)
     ids = open_split(out, "train", meta).tolist()
     eot = meta["eot_id"]
-    assert ids.count(eot) == len(train) - 1
+    kept = train[:9]  # 10 stories: the last one is held out
+    assert ids.count(eot) == len(kept) - 1
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     segments = " ".join(map(str, ids)).split(f" {eot} ")
-    assert [tok.decode([int(i) for i in seg.split()]) for seg in segments] == train
+    assert [tok.decode([int(i) for i in seg.split()]) for seg in segments] == kept
     buf = io.BytesIO()  # pieces of at most ~32 bytes: same stream
     tok.encode_special_tokens = True
     counts = encode_file(tok, out / "train.txt", buf, "uint16", eot, True, batch_size=7, chunk_bytes=32)
     assert np.frombuffer(buf.getvalue(), dtype=np.uint16).tolist() == ids
-    assert (counts["stories"], counts["bytes"], counts["tokens"]) == (10, meta["train"]["bytes"], len(ids))
+    assert (counts["stories"], counts["bytes"], counts["tokens"]) == (9, meta["train"]["bytes"], len(ids))
 
 
 def test_caps_cut_at_story_boundaries(tmp_path, corpus):
@@ -237,21 +246,29 @@ def test_caps_cut_at_story_boundaries(tmp_path, corpus):
     out = tmp_path / "out"
     cap = len(text_format(train[:7]).encode()) + 5  # room for 7 stories and a bit, not for 8
     run_ok("fetch", "--config", str(write_config(tmp_path / "c.yaml", data={"max_train_bytes": cap})), "--out", str(out))
-    assert (out / "train.txt").read_text() == text_format(train[:7])
+    # the cap applies to the excerpt; its tail (one story of 7) is then held out
+    assert (out / "train.txt").read_text() == text_format(train[:6])
+    assert (out / "heldout.txt").read_text() == text_format(train[6:7])
     m = json.loads((out / "manifest.json").read_text())
-    assert m["train"]["stories"] == 7 and m["train"]["bytes"] <= cap and m["train"]["verbatim"] is False
+    assert (m["train"]["stories"], m["train_all"]["stories"]) == (6, 7) and m["train_all"]["bytes"] <= cap
+    assert m["train"]["verbatim"] is False
     run_ok("fetch", "--config", str(write_config(tmp_path / "c2.yaml", data={"max_train_stories": 4})), "--out", str(out))
-    assert (out / "train.txt").read_text() == text_format(train[:4])
+    assert (out / "train.txt").read_text() == text_format(train[:3])
+    assert (out / "heldout.txt").read_text() == text_format(train[3:4])
 
 
 def test_train_tail_split(tmp_path, corpus):
+    """val_split train_tail: valid is the held-out tail again, and no validation file is read."""
     train, _ = corpus  # 30 stories
-    cfg = write_config(tmp_path / "c.yaml", data={"val_split": "train_tail", "val_tail_fraction": 0.1})
+    (tmp_path / "src" / "valid.txt").unlink()
+    cfg = write_config(tmp_path / "c.yaml", data={"val_split": "train_tail", "heldout_fraction": 0.1})
     out = pipeline(tmp_path, cfg, tmp_path / "out")
     assert (out / "train.txt").read_text() == text_format(train[:27])
-    assert (out / "valid.txt").read_text() == text_format(train[27:])
+    assert (out / "heldout.txt").read_text() == (out / "valid.txt").read_text() == text_format(train[27:])
     meta = load_meta(out)
     assert meta["val_split"] == "train_tail" and meta["valid"]["stories"] == 3 and meta["train"]["stories"] == 27
+    assert meta["heldout"]["text_sha256"] == meta["valid"]["text_sha256"] and meta["heldout_fraction"] == 0.1
+    assert (out / "heldout.bin").read_bytes() == (out / "valid.bin").read_bytes()
     # the tokenizer saw only the train part: training again on those 27 stories gives the same file
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "train.txt").write_text(text_format(train[:27]))
@@ -272,10 +289,10 @@ def test_jsonl_and_parquet_sources(tmp_path, monkeypatch):
     pq.write_table(pa.table({"text": [s.rstrip("\n") for s in valid]}), folder / "validation.parquet")
     monkeypatch.setenv("NCN_DATA_DIR", str(folder))
     out = pipeline(tmp_path, write_config(tmp_path / "c.yaml"), tmp_path / "out")
-    assert (out / "train.txt").read_text() == text_format(train)
+    assert (out / "train.txt").read_text() + (out / "heldout.txt").read_text() == text_format(train)
     assert (out / "valid.txt").read_text() == text_format(valid)
     meta = load_meta(out)
-    assert (meta["train"]["stories"], meta["valid"]["stories"]) == (12, 5)
+    assert (meta["train"]["stories"], meta["heldout"]["stories"], meta["valid"]["stories"]) == (11, 1, 5)
 
 
 def test_resolution_order(tmp_path, monkeypatch):
@@ -289,8 +306,8 @@ def test_resolution_order(tmp_path, monkeypatch):
     monkeypatch.delenv("NCN_DATA_DIR")
     run_ok("fetch", "--config", str(cfg), "--out", str(out))
     m = json.loads((out / "manifest.json").read_text())
-    assert m["source"] == "local:resources/tinystories" and m["train"]["stories"] == 5
-    assert (out / "train.txt").read_bytes() == (cfg_dir / "train.txt").read_bytes()
+    assert m["source"] == "local:resources/tinystories" and m["train_all"]["stories"] == 5
+    assert (out / "train.txt").read_bytes() + (out / "heldout.txt").read_bytes() == (cfg_dir / "train.txt").read_bytes()
 
 
 # ----------------------------------------------------------------------------- errors
@@ -454,14 +471,18 @@ def test_real_tinystories(tmp_path, monkeypatch):
     out = pipeline(tmp_path, cfg, tmp_path / "out")
     manifest = json.loads((out / "manifest.json").read_text())
     source_md = (real / "SOURCE.md").read_text()
-    assert manifest["train"]["sha256"] == _source_md_sha256(source_md, "train.txt")
+    # train + heldout, in order, is the source file byte for byte
+    assert manifest["train_all"]["sha256"] == _source_md_sha256(source_md, "train.txt")
     assert manifest["valid"]["sha256"] == _source_md_sha256(source_md, "valid.txt")
-    assert (manifest["train"]["stories"], manifest["valid"]["stories"]) == (2316, None)
-    assert (manifest["train"]["bytes"], manifest["valid"]["bytes"]) == (2096346, 794375)
+    # 5% of 2316 stories, rounded: 116 held out
+    assert (manifest["train"]["stories"], manifest["heldout"]["stories"], manifest["valid"]["stories"]) == (2200, 116, None)
+    assert (manifest["train_all"]["bytes"], manifest["valid"]["bytes"]) == (2096346, 794375)
+    assert manifest["train"]["bytes"] + manifest["heldout"]["bytes"] == 2096346
     meta = load_meta(out)
     # every story's text without its separator line "<|endoftext|>\n" (14 bytes)
-    assert meta["train"]["bytes"] == 2096346 - 2316 * 14
+    assert meta["train"]["bytes"] + meta["heldout"]["bytes"] == 2096346 - 2316 * 14
     assert meta["valid"]["bytes"] == 794375
     train = open_split(out, "train", meta)
-    assert int((train == meta["eot_id"]).sum()) == 2315  # between the 2316 stories
+    assert int((train == meta["eot_id"]).sum()) == 2199  # between the 2200 stories
+    assert int((open_split(out, "heldout", meta) == meta["eot_id"]).sum()) == 115
     assert 2.0 < meta["train"]["bytes"] / meta["train"]["tokens"] < 2.7  # ~2.3 bytes/token at vocab 512

@@ -40,17 +40,21 @@ def test_hub_streaming_with_cap(tmp_path, hub_folder):
     folder, train, valid = hub_folder
     cfg = write_config(tmp_path / "c.yaml", data={"source": "hub", "hub_name": str(folder), "max_train_stories": 6})
     out = pipeline(tmp_path, cfg, tmp_path / "out")
-    assert (out / "train.txt").read_text() == text_format(train[:6])
+    # the capped excerpt's last story (5% of 6, at least one) is held out
+    assert (out / "train.txt").read_text() == text_format(train[:5])
+    assert (out / "heldout.txt").read_text() == text_format(train[5:6])
     assert (out / "valid.txt").read_text() == text_format(valid)
     m = json.loads((out / "manifest.json").read_text())
     assert m["source"] == f"hub:{folder}" and m["train"]["from"] == "TinyStoriesV2-GPT4-train.txt"
-    assert (m["train"]["stories"], m["valid"]["stories"]) == (6, 4)
-    assert load_meta(out)["train"]["stories"] == 6
+    assert (m["train"]["stories"], m["heldout"]["stories"], m["valid"]["stories"]) == (5, 1, 4)
+    assert m["train_all"]["stories"] == 6
+    assert load_meta(out)["train"]["stories"] == 5
+    assert not any(p.name.startswith(".fetch.") for p in out.iterdir())  # the scratch copy is gone
     # a byte cap stops at a story boundary too
     cap = len(text_format(train[:3]).encode()) + 1
     cfg = write_config(tmp_path / "c2.yaml", data={"source": "hub", "hub_name": str(folder), "max_train_bytes": cap})
     assert main(["data", "fetch", "--config", str(cfg), "--out", str(out)]) == 0
-    assert (out / "train.txt").read_text() == text_format(train[:3])
+    assert (out / "train.txt").read_text() + (out / "heldout.txt").read_text() == text_format(train[:3])
 
 
 def test_auto_falls_back_to_hub_and_reads_records(tmp_path):
@@ -74,7 +78,8 @@ def test_auto_falls_back_to_hub_and_reads_records(tmp_path):
         },
     )
     assert main(["data", "fetch", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 0
-    assert (tmp_path / "out" / "train.txt").read_text() == text_format(train)
+    out = tmp_path / "out"
+    assert (out / "train.txt").read_text() + (out / "heldout.txt").read_text() == text_format(train)
     assert (tmp_path / "out" / "valid.txt").read_text() == text_format(valid)
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["source"] == f"hub:{folder}"
 

@@ -67,30 +67,61 @@ def test_evaluate_whole_stream_matches_manual(trained):
     assert main(["--run", str(run)]) == 0  # data folder found through RUN/config.json
     ev = json.loads((run / "eval.json").read_text())
     for k in ("variant", "size", "seed", "val_loss", "val_ppl", "val_bpb", "val_tokens", "val_bytes", "n_params",
-              "n_params_non_embedding", "val_loss_prefix_pool", "max_tokens"):
+              "n_params_non_embedding", "val_loss_prefix_pool", "max_tokens", "heldout_loss", "heldout_ppl",
+              "heldout_bpb", "heldout_tokens", "heldout_bytes", "heldout_loss_prefix_pool"):
         assert k in ev, k
     meta = json.loads((trained.data / "meta.json").read_text())
-    toks = np.fromfile(trained.data / "valid.bin", dtype=np.uint16).astype(np.int64)
-    assert ev["val_tokens"] == len(toks) - 1 and ev["val_bytes"] == meta["valid"]["bytes"]
     model, _ = load_model(run / "model.pt")
-    T, total = model.cfg.block_size, 0.0
-    with torch.no_grad():
-        for i in range(0, len(toks) - 1, T):  # one window at a time, the tail included
-            x = torch.tensor(toks[i : i + T + 1])
-            x, y = x[:-1][None], x[1:][None]
-            total += F.cross_entropy(model(x).logits[0], y[0], reduction="sum").item()
-    assert ev["val_loss"] == pytest.approx(total / (len(toks) - 1), rel=1e-5)
-    assert ev["val_ppl"] == pytest.approx(math.exp(ev["val_loss"]))
-    assert ev["val_bpb"] == pytest.approx(total / math.log(2) / meta["valid"]["bytes"], rel=1e-5)
-    assert ev["val_loss_prefix_pool"] is None
+    T = model.cfg.block_size
+    for split, p in (("valid", "val"), ("heldout", "heldout")):  # each set scored on its own stream
+        toks = np.fromfile(trained.data / f"{split}.bin", dtype=np.uint16).astype(np.int64)
+        assert ev[f"{p}_tokens"] == len(toks) - 1 and ev[f"{p}_bytes"] == meta[split]["bytes"]
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, len(toks) - 1, T):  # one window at a time, the tail included
+                x = torch.tensor(toks[i : i + T + 1])
+                x, y = x[:-1][None], x[1:][None]
+                total += F.cross_entropy(model(x).logits[0], y[0], reduction="sum").item()
+        assert ev[f"{p}_loss"] == pytest.approx(total / (len(toks) - 1), rel=1e-5)
+        assert ev[f"{p}_ppl"] == pytest.approx(math.exp(ev[f"{p}_loss"]))
+        assert ev[f"{p}_bpb"] == pytest.approx(total / math.log(2) / meta[split]["bytes"], rel=1e-5)
+        assert ev[f"{p}_loss_prefix_pool"] is None
+    assert ev["heldout_tokens"] != ev["val_tokens"] and ev["heldout_loss"] != ev["val_loss"]
 
 
 def test_asrun_reports_prefix_pool_loss(trained):
     from ncn.evaluate import evaluate
 
     ev = evaluate(trained.runs["asrun"])
-    assert ev["val_loss_prefix_pool"] is not None and math.isfinite(ev["val_loss_prefix_pool"])
-    assert ev["val_loss_prefix_pool"] != ev["val_loss"]
+    for p in ("val", "heldout"):
+        assert ev[f"{p}_loss_prefix_pool"] is not None and math.isfinite(ev[f"{p}_loss_prefix_pool"])
+        assert ev[f"{p}_loss_prefix_pool"] != ev[f"{p}_loss"]
+
+
+def test_one_text_is_scored_once(trained, tmp_path, monkeypatch):
+    """val_split train_tail: valid.bin is the held-out tail again (same text_sha256), so both
+    sets get the same numbers from one pass; different texts get a pass each."""
+    import ncn.evaluate
+
+    data = tmp_path / "data"
+    shutil.copytree(trained.data, data)
+    meta = json.loads((data / "meta.json").read_text())
+    shutil.copyfile(data / "heldout.bin", data / "valid.bin")
+    meta["valid"] = {**meta["heldout"], "file": "valid.bin", "text_sha256": "abc"}
+    meta["heldout"]["text_sha256"] = "abc"
+    meta["val_split"] = "train_tail"
+    (data / "meta.json").write_text(json.dumps(meta))
+    calls = []
+    real = ncn.evaluate.stream_ce
+    monkeypatch.setattr(ncn.evaluate, "stream_ce", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ev = ncn.evaluate.evaluate(trained.runs["causal"], data=str(data))
+    assert len(calls) == 1
+    assert {k: ev[f"val_{k}"] for k in ("loss", "bpb", "tokens")} == {k: ev[f"heldout_{k}"] for k in ("loss", "bpb", "tokens")}
+    meta["heldout"]["text_sha256"] = "def"  # another text: scored again (same tokens, same numbers here)
+    (data / "meta.json").write_text(json.dumps(meta))
+    calls.clear()
+    ncn.evaluate.evaluate(trained.runs["causal"], data=str(data))
+    assert len(calls) == 2
 
 
 def test_evaluate_max_tokens_cap(trained, tmp_path):
@@ -99,7 +130,7 @@ def test_evaluate_max_tokens_cap(trained, tmp_path):
     cfg = tiny_config(tmp_path, eval={"max_tokens": 100, "batch_size": 3})
     assert main(["--run", str(trained.runs["causal"]), "--config", str(cfg)]) == 0
     ev = json.loads((trained.runs["causal"] / "eval.json").read_text())
-    assert ev["val_tokens"] == 100 and ev["max_tokens"] == 100
+    assert ev["val_tokens"] == 100 and ev["heldout_tokens"] == 100 and ev["max_tokens"] == 100
 
 
 def test_refuses_missing_unfinished_and_mismatched(trained, tmp_path):

@@ -379,7 +379,8 @@ def _write_skip_inputs(tmp_path, model):
     split = {"tokens": len(stream), "bytes": 100, "stories": None}
     (data / "meta.json").write_text(json.dumps({
         "dtype": "uint16", "vocab_size": 8, "eot_id": 0, "tokenizer_kind": "bpe", "tokenizer_sha256": "x",
-        "val_split": "official", "train": {"file": "train.bin", **split}, "valid": {"file": "valid.bin", **split}}))
+        "val_split": "official", "train": {"file": "train.bin", **split}, "heldout": {"file": "valid.bin", **split},
+        "valid": {"file": "valid.bin", **split}}))
     return run, data, stream
 
 

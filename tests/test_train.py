@@ -42,8 +42,8 @@ def story_text(n: int, seed: int) -> str:
     return stories
 
 
-def make_data(root: Path, n_train: int = 300, n_valid: int = 40, vocab: int = 300) -> Path:
-    """results/data-like folder: tokenizer.json, train.bin, valid.bin, meta.json."""
+def make_data(root: Path, n_train: int = 300, n_valid: int = 40, vocab: int = 300, n_heldout: int = 20) -> Path:
+    """results/data-like folder: tokenizer.json, train.bin, heldout.bin, valid.bin, meta.json."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     root.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def make_data(root: Path, n_train: int = 300, n_valid: int = 40, vocab: int = 30
     eot = tok.token_to_id("<|endoftext|>")
     meta = {"dtype": "uint16", "vocab_size": tok.get_vocab_size(), "eot_id": eot, "tokenizer_kind": "bpe",
             "tokenizer_sha256": sha256_file(root / "tokenizer.json"), "val_split": "official"}
-    for split, stories in (("train", train), ("valid", valid)):
+    for split, stories in (("train", train), ("heldout", story_text(n_heldout, 3)), ("valid", valid)):
         ids = []
         for s in stories:
             ids += tok.encode(s).ids + [eot]

@@ -1,6 +1,10 @@
-"""`ncn evaluate --run RUN`: validation loss, perplexity and bits-per-byte -> RUN/eval.json.
+"""`ncn evaluate --run RUN`: loss, perplexity and bits-per-byte on two sets -> RUN/eval.json.
 
-The validation stream (valid.bin) of N tokens has N-1 predictable tokens (every token after
+The two sets (EVAL_SETS; see ncn.data.meta): `val_*` is valid.bin, the dataset's validation
+file (kept under this name for continuity; in the excerpt its format differs from the train
+file's, which inflates absolute losses), and `heldout_*` is heldout.bin, the last stories of the
+train excerpt in the train format, never trained on: the A/B reads `heldout_*`. Each is scored
+the same way. A stream (valid.bin, say) of N tokens has N-1 predictable tokens (every token after
 the first). It is cut into non-overlapping windows of block_size inputs, the shorter tail
 included: window i predicts tokens i*T+1 .. i*T+L from inputs i*T .. i*T+L-1 (L = T, or less
 for the tail), so every predictable token is scored exactly once. With eval.max_tokens = M
@@ -17,8 +21,9 @@ evaluated prefix is credited its share of the bytes in proportion to its tokens,
 approximation made.
 
 For a variant whose pool sees the whole window (spec.sees_future: "asrun") also
-`val_loss_prefix_pool`: the same loss with the NCN pool restricted to the prefix (forward with
-causal_pool=True), which measures how much the future-token leak helps.
+`val_loss_prefix_pool` and `heldout_loss_prefix_pool`: the same loss with the
+NCN pool restricted to the prefix (forward with causal_pool=True), which measures how much the
+future-token leak helps.
 """
 
 from __future__ import annotations
@@ -74,9 +79,29 @@ def bits_per_byte(ce_sum_nats: float, n_scored: int, n_predictable: int, total_b
     return ce_sum_nats / math.log(2) / nbytes, nbytes
 
 
+# (split in meta.json, prefix of its fields in eval.json)
+EVAL_SETS = (("valid", "val"), ("heldout", "heldout"))
+
+
+def score_split(model, data_dir, meta: dict, split: str, cfg: dict, device: torch.device) -> dict:
+    """loss, ppl, bpb, tokens, bytes, ce_sum_nats, loss_prefix_pool (asrun; else None) on one split."""
+    from ncn.data import open_split
+
+    tokens = open_split(data_dir, split, meta)
+    bs, T, cap = cfg["eval"]["batch_size"], model.cfg.block_size, cfg["eval"]["max_tokens"]
+    ce, n = stream_ce(model, tokens, T, bs, device, cap, desc=f"eval {split}")
+    bpb, nbytes = bits_per_byte(ce, n, len(tokens) - 1, int(meta[split]["bytes"]))
+    prefix = None
+    if model.cfg.spec.sees_future:
+        ce_p, _ = stream_ce(model, tokens, T, bs, device, cap, causal_pool=True, desc=f"eval {split} prefix pool")
+        prefix = ce_p / n
+    return {"loss": ce / n, "ppl": math.exp(ce / n), "bpb": bpb, "tokens": n, "bytes": nbytes,
+            "ce_sum_nats": ce, "loss_prefix_pool": prefix}
+
+
 def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, threads: int = 1,
              config_source: str = "--config") -> dict:
-    from ncn.data import load_meta, open_split
+    from ncn.data import load_meta
     from ncn.model import load_model
     from ncn.runs import (check_config_matches, check_data_matches, config_of, data_dir_of, pick_device,
                           require_finished)
@@ -92,36 +117,33 @@ def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, th
     check_data_matches(payload, meta, run_dir / "model.pt", data_dir)
     check_config_matches(cfg, payload, run_dir / "model.pt", config_source)
     model.to(device).eval()
-    tokens = open_split(data_dir, "valid", meta)
-    bs, T, cap = cfg["eval"]["batch_size"], model.cfg.block_size, cfg["eval"]["max_tokens"]
 
-    ce, n = stream_ce(model, tokens, T, bs, device, cap, desc=f"eval {run_dir}")
-    bpb, nbytes = bits_per_byte(ce, n, len(tokens) - 1, int(meta["valid"]["bytes"]))
-    prefix = None
-    if model.cfg.spec.sees_future:
-        ce_p, _ = stream_ce(model, tokens, T, bs, device, cap, causal_pool=True, desc="eval prefix pool")
-        prefix = ce_p / n
     out = {
         "variant": payload.get("variant", metrics.get("variant")), "size": payload.get("size", metrics.get("size")),
         "seed": payload.get("seed", metrics.get("seed")),
-        "val_loss": ce / n, "val_ppl": math.exp(ce / n), "val_bpb": bpb,
-        "val_tokens": n, "val_bytes": nbytes, "val_ce_sum_nats": ce,
         "n_params": model.num_params(), "n_params_non_embedding": model.num_params(non_embedding=True),
-        "val_loss_prefix_pool": prefix, "max_tokens": cap, "device": device.type,
+        "max_tokens": cfg["eval"]["max_tokens"], "device": device.type,
     }
+    scored: dict[str, dict] = {}  # by text hash: with val_split train_tail both sets are one text
+    for split, prefix in EVAL_SETS:
+        key = meta[split].get("text_sha256") or split
+        if key not in scored:
+            scored[key] = score_split(model, data_dir, meta, split, cfg, device)
+        out.update({f"{prefix}_{k}": v for k, v in scored[key].items()})
     write_json(run_dir / "eval.json", out)
     from ncn.tracking import log_eval
 
-    log_eval(run_dir, {k: v for k, v in out.items() if k.startswith("val_")})
+    log_eval(run_dir, {k: v for k, v in out.items() if k.startswith(tuple(f"{p}_" for _, p in EVAL_SETS))})
     return out
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="ncn evaluate",
-        description="Evaluate a finished run on the whole validation stream (non-overlapping windows of "
-        "the context length, the tail included; eval.max_tokens caps it): mean cross-entropy, "
-        "perplexity and bits-per-byte (total CE in bits / UTF-8 bytes of the text). For 'asrun' also "
+        description="Evaluate a finished run on two whole streams, the validation file (val_*) and the "
+        "held-out tail of the train excerpt (heldout_*) (non-overlapping windows of "
+        "the context length, the tail included; eval.max_tokens caps each): mean cross-entropy, "
+        "perplexity and bits-per-byte (total CE in bits / UTF-8 bytes of the text). For a variant whose pool sees the future ('asrun') also "
         "the loss with the NCN pool restricted to the prefix. Writes RUN/eval.json.",
     )
     p.add_argument("--run", required=True, help="a finished run folder (with model.pt and metrics.json)")
@@ -133,6 +155,7 @@ def main(argv: list[str]) -> int:
 
     cfg = load_config(a.config) if a.config else None
     out = evaluate(Path(a.run), a.data, cfg, a.threads, config_source=a.config or "--config")
-    print(f"{a.run}: val_loss {out['val_loss']:.4f}  ppl {out['val_ppl']:.2f}  bpb {out['val_bpb']:.4f}  "
-          f"({out['val_tokens']} tokens)")
+    for split, p in EVAL_SETS:
+        print(f"{a.run}: {split:8s} loss {out[f'{p}_loss']:.4f}  ppl {out[f'{p}_ppl']:.2f}  "
+              f"bpb {out[f'{p}_bpb']:.4f}  ({out[f'{p}_tokens']} tokens)")
     return 0

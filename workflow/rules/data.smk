@@ -1,11 +1,12 @@
 # Data stage: fetch TinyStories (NCN_DATA_DIR, data.dir, or the hub), train the tokenizer,
-# tokenize both splits. Every later stage reads results/data/. The tokenizer jobs ask for up to
+# tokenize the three splits (train, heldout: the train excerpt's last stories, valid). Every later stage reads results/data/. The tokenizer jobs ask for up to
 # 4 threads (Snakemake caps that at --cores); RAYON_NUM_THREADS holds `tokenizers` to them.
 
 
 rule fetch_data:
     output:
         train=f"{DATA}/train.txt",
+        heldout=f"{DATA}/heldout.txt",
         valid=f"{DATA}/valid.txt",
         manifest=f"{DATA}/manifest.json",
     params:
@@ -51,11 +52,13 @@ rule train_tokenizer:
 rule tokenize:
     input:
         train=rules.fetch_data.output.train,
+        heldout=rules.fetch_data.output.heldout,
         valid=rules.fetch_data.output.valid,
         manifest=rules.fetch_data.output.manifest,
         tokenizer=rules.train_tokenizer.output[0],
     output:
         train=f"{DATA}/train.bin",
+        heldout=f"{DATA}/heldout.bin",
         valid=f"{DATA}/valid.bin",
         meta=f"{DATA}/meta.json",
     params:

@@ -7,6 +7,7 @@ rule evaluate:
         model=rules.train.output.model,
         metrics=rules.train.output.metrics,
         valid=rules.tokenize.output.valid,
+        heldout=rules.tokenize.output.heldout,
         meta=rules.tokenize.output.meta,
     output:
         f"{RUN}/eval.json",

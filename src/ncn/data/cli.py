@@ -11,17 +11,19 @@ from ncn.config import load_config
 DESCRIPTION = """\
 The data stage, in three steps that Snakemake runs in order:
 
-  fetch      find TinyStories and write OUT/train.txt, OUT/valid.txt and OUT/manifest.json
-             (source, sha256, bytes, stories per split). Looks in NCN_DATA_DIR, then data.dir
-             (default resources/tinystories/), then streams it from the Hugging Face hub;
-             data.source = local | hub forces one. data.max_train_bytes / max_train_stories cap
-             the train split at a story boundary; data.val_split = train_tail makes the last
-             data.val_tail_fraction of the train stories the validation split (the original's).
+  fetch      find TinyStories and write OUT/train.txt, OUT/heldout.txt, OUT/valid.txt and
+             OUT/manifest.json (source, sha256, bytes, stories per split). Looks in NCN_DATA_DIR,
+             then data.dir (default resources/tinystories/), then streams it from the Hugging Face
+             hub; data.source = local | hub forces one. data.max_train_bytes / max_train_stories
+             cap the train data at a story boundary. The last data.heldout_fraction of those
+             stories (default 0.05) become heldout.txt, in the train format, and are never trained
+             on. valid.txt is the dataset's validation file (data.val_split = official) or the
+             held-out tail again (train_tail, the original's split).
   tokenizer  train a byte-level BPE (tokenizer.kind bpe, tokenizer.vocab_size) on train.txt,
              or build GPT-2's (kind gpt2, from tokenizer.gpt2_dir or the hub) -> tokenizer.json
-  tokenize   encode both splits -> train.bin, valid.bin (flat streams, <|endoftext|> between
-             stories) and meta.json (dtype, vocab_size, eot_id, token/byte/story counts, the
-             tokenizer's sha256)
+  tokenize   encode the splits -> train.bin, heldout.bin, valid.bin (flat streams,
+             <|endoftext|> between stories) and meta.json (dtype, vocab_size, eot_id,
+             token/byte/story counts per split, the tokenizer's sha256)
 
 and `check`, which verifies a tokenized folder the way training and evaluation do.
 """
@@ -40,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="{fetch,tokenizer,tokenize,check}")
 
-    f = sub.add_parser("fetch", help="find TinyStories; write train.txt, valid.txt, manifest.json")
+    f = sub.add_parser("fetch", help="find TinyStories; write train.txt, heldout.txt, valid.txt, manifest.json")
     f.add_argument("--config", required=True, help="pipeline config (YAML or the resolved JSON)")
     f.add_argument("--out", required=True, help="output folder, e.g. results/data")
 
@@ -49,11 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="folder written by 'ncn data fetch'")
     t.add_argument("--out", required=True, help="tokenizer file to write, e.g. results/data/tokenizer.json")
 
-    k = sub.add_parser("tokenize", help="encode both splits into train.bin, valid.bin, meta.json")
+    k = sub.add_parser("tokenize", help="encode the splits into train.bin, heldout.bin, valid.bin, meta.json")
     k.add_argument("--config", required=True, help="pipeline config")
     k.add_argument("--data", required=True, help="folder written by 'ncn data fetch'")
     k.add_argument("--tokenizer", required=True, help="tokenizer.json written by 'ncn data tokenizer'")
-    k.add_argument("--out", required=True, help="output folder for train.bin, valid.bin, meta.json")
+    k.add_argument("--out", required=True, help="output folder for train.bin, heldout.bin, valid.bin, meta.json")
     k.add_argument(
         "--dtype",
         choices=["auto", "uint16", "uint32"],
@@ -74,7 +76,7 @@ def main(argv: list[str]) -> int:
         from ncn.data.sources import fetch
 
         m = fetch(load_config(a.config), a.out)
-        for split in ("train", "valid"):
+        for split in ("train", "heldout", "valid"):
             e = m[split]
             stories = e["stories"] if e["stories"] is not None else "unknown (one stream)"
             print(f"{split}: {e['bytes']:,} bytes, stories: {stories}, sha256 {e['sha256']}", file=sys.stderr)

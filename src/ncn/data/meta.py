@@ -16,7 +16,10 @@ import numpy as np
 from ncn.errors import NCNError
 from ncn.fileio import read_json, sha256_file
 
-META_KEYS = ("dtype", "vocab_size", "eot_id", "tokenizer_kind", "tokenizer_sha256", "val_split", "train", "valid")
+# train: the training stream; heldout: the last stories of the train excerpt, never trained on;
+# valid: the dataset's validation file (val_split official) or the held-out tail again (train_tail).
+SPLITS = ("train", "heldout", "valid")
+META_KEYS = ("dtype", "vocab_size", "eot_id", "tokenizer_kind", "tokenizer_sha256", "val_split", *SPLITS)
 SPLIT_KEYS = ("file", "tokens", "bytes", "stories")
 
 
@@ -37,12 +40,12 @@ def load_meta(data_dir: str | os.PathLike, tokenizer_path: str | os.PathLike | N
     except ValueError as e:
         raise NCNError(f"{path} is not valid JSON ({e}); re-run 'ncn data tokenize'") from None
     missing = [k for k in META_KEYS if k not in meta] + [
-        f"{s}.{k}" for s in ("train", "valid") if isinstance(meta.get(s), dict) for k in SPLIT_KEYS if k not in meta[s]
+        f"{s}.{k}" for s in SPLITS if isinstance(meta.get(s), dict) for k in SPLIT_KEYS if k not in meta[s]
     ]
     if missing:
         raise NCNError(f"{path} lacks {', '.join(missing)}; re-run 'ncn data tokenize'")
     itemsize = np.dtype(meta["dtype"]).itemsize
-    for split in ("train", "valid"):
+    for split in SPLITS:
         f = data_dir / meta[split]["file"]
         if not f.is_file():
             raise NCNError(f"token file {f} (listed in {path}) is missing; re-run 'ncn data tokenize'")
@@ -72,6 +75,6 @@ def check_tokenizer(meta: dict, tokenizer_path: str | os.PathLike, meta_path) ->
 
 
 def open_split(data_dir: str | os.PathLike, split: str, meta: dict | None = None) -> np.memmap:
-    """The token stream of `split` ("train" or "valid") as a read-only memmap."""
+    """The token stream of `split` (one of SPLITS) as a read-only memmap."""
     meta = load_meta(data_dir) if meta is None else meta
     return np.memmap(Path(data_dir) / meta[split]["file"], dtype=np.dtype(meta["dtype"]), mode="r")

@@ -1,4 +1,5 @@
-"""`ncn data fetch`: find TinyStories, cap and split it, write train.txt / valid.txt / manifest.json.
+"""`ncn data fetch`: find TinyStories, cap and split it; write train.txt, heldout.txt, valid.txt
+and manifest.json.
 
 Where the data comes from, in order (data.source = auto):
   1. the folder in the environment variable NCN_DATA_DIR (an error if it lacks the files),
@@ -6,9 +7,17 @@ Where the data comes from, in order (data.source = auto):
   3. the Hugging Face hub (data.hub_name), streamed with `datasets`, stopping at the train cap.
 data.source = local forces 1-2, data.source = hub forces 3.
 
-The outputs are always in the TinyStories text format (stories separated by a line
-`<|endoftext|>`). A local .txt file that needs no cap and no split is copied (hard-linked when
-big) unchanged, so its sha256 is the source's; everything else is rewritten story by story.
+Two evaluation sets come out of it (see the architecture doc):
+  heldout.txt  the last data.heldout_fraction of the (capped) train stories, in the train
+               format; train.txt is the stories before them, so training and the tokenizer
+               never see them. manifest `train_all` hashes the two together: for an uncapped
+               canonical file it is the source's sha256, so the split provably lost nothing.
+  valid.txt    data.val_split = official: the dataset's validation file (a local .txt one is
+               copied unchanged, hard-linked when big, even without separators); train_tail:
+               a copy of heldout.txt (the original's split), and no validation file is read.
+
+The train outputs are in the TinyStories text format (stories separated by a line
+`<|endoftext|>`), rewritten story by story.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ncn import progress
 from ncn.errors import NCNError
@@ -28,7 +37,8 @@ from ncn.fileio import atomic_path, write_json
 from ncn.data import textfile
 from ncn.data.textfile import StoryWriter, normalize_story, story_file_bytes
 
-SPLITS = ("train", "valid")
+SPLITS = ("train", "valid")  # the source's files
+OUT_SPLITS = ("train", "heldout", "valid")  # fetch's outputs, {split}.txt
 SPLIT_NAMES = {"train": ("train",), "valid": ("valid", "validation")}
 EXTENSIONS = (".txt", ".jsonl", ".parquet")
 
@@ -189,11 +199,11 @@ def capped(stories: Iterable[str], max_bytes: int | None, max_stories: int | Non
 
 
 # ----------------------------------------------------------------------------- writing
-# Every writer fills a temporary path; fetch() gives train.txt and valid.txt their names
-# together, and only when both are complete, then writes manifest.json last.
+# Every writer fills a temporary path; fetch() gives train.txt, heldout.txt and valid.txt their
+# names together, and only when all are complete, then writes manifest.json last.
 
 
-# Files at least this big are hard-linked rather than copied (the full train split is 2 GB).
+# Files at least this big are hard-linked rather than copied (a full validation split is big).
 # Smaller ones are copied, so that nothing that writes into results/ by mistake can reach the
 # user's (or a shared) data folder through the link.
 LINK_MIN_BYTES = 256 << 20
@@ -223,17 +233,44 @@ def _write_stories(tmp: Path, stories: Iterable[str], desc: str, total: int | No
     return w.stats()
 
 
-def _split_tail(all_path: Path, train_tmp: Path, valid_tmp: Path, fraction: float) -> tuple[dict, dict]:
-    """The original's split: the last `fraction` of the stories become validation."""
-    n = sum(1 for _ in textfile.iter_stories(all_path))
+def n_heldout(n: int, fraction: float, where: str = "the train data") -> int:
+    """Stories held out of n: n·fraction rounded half up, at least 1 and at most n - 1."""
+    if n == 0:
+        raise NCNError(f"{where} holds no text (only blank lines and {textfile.EOT} separators)")
     if n < 2:
-        raise NCNError(f"data.val_split=train_tail needs at least 2 train stories, got {n}")
-    n_valid = min(n - 1, max(1, math.floor(n * fraction + 0.5)))
-    with open(train_tmp, "wb") as ft, open(valid_tmp, "wb") as fv:
-        wt, wv = StoryWriter(ft), StoryWriter(fv)
-        for i, story in enumerate(textfile.iter_stories(all_path)):
-            (wt if i < n - n_valid else wv).write(story)
-    return wt.stats(), wv.stats()
+        raise NCNError(f"{where} has 1 story; holding out its tail (data.heldout_fraction) needs at least 2")
+    return min(n - 1, max(1, math.floor(n * fraction + 0.5)))
+
+
+def _split_heldout(stories: Callable[[], Iterable[str]], tmp: dict[str, Path], fraction: float,
+                   where: str) -> dict[str, dict]:
+    """All but the last n_heldout stories -> tmp["train"], those -> tmp["heldout"]. `stories` is
+    called twice (count, then write). Stats of train, heldout and the two in order (train_all)."""
+    n = sum(1 for _ in stories())
+    k = n_heldout(n, fraction, where)
+    with open(tmp["train"], "wb") as ft, open(tmp["heldout"], "wb") as fh, open(os.devnull, "wb") as fa:
+        wt, wh, wa = StoryWriter(ft), StoryWriter(fh), StoryWriter(fa)
+        for i, story in enumerate(progress.bar(stories(), total=n, desc="train | heldout", unit="story", mininterval=1.0)):
+            (wt if i < n - k else wh).write(story)
+            wa.write(story)
+    if wa.stories != n:
+        raise NCNError(f"the train data changed while it was read ({n} stories, then {wa.stories}); fetch again")
+    return {"train": wt.stats(), "heldout": wh.stats(), "train_all": wa.stats()}
+
+
+def _write_valid(d: dict, kind: str, files: dict[str, Path] | None, tmp: dict[str, Path], heldout: dict) -> dict:
+    """valid.txt: the held-out tail again (train_tail), or the dataset's validation file."""
+    if d["val_split"] == "train_tail":
+        shutil.copyfile(tmp["heldout"], tmp["valid"])
+        return dict(heldout)
+    if kind == "local" and files["valid"].suffix == ".txt":
+        # Kept as it is: a validation file without separators is one stream (stories: null).
+        st = dict(textfile.scan(files["valid"]), verbatim=True)
+        _place_verbatim(files["valid"], tmp["valid"])
+        return st
+    if kind == "local":
+        return _write_stories(tmp["valid"], local_stories(files["valid"], False), "valid")
+    return _write_hub_valid(d, tmp["valid"])
 
 
 def _write_hub_valid(d: dict, tmp: Path) -> dict:
@@ -259,56 +296,42 @@ def fetch(cfg: dict, out: str | os.PathLike) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     kind, folder, files = resolve_source(d)
-    official = d["val_split"] == "official"
     cap = (d["max_train_bytes"], d["max_train_stories"])
-
     if kind == "local":
         source = f"local:{folder}"
         origin = {s: str(p) for s, p in files.items()}
-        train_stories = lambda: local_stories(files["train"], require_separator=True)  # noqa: E731
+        raw = lambda: local_stories(files["train"], require_separator=True)  # noqa: E731
     else:
         source = f"hub:{d['hub_name']}"
         origin = {"train": d["hub_train_file"], "valid": d["hub_valid_file"]}
-        train_stories = lambda: hub_stories(d, d["hub_train_file"], require_separator=True)  # noqa: E731
-    if not official:
-        origin["valid"] = f"the last {d['val_tail_fraction']:g} of the train stories"
+        raw = lambda: hub_stories(d, d["hub_train_file"], require_separator=True)  # noqa: E731
+    origin["heldout"] = f"the last {d['heldout_fraction']:g} of the train stories"
+    if d["val_split"] == "train_tail":
+        origin["valid"] = origin["heldout"] + " (val_split train_tail)"
 
     # An older manifest must not describe the new files while they are being replaced.
     (out / "manifest.json").unlink(missing_ok=True)
-    st: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
-        tmp = {s: stack.enter_context(atomic_path(out / f"{s}.txt")) for s in SPLITS}
-
-        if kind == "local" and files["train"].suffix == ".txt" and official and cap == (None, None):
-            st["train"] = dict(textfile.scan(files["train"]), verbatim=True)
-            if st["train"]["stories"] is None:
-                raise NCNError(textfile.no_separator_message(files["train"]))
-            _place_verbatim(files["train"], tmp["train"])
-        elif official:
-            st["train"] = _write_stories(tmp["train"], capped(train_stories(), *cap), "train", cap[0])
-        else:
+        tmp = {s: stack.enter_context(atomic_path(out / f"{s}.txt")) for s in OUT_SPLITS}
+        if kind == "local":
+            stories = lambda: capped(raw(), *cap)  # noqa: E731  (read twice: count, then split)
+        else:  # stream the hub once, into a scratch file that is read twice
             scratch = stack.enter_context(tempfile.TemporaryDirectory(dir=out, prefix=".fetch."))
             all_path = Path(scratch) / "all.txt"
-            _write_stories(all_path, capped(train_stories(), *cap), "train", cap[0])
-            st["train"], st["valid"] = _split_tail(all_path, tmp["train"], tmp["valid"], d["val_tail_fraction"])
-
-        if official and kind == "local" and files["valid"].suffix == ".txt":
-            # Kept as it is: a validation file without separators is one stream (stories: null).
-            st["valid"] = dict(textfile.scan(files["valid"]), verbatim=True)
-            _place_verbatim(files["valid"], tmp["valid"])
-        elif official and kind == "local":
-            st["valid"] = _write_stories(tmp["valid"], local_stories(files["valid"], False), "valid")
-        elif official:
-            st["valid"] = _write_hub_valid(d, tmp["valid"])
+            _write_stories(all_path, capped(raw(), *cap), "train", cap[0])
+            stories = lambda: textfile.iter_stories(all_path)  # noqa: E731
+        st = _split_heldout(stories, tmp, d["heldout_fraction"], origin["train"])
+        st["valid"] = _write_valid(d, kind, files, tmp, st["heldout"])
 
     manifest = {
         "source": source,
         "val_split": d["val_split"],
-        "val_tail_fraction": None if official else d["val_tail_fraction"],
+        "heldout_fraction": d["heldout_fraction"],
         "max_train_bytes": d["max_train_bytes"],
         "max_train_stories": d["max_train_stories"],
+        "train_all": {"from": origin["train"], **st["train_all"]},  # train + heldout, before the split
     }
-    for split in SPLITS:
+    for split in OUT_SPLITS:
         manifest[split] = {"file": f"{split}.txt", "from": origin[split], "verbatim": False, **st[split]}
     write_json(out / "manifest.json", manifest)
     return manifest

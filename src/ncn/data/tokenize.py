@@ -1,4 +1,4 @@
-"""`ncn data tokenize`: train.txt / valid.txt -> train.bin / valid.bin + meta.json.
+"""`ncn data tokenize`: {train,heldout,valid}.txt -> {train,heldout,valid}.bin + meta.json.
 
 Each split becomes one flat token stream: the stories' ids with `<|endoftext|>` between
 consecutive stories (a separator-less validation stream is encoded as it is, no EOT).
@@ -23,7 +23,7 @@ import numpy as np
 
 from ncn import progress
 from ncn.data import textfile, tokenizer as tokenizers_
-from ncn.data.meta import load_meta
+from ncn.data.meta import SPLITS, load_meta
 from ncn.data.textfile import EOT
 from ncn.errors import NCNError
 from ncn.fileio import atomic_path, read_json, sha256_file, write_json
@@ -129,18 +129,35 @@ def tokenize(
         "tokenizer_kind": cfg["tokenizer"]["kind"],
         "tokenizer_sha256": sha256_file(tokenizer_path),
         "val_split": manifest["val_split"],
+        "heldout_fraction": manifest["heldout_fraction"],
         "source": manifest["source"],
     }
+    rates = _encode_splits(tok, manifest, data_dir, out, meta, batch_size, chunk_bytes)
+    write_json(out / "meta.json", meta)
+    load_meta(out, tokenizer_path)  # the consumers' check must pass on what we just wrote
+    for split in SPLITS:
+        m = meta[split]
+        print(
+            f"{split}: {m['tokens']:,} tokens, {m['bytes']:,} bytes ({m['bytes'] / max(m['tokens'], 1):.2f} bytes/token), "
+            f"{m['stories'] if m['stories'] is not None else 'one stream, no'} stories, {rates[split]:.2f} MB/s",
+            file=sys.stderr,
+        )
+    return meta
+
+
+def _encode_splits(tok, manifest: dict, data_dir: Path, out: Path, meta: dict, batch_size: int,
+                   chunk_bytes: int) -> dict[str, float]:
+    """Encode every split into out/{split}.bin, filling meta[split]; MB/s per split."""
     rates = {}
-    with contextlib.ExitStack() as stack:  # both .bin files get their names only if both succeed
-        for split in ("train", "valid"):
+    with contextlib.ExitStack() as stack:  # the .bin files get their names only if all succeed
+        for split in SPLITS:
             entry = manifest[split]
             text_path = data_dir / entry["file"]
             tmp = stack.enter_context(atomic_path(out / f"{split}.bin"))
             t0 = time.perf_counter()
             with open(tmp, "wb") as f:
                 counts = encode_file(
-                    tok, text_path, f, dtype, eot_id, require_separator=split == "train",
+                    tok, text_path, f, meta["dtype"], meta["eot_id"], require_separator=split != "valid",
                     batch_size=batch_size, chunk_bytes=chunk_bytes, desc=f"tokenize {split}",
                 )  # fmt: skip
             if entry["stories"] is not None and counts["stories"] != entry["stories"]:
@@ -153,16 +170,7 @@ def tokenize(
                 "stories": entry["stories"],  # None for a separator-less stream
                 "text_sha256": entry["sha256"],
             }
-    write_json(out / "meta.json", meta)
-    load_meta(out, tokenizer_path)  # the consumers' check must pass on what we just wrote
-    for split in ("train", "valid"):
-        m = meta[split]
-        print(
-            f"{split}: {m['tokens']:,} tokens, {m['bytes']:,} bytes ({m['bytes'] / max(m['tokens'], 1):.2f} bytes/token), "
-            f"{m['stories'] if m['stories'] is not None else 'one stream, no'} stories, {rates[split]:.2f} MB/s",
-            file=sys.stderr,
-        )
-    return meta
+    return rates
 
 
 def _read_manifest(data_dir: Path) -> dict:
@@ -170,7 +178,9 @@ def _read_manifest(data_dir: Path) -> dict:
     if not path.is_file():
         raise NCNError(f"{path} not found: run 'ncn data fetch --out {data_dir}' first")
     manifest = read_json(path)
-    for split in ("train", "valid"):
+    if any(split not in manifest for split in SPLITS):
+        raise NCNError(f"{path} predates the held-out split (no heldout.txt); run 'ncn data fetch' again")
+    for split in SPLITS:
         text_path = data_dir / manifest[split]["file"]
         if not text_path.is_file():
             raise NCNError(f"{text_path} not found: run 'ncn data fetch --out {data_dir}' again")
