@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from ncn.config import load_config
 
-    cfg = load_config(a.config) if a.config else None
+    cfg = load_config(a.config, stage="evaluate") if a.config else None
     out = evaluate(Path(a.run), a.data, cfg, a.threads, config_source=a.config or "--config")
     for split, p in EVAL_SETS:
         print(f"{a.run}: {split:8s} loss {out[f'{p}_loss']:.4f}  ppl {out[f'{p}_ppl']:.2f}  "

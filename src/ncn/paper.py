@@ -39,7 +39,7 @@ from ncn.analysis.macros import (NA, Macros, Numbers, finite, fmt_bytes, fmt_cfg
                                  tex_path)
 from ncn.errors import NCNError
 from ncn.fileio import read_json, write_bytes, write_text
-from ncn.variants import baseline, names
+from ncn.variants import PRIMARY, baseline, names
 
 VARIANTS = names()  # the registry's order, for every per-variant macro and table column
 
@@ -325,9 +325,9 @@ def parameter_counts(s: Sources) -> dict:
     for variant in VARIANTS:
         m[macro_name("params", variant, "largest")] = fmt_int(pl[variant][0]) if pl else NA
         m[macro_name("params", variant, "largest", "human")] = fmt_human(pl[variant][0]) if pl else NA
-    m["DffBaselineLargest"] = fmt_int(pl["none"][1]) if pl else NA
+    m["DffBaselineLargest"] = fmt_int(pl[baseline()][1]) if pl else NA
     m["DffLargest"] = fmt_int(s.cfg["size_defs"][largest]["d_ff"])
-    m["ParamsVsOriginal"] = fmt_sig(pl[primary_ncn(s.cfg) or "causal"][0] / ORIGINAL_PARAMS, 2) if pl else NA
+    m["ParamsVsOriginal"] = fmt_sig(pl[primary_ncn(s.cfg) or PRIMARY][0] / ORIGINAL_PARAMS, 2) if pl else NA
     return {"parameter counts (per size; Largest = the largest size)": m}
 
 
@@ -336,7 +336,7 @@ def wall_time(s: Sources) -> dict:
     big = s.big
     return {"training wall time (sum over runs; differs between reruns)": {
         "WallTimeTotal": fmt_duration(wall), "WallTimeTotalSeconds": fmt_int(wall),
-        "TokensPerSecondBaselineLargest": fmt_int(big.loc[big["variant"] == "none", "tokens_per_s"].mean()),
+        "TokensPerSecondBaselineLargest": fmt_int(big.loc[big["variant"] == baseline(), "tokens_per_s"].mean()),
     }}
 
 
@@ -451,7 +451,7 @@ def cmd_numbers(a) -> int:
     if not Path(a.claims).exists():
         raise NCNError(f"{a.claims} not found: the paper reports the claims' verdicts; run 'ncn analyze claims' "
                        "(or 'snakemake --cores all') first")
-    cfg = load_config(a.config)
+    cfg = load_config(a.config, stage="paper.numbers")
     tables = {name: read_table(getattr(a, name)) for name in ("ab", "leak", "skip", "skip_timing")}
     s = Sources(cfg, Path(a.repo), _read_json(a.claims), load_runs(a.runs, a.runs_timing),
                 _read_json(a.manifest), _read_json(a.meta), tables)
