@@ -15,7 +15,7 @@ help:
 	@echo "make test       setup, then the whole pytest suite"
 	@echo "make smoke      setup, then the smoke profile (~3 min)"
 	@echo "make paper      rebuild results/paper/ncn.pdf (after editing paper/)"
-	@echo "make bench      speed benchmarks -> results/bench/"
+	@echo "make bench      speed benchmarks -> results/bench/ (and results/timing/stages.csv)"
 	@echo "make mlflow-ui  browse the runs at http://127.0.0.1:5000"
 
 setup: $(STAMP) tex
@@ -50,8 +50,12 @@ smoke: setup
 paper: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --forcerun paper results/paper/ncn.pdf
 
+# model: every variant vs a textbook GPT (tokens/s, ratios, MFU); startup: a smoke `ncn train`'s
+# start-up and exit; stages: the last Snakemake run's wall time per stage (bench/README.md)
 bench: setup
 	$(VENV)/bin/ncn bench model --out results/bench/model.csv
+	$(VENV)/bin/ncn bench startup --out results/bench/startup.csv
+	@if [ -d results/benchmarks ]; then $(VENV)/bin/ncn bench stages --out results/timing/stages.csv; fi
 
 mlflow-ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000
