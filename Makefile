@@ -15,7 +15,7 @@ help:
 	@echo "make test       setup, then the whole pytest suite"
 	@echo "make smoke      setup, then the smoke profile (~3 min)"
 	@echo "make paper      rebuild results/paper/ncn.pdf (after editing paper/)"
-	@echo "make bench      speed benchmarks -> results/bench/"
+	@echo "make bench      speed benchmarks -> results/bench/ (and results/timing/stages.csv)"
 	@echo "make mutate     mutation testing of the science modules -> results/bench/mutation.csv (not CI)"
 	@echo "make mlflow-ui  browse the runs at http://127.0.0.1:5000"
 
@@ -51,8 +51,12 @@ smoke: setup
 paper: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --forcerun paper results/paper/ncn.pdf
 
+# model: every variant vs a textbook GPT (tokens/s, ratios, MFU); startup: a smoke `ncn train`'s
+# start-up and exit; stages: the last Snakemake run's wall time per stage (bench/README.md)
 bench: setup
 	$(VENV)/bin/ncn bench model --out results/bench/model.csv
+	$(VENV)/bin/ncn bench startup --out results/bench/startup.csv
+	@if [ -d results/benchmarks ]; then $(VENV)/bin/ncn bench stages --out results/timing/stages.csv; fi
 
 # Mutation testing (mutmut, pinned in envs/mutate.txt; not in the main environment, not in CI).
 # MUTATE_SAMPLE mutants per module (seeded); MUTATE_SAMPLE=0 runs every mutant (hours).
