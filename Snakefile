@@ -1,5 +1,6 @@
 # NCN replication pipeline. `snakemake --cores all` reproduces everything (config/default.yaml);
 # other profiles: `snakemake --cores all --configfile config/smoke.yaml` (or config/paper.yaml).
+# Each profile writes to its own folder, results/<profile>/.
 from snakemake.utils import min_version, validate
 
 from ncn.config import validate as ncn_validate
@@ -32,11 +33,11 @@ include: "workflow/rules/paper.smk"
 report: "workflow/report/workflow.rst"
 
 
-# On a cluster these run on the submitting node, not as batch jobs: creating the MLflow store
-# takes seconds, and compute nodes often have no network for the hub download.
+# On a cluster these run on the submitting node, not as batch jobs: compute nodes often have no
+# network for the hub download. (The MLflow store and the pipeline run are made by the onstart
+# hook, on the submitting node too: workflow/rules/common.smk.)
 localrules:
     all,
-    mlflow_init,
     fetch_data,
 
 

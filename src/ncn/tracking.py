@@ -181,6 +181,17 @@ def pipeline() -> dict | None:
     return {**ready, "store": Store.at(ready["store"], Path(path).parent)}
 
 
+def ui_url(results: str | Path, port: int = 5000) -> str:
+    """The MLflow UI's runs table of a results folder's experiment: the "Model training" view
+    (MLflow 3 opens on GenAI traces), sorted by run name, which also lists nested runs flat."""
+    try:
+        exp = f"experiments/{read_json(Path(results) / 'mlflow.ready')['experiment_id']}/runs"
+    except (OSError, ValueError, KeyError):
+        exp = "experiments"
+    return (f"http://127.0.0.1:{port}/#/{exp}?workflowType=machine_learning"
+            "&orderByKey=attributes.run_name&orderByAsc=true")
+
+
 # ---- what a run records ---------------------------------------------------------------------
 
 

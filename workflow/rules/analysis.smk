@@ -26,7 +26,7 @@ rule analysis_runs:
         metrics=[f"{d}/metrics.json" for d in ALL_RUNS],
         evals=[f"{d}/eval.json" for d in ALL_RUNS],
     output:
-        table=RUNS_TABLE,
+        table=report_item(RUNS_TABLE),
         timing=f"{RES}/timing/runs.csv",
     params:
         runs=ALL_RUNS,
@@ -71,10 +71,10 @@ rule analysis_ab:
         runs=RUNS_TABLE,
         logs=[f"{d}/train_log.csv" for d in ALL_RUNS],
     output:
-        csv=f"{TABLES}/ab.csv",
+        csv=report_item(f"{TABLES}/ab.csv"),
         tex=f"{TABLES}/ab.tex",
         pdf=f"{FIGURES}/loss_curves.pdf",
-        png=report(f"{FIGURES}/loss_curves.png", caption="../report/loss_curves.rst", category="Figures"),
+        png=report_item(f"{FIGURES}/loss_curves.png"),
     params:
         config=CONFIG_JSON,
         tables=lambda w, output: os.path.dirname(output.csv),
@@ -96,10 +96,10 @@ rule analysis_scaling:
     input:
         runs=RUNS_TABLE,
     output:
-        csv=f"{TABLES}/scaling.csv",
+        csv=report_item(f"{TABLES}/scaling.csv"),
         tex=f"{TABLES}/scaling.tex",
         pdf=f"{FIGURES}/scaling.pdf",
-        png=report(f"{FIGURES}/scaling.png", caption="../report/scaling.rst", category="Figures"),
+        png=report_item(f"{FIGURES}/scaling.png"),
     params:
         config=CONFIG_JSON,
         tables=lambda w, output: os.path.dirname(output.csv),
@@ -121,7 +121,7 @@ rule analysis_leak:
     input:
         runs=RUNS_TABLE,
     output:
-        csv=f"{TABLES}/leak.csv",
+        csv=report_item(f"{TABLES}/leak.csv"),
         tex=f"{TABLES}/leak.tex",
     params:
         config=CONFIG_JSON,
@@ -144,9 +144,9 @@ rule analysis_brainscan:
         traces=expand(TRACE, variant=NCN_VARIANTS, size=LARGEST),
     output:
         pdf=f"{FIGURES}/brainscan.pdf",
-        png=report(f"{FIGURES}/brainscan.png", caption="../report/brainscan.rst", category="Figures"),
+        png=report_item(f"{FIGURES}/brainscan.png"),
         dev_pdf=f"{FIGURES}/brainscan_dev.pdf",
-        dev_png=report(f"{FIGURES}/brainscan_dev.png", caption="../report/brainscan_dev.rst", category="Figures"),
+        dev_png=report_item(f"{FIGURES}/brainscan_dev.png"),
     params:
         config=CONFIG_JSON,
         figures=lambda w, output: os.path.dirname(output.pdf),
@@ -170,11 +170,11 @@ rule analysis_skip:
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
     output:
-        csv=f"{TABLES}/skip.csv",
+        csv=report_item(f"{TABLES}/skip.csv"),
         timing=f"{RES}/timing/skip_wall.csv",
         tex=f"{TABLES}/skip.tex",
         pdf=f"{FIGURES}/skip_tradeoff.pdf",
-        png=report(f"{FIGURES}/skip_tradeoff.png", caption="../report/skip_tradeoff.rst", category="Figures"),
+        png=report_item(f"{FIGURES}/skip_tradeoff.png"),
     params:
         config=CONFIG_JSON,
         runs=lambda w, input: [os.path.dirname(m) for m in input.models],
@@ -205,7 +205,7 @@ rule analysis_claims:
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
     output:
-        json=f"{RES}/claims.json",
+        json=report_item(f"{RES}/claims.json"),
         tex=f"{TABLES}/claims.tex",
     params:
         config=CONFIG_JSON,

@@ -1,5 +1,5 @@
 # Data stage: fetch TinyStories (NCN_DATA_DIR, data.dir, or the hub), train the tokenizer,
-# tokenize both splits. Every later stage reads results/data/. The tokenizer jobs ask for up to
+# tokenize both splits. Every later stage reads results/<profile>/data/. The tokenizer jobs ask for up to
 # 4 threads (Snakemake caps that at --cores); RAYON_NUM_THREADS holds `tokenizers` to them.
 
 

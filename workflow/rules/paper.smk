@@ -65,7 +65,7 @@ rule paper:
         tables=PAPER_TABLES,
         figures=PAPER_FIGURES,
     output:
-        pdf=report(f"{PAPER}/ncn.pdf", category="Paper"),
+        pdf=report_item(f"{PAPER}/ncn.pdf"),
     params:
         build=f"{PAPER}/build",
     log:
