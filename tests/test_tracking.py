@@ -135,13 +135,14 @@ def test_evaluation_run_nests_under_the_pipeline_and_marks_the_training_run(stor
     (run / "eval.json").write_text(json.dumps({"val_loss": 3.5}))
     for k, v in store["env"].items():
         monkeypatch.setenv(k, v)
-    log_eval(run, {"val_loss": 3.5, "val_ppl": 33.1})
+    log_eval(run, {"val_loss": 3.5, "val_ppl": 33.1, "val_tokens": 4096})
     (train_run,) = runs_named(tmp, "causal-xs-s0")
-    assert train_run.data.metrics["val_loss"] == 3.5
+    assert train_run.data.metrics["val_loss"] == 3.5 and "val_tokens" not in train_run.data.metrics
     (ev,) = runs_named(tmp, "causal-xs-s0-eval")
     ready = json.loads(store["ready"].read_text())
     assert ev.data.tags["mlflow.parentRunId"] == ready["run_id"] and ev.data.tags["ncn.train_run_id"] == train_run.info.run_id
     assert ev.data.params["variant"] == "causal" and ev.data.metrics["val_ppl"] == 33.1
+    assert ev.data.params["val_tokens"] == "4096" and "val_tokens" not in ev.data.metrics  # a constant
     assert artifacts(tmp, ev.info.run_id) == {"eval.json"}
 
 

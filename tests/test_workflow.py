@@ -178,6 +178,16 @@ def test_slurm_profile_dry_runs_and_asks_for_gpus(repo_copy):
     assert job_counts(r.stdout).get("train") == 45
 
 
+def test_rule_params_read_as_key_value_pairs():
+    """The `params: cfg=` rerun triggers (common.smk's section()) read well in the report."""
+    from ncn.config import params_text
+
+    text = params_text({"train": {"lr": 0.003, "compile": False}, "seeds": [0, 1], "profile": "smoke", "x": None})
+    assert text == "profile=smoke, seeds=[0, 1], train.compile=false, train.lr=0.003, x=null"
+    assert params_text({"train": {"lr": 0.001}}) != params_text({"train": {"lr": 0.003}})
+    assert '"' not in params_text(load_profile("smoke"))
+
+
 def test_lint_reports_nothing(repo_copy):
     r = snakemake(repo_copy, "--lint")
     assert r.returncode == 0, r.stdout[-3000:]

@@ -54,6 +54,9 @@ ARTIFACTS = ("metrics.json", "config.json", "train_log.csv")
 FINAL_METRICS = {"final_loss": "final_loss", "final_ce": "final_ce", "final_reg": "final_reg",
                  "wall_time_s": "wall_time_s", "tokens_per_s": "mean_tokens_per_s"}
 END_PARAMS = ("epochs", "device", "dtype", "batch_order_sha256")
+# eval.json -> MLflow: these are metrics (also on the training run); other numbers (val_tokens,
+# val_bytes, ...) are the evaluation run's params
+EVAL_METRICS = {k: k for k in ("val_loss", "val_ppl", "val_bpb", "val_loss_prefix_pool")}
 # results/<profile>/... -> the pipeline run's artifacts (what exists when the invocation ends)
 RESULTS = ("figures", "tables", "claims.json", "paper/ncn.pdf", "config.json")
 MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
@@ -134,7 +137,8 @@ def _client(store: Store):
     for key, value in (("MLFLOW_DISABLE_TELEMETRY", "true"),  # no calls home from compute nodes
                        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),  # an unreachable server fails in seconds
                        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
-                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")):  # no \r in job logs
+                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),  # no \r in job logs
+                       ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5")):  # MLflow's 10 s: short jobs got none
         os.environ.setdefault(key, value)
     import mlflow
 
@@ -189,7 +193,7 @@ def ui_url(results: str | Path, port: int = 5000) -> str:
     except (OSError, ValueError, KeyError):
         exp = "experiments"
     return (f"http://127.0.0.1:{port}/#/{exp}?workflowType=machine_learning"
-            "&orderByKey=attributes.run_name&orderByAsc=true")
+            "&orderByKey=tags.%60mlflow.runName%60&orderByAsc=true")
 
 
 # ---- what a run records ---------------------------------------------------------------------
@@ -276,10 +280,16 @@ def log_dataset(store: Store, path: Path, context: str) -> None:
 def log_model(model_pt: Path) -> None:
     """model.pt as an MLflow PyTorch model: `mlflow.pytorch.load_model("runs:/<id>/model")` returns
     the Transformer (pickled by reference: loading needs the ncn package installed)."""
-    import mlflow.pytorch
     import torch
 
     from ncn.model import load_model
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    import mlflow.pytorch  # its Lightning module calls logging.basicConfig(): undo that (doubled log lines)
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
     model, _ = load_model(model_pt)
     quiet = logging.getLogger("mlflow.pytorch")  # its warning about pickle, once per job
@@ -462,7 +472,7 @@ def log_eval(run_dir: Path, values: dict) -> None:
         if state:
             steps = int(read_json(run_dir / "metrics.json").get("steps", 0))
             client = _client(state["store"])
-            _retry(client.log_batch, state["run_id"], metrics=_metric_objs(numeric_metrics(values, steps)))
+            _retry(client.log_batch, state["run_id"], metrics=_metric_objs(numeric_metrics(values, steps, EVAL_METRICS)))
         if ctx and "error" not in ctx:
             _eval_run(ctx, run_dir, values, state["run_id"] if state else None)
     except Exception as e:
@@ -483,8 +493,9 @@ def _eval_run(ctx: dict, run_dir: Path, values: dict, train_run_id: str | None) 
     files = [str(p.resolve()) for p in (run_dir / "eval.json",) if p.exists()]
     with _retry(mlflow.start_run, experiment_id=ctx["experiment_id"], run_name=f"{run_name(rc)}-eval",
                 parent_run_id=ctx["run_id"], tags=tags):
-        _retry(mlflow.log_params, {k: tags[k] for k in ("variant", "size", "seed", "profile")})
-        _retry(mlflow.log_metrics, {k: v for k, v, _ in numeric_metrics(values, 0)})
+        _retry(mlflow.log_params, {**{k: tags[k] for k in ("variant", "size", "seed", "profile")},
+                                   **{k: str(v) for k, v in values.items() if k not in EVAL_METRICS}})
+        _retry(mlflow.log_metrics, {k: v for k, v, _ in numeric_metrics(values, 0, EVAL_METRICS)})
         valid_bin = Path(rc.get("data_dir") or "/nonexistent") / "valid.bin"
         if valid_bin.is_file():
             _retry(log_dataset, store, valid_bin, "evaluation")
@@ -552,7 +563,7 @@ def main_mlflow_end(argv: list[str]) -> int:
     p.add_argument("--ready", required=True, help="the marker ncn mlflow-init wrote, e.g. results/smoke/mlflow.ready")
     p.add_argument("--results", required=True, help="the profile's results folder, e.g. results/smoke")
     p.add_argument("--status", choices=("FINISHED", "FAILED"), default="FINISHED")
-    p.add_argument("--log", help="the Snakemake log of the invocation")
+    p.add_argument("--log", nargs="*", default=[], help="the Snakemake log(s) of the invocation")
     a = p.parse_args(argv)
     ready = read_json(a.ready) if Path(a.ready).exists() else {}
     if not ready.get("run_id"):
@@ -561,8 +572,7 @@ def main_mlflow_end(argv: list[str]) -> int:
     store = Store.at(ready["store"], Path(a.ready).parent)
     results = Path(a.results).resolve()
     files = [(results / r, str(Path(r).parent) if "/" in r else None) for r in RESULTS if (results / r).exists()]
-    if a.log and Path(a.log).is_file():
-        files.append((Path(a.log).resolve(), "snakemake"))
+    files += [(Path(f).resolve(), "snakemake") for f in a.log if Path(f).is_file()]
     try:
         client = _client(store)
         with store.cwd():

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ncn.config import params_text
 from ncn.fileio import write_json
 
 # The config is validated (defaults filled) in the Snakefile before this file is included.
@@ -73,8 +74,9 @@ def _end_pipeline_run(status, log):
         has_run = bool(json.loads(Path(MLFLOW_READY).read_text()).get("run_id"))
     except (OSError, ValueError):
         has_run = False
+    logs = [str(f) for f in (log if isinstance(log, (list, tuple)) else [log]) if f]  # Snakemake 9: a list
     if has_run:
-        _ncn_hook("mlflow-end", "--ready", MLFLOW_READY, "--results", RES, "--status", status, "--log", str(log))
+        _ncn_hook("mlflow-end", "--ready", MLFLOW_READY, "--results", RES, "--status", status, "--log", *logs)
 
 
 # Hooks run only when jobs are about to run, and only in the main process, so a dry run (`-n`) or
@@ -93,14 +95,15 @@ onerror:
 
 
 def section(*keys):
-    """A stable string of the config sections a rule depends on (a params rerun trigger)."""
-    return json.dumps({k: config.get(k) for k in keys}, sort_keys=True)
+    """A stable string of the config sections a rule depends on (a params rerun trigger), readable
+    in the report: "eval.batch_size=16, eval.max_tokens=8192"."""
+    return params_text({k: config.get(k) for k in keys})
 
 
 def size_section(size, *keys):
     """Like section(), plus the definition of one named size: a change to size_defs.m reruns
     only the jobs of size m."""
-    return json.dumps({"size_def": config["size_defs"][size], **{k: config.get(k) for k in keys}}, sort_keys=True)
+    return params_text({"size_def": config["size_defs"][size], **{k: config.get(k) for k in keys}})
 
 
 def size_resource(size, key):
