@@ -120,6 +120,18 @@ def deep_update(base: dict, upd: dict) -> dict:
     return out
 
 
+def params_text(values: dict, prefix: str = "") -> str:
+    """{'train': {'lr': 0.003, 'seeds': [0, 1]}} -> 'train.lr=0.003, train.seeds=[0, 1]' (keys sorted):
+    a Snakemake rule's `params: cfg=` rerun trigger that reads well in the report (no JSON quotes)."""
+    def text(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(text(x) for x in v) + "]"
+        return v if isinstance(v, str) else json.dumps(v)
+
+    return ", ".join(params_text(v, f"{prefix}{k}.") if isinstance(v, dict) and v else f"{prefix}{k}={text(v)}"
+                     for k, v in sorted(values.items()))
+
+
 def size_def(cfg: dict, size: str) -> dict:
     if size not in cfg["size_defs"]:
         raise NCNError(f"unknown size '{size}' (defined: {', '.join(cfg['size_defs'])})")

@@ -13,8 +13,6 @@ size wildcard. Torch-free: workflow/rules/common.smk imports it.
 
 from __future__ import annotations
 
-import json
-
 from ncn.errors import NCNError
 
 # What the pipeline's layout needs: which runs exist and in what order tables show them.
@@ -84,10 +82,18 @@ def config_slice(cfg: dict, stage: str) -> dict:
     return out
 
 
+# Read by some stages but never a reason to rerun them: where results are tracked (mlflow) and the
+# profile's name (it names the results folder itself).
+NOT_TRIGGERS = ("mlflow", "profile")
+
+
 def trigger(config: dict, stage: str, size: str | None = None) -> str:
-    """A stable string of what `stage` reads: a rule's `params: cfg=` rerun trigger. With `size`,
-    size_defs is narrowed to that size, so a change to another size reruns nothing here."""
-    part = dict(config_slice(config, stage))
+    """A stable, readable string of what `stage` reads ("eval.batch_size=16, ..."): a rule's
+    `params: cfg=` rerun trigger. With `size`, size_defs is narrowed to that size, so a change to
+    another size reruns nothing here. NOT_TRIGGERS are left out."""
+    from ncn.config import params_text
+
+    part = {k: v for k, v in config_slice(config, stage).items() if k not in NOT_TRIGGERS}
     if size is not None and "size_defs" in part:
         part["size_defs"] = {size: part["size_defs"][size]}
-    return json.dumps(part, sort_keys=True)
+    return params_text(part)
