@@ -1,0 +1,59 @@
+"""Teacher-forced scoring on the held-out split, shared by `kvcache` and `knobs`.
+
+The held-out stream (meta.json "heldout": the last stories of the train excerpt, never trained
+on) is cut into non-overlapping full windows of block_size (skip.windows), capped at a number
+of tokens, and scored in eval.batch_size batches on the CPU in fp32: mean cross-entropy (nats
+per token), mean next-token entropy of the model's predictive distribution (nats), and the
+mean precision β of each layer over every scored token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Score:
+    loss: float
+    entropy: float
+    beta_means: tuple[float, ...]  # per layer; empty for the baseline
+    tokens: int
+
+
+def heldout_windows(data_dir: str | Path, meta: dict, block_size: int, max_tokens: int | None):
+    from ncn.analysis.skip import windows
+    from ncn.data import open_split
+
+    return windows(open_split(data_dir, "heldout", meta), block_size, max_tokens)
+
+
+def score(model, x, y, batch_size: int) -> Score:
+    """Score the windows (x, y) with the model as it is (knobs and fake quantisation included)."""
+    import torch
+    import torch.nn.functional as F
+
+    ce = ent = 0.0
+    beta = None
+    n = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            out = model(xb, return_signals=True)
+            logp = F.log_softmax(out.logits.double(), dim=-1)
+            ce += float(F.nll_loss(logp.reshape(-1, logp.size(-1)), yb.reshape(-1), reduction="sum"))
+            ent += float(-(logp.exp() * logp).sum())
+            if out.signals is not None and out.signals.size(1) == xb.size(1):
+                b = out.signals[..., 1].double().sum(dim=(0, 1))
+                beta = b if beta is None else beta + b
+            n += yb.numel()
+    means = () if beta is None else tuple(float(v) for v in beta / n)
+    return Score(ce / n, ent / n, means, n)
+
+
+def by_registry(df):
+    """Rows in the registry's variant order (ncn.variants), then size and seed as given."""
+    from ncn.variants import order
+
+    return df.assign(_v=df["variant"].map(order)).sort_values(["_v"], kind="stable").drop(columns="_v") \
+        .reset_index(drop=True)
