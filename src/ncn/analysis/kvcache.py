@@ -186,6 +186,40 @@ def curve_figure(sm: pd.DataFrame, pdf, png) -> None:
     options.save_figure(fig, pdf, png)
 
 
+# -- the real compressed cache in generation ---------------------------------------------------------
+GEN_SETTINGS = (None, "16", "8", "4")  # plus beta:B at each budget
+
+
+def generation_table(run_dir, cfg: dict, data_dir, threads: int = 1) -> pd.DataFrame:
+    """`ncn generate` of one NCN run with each --kv-bits setting (the config's generate prompts and
+    settings, the same seeds): cache bytes, tokens/s, and the fraction of samples whose text
+    equals the uncompressed cache's."""
+    import io
+
+    from ncn.generate import generate
+
+    settings = [*GEN_SETTINGS, *(f"beta:{b}" for b in cfg["analysis"]["kv_budgets"])]
+    rows, ref = [], None
+    for kv in settings:
+        rec = generate(run_dir, cfg, str(data_dir), threads, config_source="the config", stdout=io.StringIO(),
+                       kv_bits=kv)
+        texts = [x["completion"] for x in rec["samples"]]
+        ref = texts if kv is None else ref
+        rows.append({"variant": rec["variant"], "size": rec["size"], "seed": rec["seed"], "kv_bits": kv or "none",
+                     "bits": " ".join(map(str, rec["kv_bits"])) if rec["kv_bits"] else "fp32",
+                     "cache_bytes": rec["kv_cache_bytes"], "cache_ratio": rec["kv_cache_bytes"] / rec[
+                         "kv_cache_bytes_uncompressed"], "tokens_per_s": rec["tokens_per_s"],
+                     "same_text": float(np.mean([a == b for a, b in zip(texts, ref)]))})
+    return pd.DataFrame(rows)
+
+
+def generation_tex(df: pd.DataFrame) -> str:
+    header = ["--kv-bits", "Bits per layer", "Cache bytes", "of fp32", "Tokens/s", "Same text"]
+    rows = [[tables.escape(r.kv_bits), tables.escape(r.bits), f"${r.cache_bytes:d}$", f"${100 * r.cache_ratio:.1f}\\%$",
+             f"${r.tokens_per_s:.0f}$", f"${100 * r.same_text:.0f}\\%$"] for r in df.itertuples(index=False)]
+    return tables.booktabs(header, rows, "llrrrr")
+
+
 def add_arguments(p) -> None:
     p.add_argument("--run", nargs="+", required=True, metavar="RUN",
                    help="run folders holding model.pt (every variant, the baseline too; every seed)")
@@ -194,6 +228,9 @@ def add_arguments(p) -> None:
     options.add_table(p)
     p.add_argument("--summary", required=True, help="output CSV: mean Δloss over seeds per variant, policy, budget")
     options.add_figure(p, what="the curve of cache bytes per token vs held-out Δloss")
+    p.add_argument("--gen-run", help="an NCN run to generate from with each --kv-bits setting (memory, tokens/s)")
+    p.add_argument("--gen-csv", help="output CSV of that generation (results/timing/: it holds wall-time rates)")
+    p.add_argument("--gen-tex", help="output booktabs tabular of that generation")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
 
 
@@ -211,3 +248,11 @@ def main(args, cfg: dict) -> None:
     tables.write_csv(sm, args.summary)
     tables.write_tex(args.tex, kvcache_tex(sm))
     curve_figure(sm, args.pdf, args.png)
+    if args.gen_run and not (args.gen_csv and args.gen_tex):
+        raise NCNError("ncn analyze kvcache: --gen-run needs --gen-csv and --gen-tex")
+    if args.gen_csv:  # without an NCN run to generate from: the empty table (its rows read "--")
+        gen = generation_table(args.gen_run, cfg, args.data, args.threads) if args.gen_run else pd.DataFrame(
+            columns=["variant", "size", "seed", "kv_bits", "bits", "cache_bytes", "cache_ratio", "tokens_per_s",
+                     "same_text"])
+        tables.write_csv(gen, args.gen_csv)
+        tables.write_tex(args.gen_tex, generation_tex(gen))
