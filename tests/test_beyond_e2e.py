@@ -37,7 +37,8 @@ def _analyses(t) -> None:
     for what in ("kvcache", "knobs"):
         stem = t["out"] / what
         assert ncn_main(["analyze", what, *common, *outputs(stem, "csv", "tex", "pdf", "png"),
-                         "--summary", str(stem) + "_summary.csv"]) == 0
+                         "--summary", f"{stem}_summary.csv", "--claim-json", f"{stem}_claim.json",
+                         "--claim-tex", f"{stem}_claim.tex"]) == 0
 
 
 def test_kvcache_rows(tree):
@@ -70,7 +71,7 @@ def test_knobs_rows(tree):
 
 
 def test_rerun_is_byte_identical(tree):
-    names = ["kvcache.csv", "kvcache_summary.csv", "kvcache.tex", "knobs.csv", "knobs_summary.csv", "knobs.tex"]
+    names = [f"{w}{x}" for w in ("kvcache", "knobs") for x in (".csv", "_summary.csv", ".tex", "_claim.json", "_claim.tex")]
     before = {n: (tree["out"] / n).read_bytes() for n in names}
     _analyses(tree)
     assert [n for n in names if (tree["out"] / n).read_bytes() != before[n]] == []
@@ -93,3 +94,11 @@ def test_generate_with_knobs_and_a_compressed_cache(tree, capsys):
     assert "bad item 'beta==2'" in capsys.readouterr().err
     assert ncn_main(["evaluate", "--run", run, "--config", str(tree["cfg_path"]), "--modulate", "beta=2"]) == 2
     assert "--out FILE" in capsys.readouterr().err
+
+
+def test_claim_entries(tree):
+    for what, key in (("kvcache", "kvcache_beta_guided"), ("knobs", "knob_temperature")):
+        doc = json.loads((tree["out"] / f"{what}_claim.json").read_text())
+        assert doc["key"] == key and doc["origin"] == "original, future work" and doc["variant"] == "causal"
+        assert doc["size"] == "s" and doc["verdict"] in ("supported", "not supported", "inconclusive")
+        assert "\\toprule" in (tree["out"] / f"{what}_claim.tex").read_text()

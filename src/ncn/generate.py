@@ -35,6 +35,7 @@ import torch
 
 from ncn.errors import NCNError
 from ncn.fileio import write_json
+from ncn.knobs import GRAMMAR
 from ncn.kvquant import KV_BITS_HELP
 
 SEPARATOR = "-" * 15  # between samples on stdout, as nanoGPT's sample.py
@@ -307,8 +308,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--top-k", type=_top_k, default=argparse.SUPPRESS, help="sample among the k likeliest tokens ('none': all)")
     p.add_argument("--seed", type=int, help="seed of the first sample (sample n uses seed + n)")
     p.add_argument("--modulate", action="append", metavar="SPEC",
-                   help="scale/shift/set the signals, e.g. beta=1.5, beta@l3=0.5,gamma@*=0.8, g@l0-2=+0.1, "
-                   "gamma@l1:=1 (repeatable; for 'none' beta scales the queries; see ncn.knobs)")
+                   help=f"change the signals g, beta, gamma after the controller, e.g. beta=1.5, "
+                   f"beta@l3=0.5,gamma@*=0.8, g@l0-2=+0.1, gamma@l1:=1 (repeatable, applied in order; for "
+                   f"'none' beta scales the queries). Grammar: {GRAMMAR}")
     p.add_argument("--kv-bits", metavar="BITS", help=KV_BITS_HELP)
     p.add_argument("--out", help="also write the samples as JSON to this file")
     p.add_argument("--config", help="config for the generate section (default: the run's own config.json)")

@@ -20,6 +20,8 @@ rule analysis_kvcache:
     output:
         csv=f"{TABLES}/kvcache.csv",
         summary=f"{TABLES}/kvcache_summary.csv",
+        claim_json=f"{TABLES}/kvcache_claim.json",
+        claim_tex=f"{TABLES}/kvcache_claim.tex",
         tex=f"{TABLES}/kvcache.tex",
         pdf=f"{FIGURES}/kvcache.pdf",
         png=report(f"{FIGURES}/kvcache.png", caption="../report/kvcache.rst", category="Beyond the original"),
@@ -45,6 +47,7 @@ rule analysis_kvcache:
     shell:
         "ncn analyze kvcache --run {params.runs} --config {params.config} --data {params.data}"
         " --csv {output.csv} --summary {output.summary} --tex {output.tex} --pdf {output.pdf} --png {output.png}"
+        " --claim-json {output.claim_json} --claim-tex {output.claim_tex}"
         " {params.gen} --gen-csv {output.gen_csv} --gen-tex {output.gen_tex} --threads {threads} > {log} 2>&1"
 
 
@@ -55,6 +58,8 @@ rule analysis_knobs:
     output:
         csv=f"{TABLES}/knobs.csv",
         summary=f"{TABLES}/knobs_summary.csv",
+        claim_json=f"{TABLES}/knobs_claim.json",
+        claim_tex=f"{TABLES}/knobs_claim.tex",
         tex=f"{TABLES}/knobs.tex",
         pdf=f"{FIGURES}/knobs.pdf",
         png=report(f"{FIGURES}/knobs.png", caption="../report/knobs.rst", category="Beyond the original"),
@@ -77,6 +82,7 @@ rule analysis_knobs:
     shell:
         "ncn analyze knobs --run {params.runs} --config {params.config} --data {params.data}"
         " --csv {output.csv} --summary {output.summary} --tex {output.tex} --pdf {output.pdf} --png {output.png}"
+        " --claim-json {output.claim_json} --claim-tex {output.claim_tex}"
         " --threads {threads} > {log} 2>&1"
 
 

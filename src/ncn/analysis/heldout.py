@@ -1,4 +1,4 @@
-"""Teacher-forced scoring on the held-out split, shared by `kvcache` and `knobs`.
+"""Teacher-forced scoring on the held-out split, and the claims' entries, shared by `kvcache` and `knobs`.
 
 The held-out stream (meta.json "heldout": the last stories of the train excerpt, never trained
 on) is cut into non-overlapping full windows of block_size (skip.windows), capped at a number
@@ -57,3 +57,33 @@ def by_registry(df):
 
     return df.assign(_v=df["variant"].map(order)).sort_values(["_v"], kind="stable").drop(columns="_v") \
         .reset_index(drop=True)
+
+
+def claim_entry(key: str, text: str, origin: str, variant, size: str, statistic: str, threshold: str,
+                res: dict) -> dict:
+    """A claim judged by an analysis of its own, in claims.json's entry format (plus `origin`)."""
+    return {"key": key, "claim": text, "origin": origin, "variant": variant, "size": size, "statistic": statistic,
+            "threshold": threshold, **res}
+
+
+def claim_tex(entry: dict) -> str:
+    """One claim as a booktabs row: claim, statistic, value [CI], threshold, verdict."""
+    from ncn.analysis import tables
+
+    val = tables.pm_sig(entry["value"], None, None)
+    if not tables.is_missing(entry["ci_low"]):
+        val += f" {tables.ci(entry['ci_low'], entry['ci_high'], 4)}"
+    row = [tables.escape(entry["claim"]) + f" ({tables.escape(entry['origin'])})", tables.escape(entry["statistic"]),
+           val, tables.escape(entry["threshold"]), tables.escape(entry["verdict"])]
+    return tables.booktabs(["Claim", "Statistic", "Value [CI]", "Threshold", "Verdict"], [row],
+                           r"@{}p{0.22\linewidth} p{0.3\linewidth} l p{0.16\linewidth} l@{}")
+
+
+def write_claim(entry: dict, json_path, tex_path) -> None:
+    """The entry as JSON (nan → null) and as its booktabs row."""
+    from ncn.analysis import tables
+    from ncn.analysis.stats import nan_to_none
+    from ncn.fileio import write_json
+
+    write_json(json_path, nan_to_none(entry))
+    tables.write_tex(tex_path, claim_tex(entry))

@@ -146,6 +146,22 @@ def claim(df: pd.DataFrame, variant: str | None, baseline: str, size: str, conf:
     return res
 
 
+def claim_entry(df: pd.DataFrame, cfg: dict) -> dict:
+    """The claim's entry (claims.json format, with origin) for "the NCN" vs the baseline at the largest size."""
+    from ncn.analysis.heldout import claim_entry as entry
+    from ncn.analysis.runs import largest_size, primary_ncn
+    from ncn.variants import baseline
+
+    a, size, variant, base = cfg["analysis"], largest_size(cfg), primary_ncn(cfg), baseline()
+    res = claim(df, variant, base, size, a["confidence"])
+    d = res["details"]
+    stat = (f"paired difference of the knob strength -dH/dlog2(s) of entropy H vs the beta scale s, {variant} - {base} "
+            f"(its query scale), size {size}, {round(a['confidence'] * 100)}% t-CI over seeds; entropy falls "
+            f"monotonically in {len(d.get('monotone_seeds', []))} of {len(d.get('seeds', []))} seeds")
+    return entry(CLAIM_KEY, CLAIM_TEXT, CLAIM_ORIGIN, variant, size, stat,
+                 "entropy falls monotonically in every seed and CI entirely above 0", res)
+
+
 def summary(df: pd.DataFrame, conf: float) -> pd.DataFrame:
     """Per (variant, size, target): the knob strength (−slope of entropy vs log2 scale) over seeds,
     the seeds in which entropy falls monotonically, and the loss slope."""
@@ -211,6 +227,8 @@ def add_arguments(p) -> None:
     options.add_table(p)
     p.add_argument("--summary", required=True, help="output CSV: knob strength per variant and target over seeds")
     options.add_figure(p, what="entropy, loss, distinct-2 and repetition against the beta scale")
+    p.add_argument("--claim-json", required=True, help="output: the claim's verdict (claims.json entry format)")
+    p.add_argument("--claim-tex", required=True, help="output: the claim's verdict as a booktabs row")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
 
 
@@ -219,7 +237,7 @@ def main(args, cfg: dict) -> None:
 
     if not args.run:
         raise NCNError("ncn analyze knobs: no --run given")
-    from ncn.analysis.heldout import by_registry
+    from ncn.analysis.heldout import by_registry, write_claim
 
     tabs = [knobs_table(r, cfg, args.data, args.threads) for r in bar(args.run, desc="knobs")]
     df = by_registry(pd.concat(tabs, ignore_index=True))
@@ -228,3 +246,4 @@ def main(args, cfg: dict) -> None:
     tables.write_csv(sm, args.summary)
     tables.write_tex(args.tex, knobs_tex(df, sm))
     knobs_figure(df, args.pdf, args.png)
+    write_claim(claim_entry(df, cfg), args.claim_json, args.claim_tex)

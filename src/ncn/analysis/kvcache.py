@@ -149,6 +149,22 @@ def claim(df: pd.DataFrame, variant: str | None, size: str, conf: float) -> dict
     return res
 
 
+def claim_entry(df: pd.DataFrame, cfg: dict) -> dict:
+    """The claim's entry (claims.json format, with origin) for "the NCN" at the largest size."""
+    from ncn.analysis.heldout import claim_entry as entry
+    from ncn.analysis.runs import largest_size, primary_ncn
+
+    a, size, variant = cfg["analysis"], largest_size(cfg), primary_ncn(cfg)
+    pct = f"{round(a['confidence'] * 100)}%"
+    res = claim(df, variant, size, a["confidence"])
+    d = res["details"]
+    bounds = "; ".join(f"{p} - uniform {d[f'{p}_minus_uniform']['mean']:.3g}" for p in ("oracle", "random")
+                       if f"{p}_minus_uniform" in d)
+    stat = (f"mean paired dloss(beta) - dloss(uniform) over budgets {', '.join(map(str, a['kv_budgets']))} bits "
+            f"({variant}, size {size}), {pct} t-CI over seeds" + (f"; bounds: {bounds}" if bounds else ""))
+    return entry(CLAIM_KEY, CLAIM_TEXT, CLAIM_ORIGIN, variant, size, stat, "CI entirely below 0", res)
+
+
 def kvcache_tex(sm: pd.DataFrame) -> str:
     """Per variant and budget: bytes/token and Δloss (mean ± CI half-width over seeds) per policy."""
     header = ["Variant", "Bits", "Bytes/token", *[rf"$\Delta$loss {p}" for p in POLICIES]]
@@ -228,6 +244,8 @@ def add_arguments(p) -> None:
     options.add_table(p)
     p.add_argument("--summary", required=True, help="output CSV: mean Δloss over seeds per variant, policy, budget")
     options.add_figure(p, what="the curve of cache bytes per token vs held-out Δloss")
+    p.add_argument("--claim-json", required=True, help="output: the claim's verdict (claims.json entry format)")
+    p.add_argument("--claim-tex", required=True, help="output: the claim's verdict as a booktabs row")
     p.add_argument("--gen-run", help="an NCN run to generate from with each --kv-bits setting (memory, tokens/s)")
     p.add_argument("--gen-csv", help="output CSV of that generation (results/timing/: it holds wall-time rates)")
     p.add_argument("--gen-tex", help="output booktabs tabular of that generation")
@@ -239,7 +257,7 @@ def main(args, cfg: dict) -> None:
 
     if not args.run:
         raise NCNError("ncn analyze kvcache: no --run given")
-    from ncn.analysis.heldout import by_registry
+    from ncn.analysis.heldout import by_registry, write_claim
 
     tabs = [kvcache_table(r, cfg, args.data, args.threads) for r in bar(args.run, desc="kvcache")]
     df = by_registry(pd.concat(tabs, ignore_index=True))
@@ -248,6 +266,7 @@ def main(args, cfg: dict) -> None:
     tables.write_csv(sm, args.summary)
     tables.write_tex(args.tex, kvcache_tex(sm))
     curve_figure(sm, args.pdf, args.png)
+    write_claim(claim_entry(df, cfg), args.claim_json, args.claim_tex)
     if args.gen_run and not (args.gen_csv and args.gen_tex):
         raise NCNError("ncn analyze kvcache: --gen-run needs --gen-csv and --gen-tex")
     if args.gen_csv:  # without an NCN run to generate from: the empty table (its rows read "--")
