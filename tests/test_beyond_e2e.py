@@ -34,9 +34,10 @@ def tree(tmp_path_factory):
 
 def _analyses(t) -> None:
     common = ["--run", *t["runs_xs"], "--config", str(t["cfg_path"]), "--data", str(t["data"])]
-    for what in ("kvcache", "knobs"):
+    gen = ["--gen-run", t["runs_xs"][0], "--gen-csv", str(t["out"] / "kvgen.csv"), "--gen-tex", str(t["out"] / "kvgen.tex")]
+    for what, extra in (("kvcache", gen), ("knobs", [])):
         stem = t["out"] / what
-        assert ncn_main(["analyze", what, *common, *outputs(stem, "csv", "tex", "pdf", "png"),
+        assert ncn_main(["analyze", what, *common, *extra, *outputs(stem, "csv", "tex", "pdf", "png"),
                          "--summary", f"{stem}_summary.csv", "--claim-json", f"{stem}_claim.json",
                          "--claim-tex", f"{stem}_claim.tex"]) == 0
 
@@ -54,6 +55,14 @@ def test_kvcache_rows(tree):
     beta = df[df["policy"] == "beta"]
     assert all(sorted(map(int, b.split())) in ([2, 6], [4, 8]) for b in beta["bits"])
     assert (tree["out"] / "kvcache.tex").read_text().startswith("\\begin{tabular}")
+
+
+def test_kvcache_generation_rows(tree):
+    gen = pd.read_csv(tree["out"] / "kvgen.csv")
+    assert list(gen["kv_bits"]) == ["none", "16", "8", "4", "beta:4", "beta:6"]
+    assert gen["cache_ratio"].iloc[0] == 1 and (gen["cache_ratio"].iloc[1:] < 1).all()
+    assert gen.loc[gen["kv_bits"] == "4", "cache_ratio"].iloc[0] == pytest.approx((4 + 2) / 32)  # hd 8: 4 packed bytes + a 2-byte scale vs 32
+    assert (gen["same_text"].iloc[0] == 1) and gen["same_text"].between(0, 1).all()
 
 
 def test_knobs_rows(tree):

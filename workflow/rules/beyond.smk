@@ -30,7 +30,7 @@ rule analysis_kvcache:
     params:
         config=CONFIG_JSON,
         runs=BEYOND_RUNS,
-        gen=f"--gen-run {GEN_RUN}" if GEN_RUN else "",
+        gen=f"--gen-run {GEN_RUN}" if GEN_RUN else "",  # no NCN variant: the generation table has no rows
         data=data_dir,
         cfg=params_key(
             config,

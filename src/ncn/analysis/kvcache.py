@@ -247,8 +247,9 @@ def add_arguments(p) -> None:
     p.add_argument("--claim-json", required=True, help="output: the claim's verdict (claims.json entry format)")
     p.add_argument("--claim-tex", required=True, help="output: the claim's verdict as a booktabs row")
     p.add_argument("--gen-run", help="an NCN run to generate from with each --kv-bits setting (memory, tokens/s)")
-    p.add_argument("--gen-csv", help="output CSV of that generation (results/timing/: it holds wall-time rates)")
-    p.add_argument("--gen-tex", help="output booktabs tabular of that generation")
+    p.add_argument("--gen-csv", required=True,
+                   help="output CSV of that generation (results/timing/: it holds wall-time rates; no rows without --gen-run)")
+    p.add_argument("--gen-tex", required=True, help="output booktabs tabular of that generation")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
 
 
@@ -267,11 +268,9 @@ def main(args, cfg: dict) -> None:
     tables.write_tex(args.tex, kvcache_tex(sm))
     curve_figure(sm, args.pdf, args.png)
     write_claim(claim_entry(df, cfg), args.claim_json, args.claim_tex)
-    if args.gen_run and not (args.gen_csv and args.gen_tex):
-        raise NCNError("ncn analyze kvcache: --gen-run needs --gen-csv and --gen-tex")
-    if args.gen_csv:  # without an NCN run to generate from: the empty table (its rows read "--")
-        gen = generation_table(args.gen_run, cfg, args.data, args.threads) if args.gen_run else pd.DataFrame(
-            columns=["variant", "size", "seed", "kv_bits", "bits", "cache_bytes", "cache_ratio", "tokens_per_s",
-                     "same_text"])
-        tables.write_csv(gen, args.gen_csv)
-        tables.write_tex(args.gen_tex, generation_tex(gen))
+    # without an NCN run to generate from: the table without rows
+    gen = generation_table(args.gen_run, cfg, args.data, args.threads) if args.gen_run else pd.DataFrame(
+        columns=["variant", "size", "seed", "kv_bits", "bits", "cache_bytes", "cache_ratio", "tokens_per_s",
+                 "same_text"])
+    tables.write_csv(gen, args.gen_csv)
+    tables.write_tex(args.gen_tex, generation_tex(gen))
