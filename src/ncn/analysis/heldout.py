@@ -87,3 +87,32 @@ def write_claim(entry: dict, json_path, tex_path) -> None:
 
     write_json(json_path, nan_to_none(entry))
     tables.write_tex(tex_path, claim_tex(entry))
+
+
+def add_arguments(p, summary: str, figure: str) -> None:
+    """The options of `kvcache` and `knobs`: the runs, config, data, and every output the rule names."""
+    from ncn.analysis import options
+
+    p.add_argument("--run", nargs="+", required=True, metavar="RUN",
+                   help="run folders holding model.pt (every variant, the baseline too; every seed)")
+    options.add_config(p)
+    options.add_data(p)
+    options.add_table(p)
+    p.add_argument("--summary", required=True, help=f"output CSV: {summary}")
+    options.add_figure(p, what=figure)
+    p.add_argument("--claim-json", required=True, help="output: the claim's verdict (claims.json entry format)")
+    p.add_argument("--claim-tex", required=True, help="output: the claim's verdict as a booktabs row")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+
+
+def measure(table, args, cfg: dict, what: str):
+    """table(run, cfg, data, threads) of every --run, in the registry's order, and the CSV written."""
+    import pandas as pd
+
+    from ncn.analysis import tables
+    from ncn.progress import bar
+
+    tabs = [table(r, cfg, args.data, args.threads) for r in bar(args.run, desc=what)]
+    df = by_registry(pd.concat(tabs, ignore_index=True))
+    tables.write_csv(df, args.csv)
+    return df

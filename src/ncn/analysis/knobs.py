@@ -31,7 +31,6 @@ import pandas as pd
 
 from ncn.analysis import options, plots, tables
 from ncn.analysis.stats import INCONCLUSIVE, NOT_SUPPORTED, ci_verdict, paired_differences, t_interval
-from ncn.errors import NCNError
 
 CLAIM_KEY = "knob_temperature"
 CLAIM_TEXT = "The NCN controls the effective temperature: its precision beta is a monotone temperature knob"
@@ -220,29 +219,17 @@ def knobs_figure(df: pd.DataFrame, pdf, png) -> None:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--run", nargs="+", required=True, metavar="RUN",
-                   help="run folders holding model.pt (every variant, the baseline too; every seed)")
-    options.add_config(p)
-    options.add_data(p)
-    options.add_table(p)
-    p.add_argument("--summary", required=True, help="output CSV: knob strength per variant and target over seeds")
-    options.add_figure(p, what="entropy, loss, distinct-2 and repetition against the beta scale")
-    p.add_argument("--claim-json", required=True, help="output: the claim's verdict (claims.json entry format)")
-    p.add_argument("--claim-tex", required=True, help="output: the claim's verdict as a booktabs row")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    from ncn.analysis.heldout import add_arguments as common
+
+    common(p, summary="knob strength per variant and target over seeds",
+           figure="entropy, loss, distinct-2 and repetition against the beta scale")
 
 
 def main(args, cfg: dict) -> None:
-    from ncn.progress import bar
+    from ncn.analysis.heldout import measure, write_claim
 
-    if not args.run:
-        raise NCNError("ncn analyze knobs: no --run given")
-    from ncn.analysis.heldout import by_registry, write_claim
-
-    tabs = [knobs_table(r, cfg, args.data, args.threads) for r in bar(args.run, desc="knobs")]
-    df = by_registry(pd.concat(tabs, ignore_index=True))
+    df = measure(knobs_table, args, cfg, "knobs")
     sm = summary(df, cfg["analysis"]["confidence"])
-    tables.write_csv(df, args.csv)
     tables.write_csv(sm, args.summary)
     tables.write_tex(args.tex, knobs_tex(df, sm))
     knobs_figure(df, args.pdf, args.png)

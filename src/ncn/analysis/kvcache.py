@@ -33,7 +33,6 @@ import pandas as pd
 
 from ncn.analysis import options, plots, tables
 from ncn.analysis.stats import INCONCLUSIVE, ci_verdict, paired_differences, t_interval
-from ncn.errors import NCNError
 
 POLICIES = ("uniform", "beta", "oracle", "random")
 CLAIM_KEY = "kvcache_beta_guided"
@@ -237,33 +236,21 @@ def generation_tex(df: pd.DataFrame) -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--run", nargs="+", required=True, metavar="RUN",
-                   help="run folders holding model.pt (every variant, the baseline too; every seed)")
-    options.add_config(p)
-    options.add_data(p)
-    options.add_table(p)
-    p.add_argument("--summary", required=True, help="output CSV: mean Δloss over seeds per variant, policy, budget")
-    options.add_figure(p, what="the curve of cache bytes per token vs held-out Δloss")
-    p.add_argument("--claim-json", required=True, help="output: the claim's verdict (claims.json entry format)")
-    p.add_argument("--claim-tex", required=True, help="output: the claim's verdict as a booktabs row")
+    from ncn.analysis.heldout import add_arguments as common
+
+    common(p, summary="mean Δloss over seeds per variant, policy and budget",
+           figure="the curve of cache bytes per token vs held-out Δloss")
     p.add_argument("--gen-run", help="an NCN run to generate from with each --kv-bits setting (memory, tokens/s)")
     p.add_argument("--gen-csv", required=True,
                    help="output CSV of that generation (results/timing/: it holds wall-time rates; no rows without --gen-run)")
     p.add_argument("--gen-tex", required=True, help="output booktabs tabular of that generation")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
 
 
 def main(args, cfg: dict) -> None:
-    from ncn.progress import bar
+    from ncn.analysis.heldout import measure, write_claim
 
-    if not args.run:
-        raise NCNError("ncn analyze kvcache: no --run given")
-    from ncn.analysis.heldout import by_registry, write_claim
-
-    tabs = [kvcache_table(r, cfg, args.data, args.threads) for r in bar(args.run, desc="kvcache")]
-    df = by_registry(pd.concat(tabs, ignore_index=True))
+    df = measure(kvcache_table, args, cfg, "kvcache")
     sm = summary(df, cfg["analysis"]["confidence"])
-    tables.write_csv(df, args.csv)
     tables.write_csv(sm, args.summary)
     tables.write_tex(args.tex, kvcache_tex(sm))
     curve_figure(sm, args.pdf, args.png)
