@@ -163,3 +163,14 @@ def test_claim_thin_data_is_inconclusive():
     assert akv.claim(_table(0.01, [0]), "causal", "s", 0.95)["verdict"] == "inconclusive"
     assert akv.claim(_table(0.01, [0, 1]), "tonic", "s", 0.95)["verdict"] == "inconclusive"
     assert akv.claim(pd.DataFrame(), "causal", "s", 0.95)["verdict"] == "inconclusive"
+
+
+def test_a_budget_whose_levels_leave_2_to_8_bits_is_refused_by_the_config():
+    from pathlib import Path
+
+    from ncn.config import load_config
+
+    smoke = Path(__file__).resolve().parents[1] / "config" / "smoke.yaml"
+    with pytest.raises(NCNError, match="kv_budgets 7 with kv_spread 2 needs levels 5 and 9"):
+        load_config(smoke, {"analysis": {"kv_budgets": [4, 7], "kv_spread": 2}})
+    assert load_config(smoke, {"analysis": {"kv_budgets": [3, 7], "kv_spread": 1}})["analysis"]["kv_spread"] == 1
