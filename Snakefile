@@ -27,6 +27,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/beyond.smk"
 include: "workflow/rules/paper.smk"
 include: "workflow/rules/timing.smk"
 

@@ -86,6 +86,11 @@ def validate(cfg: dict, source: str = "config") -> dict:
             raise NCNError(f"{source}: size_defs.{name}: d_model {sd['d_model']} is not divisible by n_head {sd['n_head']}")
     if cfg["train"]["tokens"] is None and cfg["train"]["epochs"] is None:
         raise NCNError(f"{source}: set train.tokens or train.epochs")
+    a = cfg["analysis"]
+    for b in a["kv_budgets"]:  # the mixed allocations' levels (ncn.kvquant.levels)
+        if not 2 <= b - a["kv_spread"] < b + a["kv_spread"] <= 8:
+            raise NCNError(f"{source}: analysis.kv_budgets {b} with kv_spread {a['kv_spread']} needs levels "
+                           f"{b - a['kv_spread']} and {b + a['kv_spread']} bits within 2..8")
     return cfg
 
 

@@ -37,6 +37,12 @@ READS: dict[str, tuple[str, ...]] = {
     "analyze.leak": ("analysis.confidence", *_LAYOUT),
     "analyze.brainscan": ("analysis.dev_limit", "variants", "model"),
     "analyze.skip": ("analysis.skip_eps", "analysis.skip_max_tokens", "eval", "size_defs"),
+    "analyze.kvcache": ("analysis.kv_max_tokens", "analysis.kv_uniform_bits", "analysis.kv_budgets",
+                        "analysis.kv_spread", "analysis.kv_random_draws", "analysis.confidence", "eval", "generate", "train.device",
+                        *_LAYOUT),
+    "analyze.knobs": ("analysis.knob_scales", "analysis.knob_max_tokens", "analysis.knob_prompts",
+                      "analysis.knob_samples", "analysis.knob_new_tokens", "analysis.confidence", "eval", "generate", "train.device",
+                      *_LAYOUT),
     "analyze.claims": ("analysis", "profile", "tokenizer", "model", *_LAYOUT),
     # the paper: its config listing shows every key, so it reads them all
     "paper.numbers": ("*",),
