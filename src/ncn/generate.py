@@ -7,7 +7,8 @@ split a UTF-8 character; its bytes are held back until the character is complete
 
 Settings: --prompt (repeatable), --num-samples, --max-new-tokens, --temperature (0 = greedy),
 --top-k (`none`: no cut) and --seed; each defaults to the `generate` section of the run's own
-config (or --config). Sample j of prompt i uses a torch.Generator seeded with seed + i·N + j
+config (or --config). --control NAME=VALUE (e.g. dialogue=1; ncn.control) sets the external
+control vector of a run whose variant takes control (without it such a run gets c = 0, no signal). Sample j of prompt i uses a torch.Generator seeded with seed + i·N + j
 (N = --num-samples), so a sample is reproducible on one machine whatever else is asked.
 Sampling uses the model's KV cache. Each prompt starts after the end-of-text token, as a story
 in the training stream does; a prompt longer than the context is cropped to its last block_size
@@ -30,8 +31,10 @@ from pathlib import Path
 
 import torch
 
+from ncn.control import LABELS
 from ncn.errors import NCNError
 from ncn.fileio import write_json
+from ncn.variants import control_names
 
 SEPARATOR = "-" * 15  # between samples on stdout, as nanoGPT's sample.py
 FROM_CONFIG = "from config"  # top_k not given (None means: no top-k cut)
@@ -46,6 +49,7 @@ class Sampling:
     top_k: int | None
     seed: int
     source: str  # where the prompts came from, for messages: "--prompt" or "generate.prompts"
+    control: dict | None = None  # --control values (ncn.control.parse_control), or None
 
     def where(self, i: int) -> str:
         """Prompt i as a message names it: "--prompt", or "generate.prompts[i]"."""
@@ -54,13 +58,17 @@ class Sampling:
 
 def sampling(g: dict, prompts: list[str] | None = None, num_samples: int | None = None,
              max_new_tokens: int | None = None, temperature: float | None = None, top_k=FROM_CONFIG,
-             seed: int | None = None) -> Sampling:
-    """The config's generate section `g` overridden by the given values (top_k None = no cut), checked."""
+             seed: int | None = None, control: str | None = None) -> Sampling:
+    """The config's generate section `g` overridden by the given values (top_k None = no cut), checked.
+    control: the --control text (NAME=VALUE[,...])."""
+    from ncn.control import parse_control
+
     pick = lambda x, key: g[key] if x is None else x  # noqa: E731
     s = Sampling(list(prompts) if prompts is not None else list(g["prompts"]), 1 if num_samples is None else num_samples,
                  pick(max_new_tokens, "max_new_tokens"), float(pick(temperature, "temperature")),
                  g["top_k"] if top_k is FROM_CONFIG else top_k, pick(seed, "seed"),
-                 "--prompt" if prompts is not None else "generate.prompts")
+                 "--prompt" if prompts is not None else "generate.prompts",
+                 None if control is None else parse_control(control))
     if not math.isfinite(s.temperature) or s.temperature < 0:
         raise NCNError(f"--temperature must be a finite number >= 0 (0 = greedy), got {s.temperature}")
     if s.top_k is not None and s.top_k < 1:
@@ -118,10 +126,15 @@ def sample(model, ids: list[int], s: Sampling, generator: torch.Generator, on_to
                 on_token(streamed[-1])
 
     idx = torch.tensor([ids], dtype=torch.long, device=model.tok_emb.weight.device)
+    control = None
+    if s.control is not None:
+        from ncn.control import vector
+
+        control = torch.tensor([vector(s.control)], device=idx.device)
     handle = model.tok_emb.register_forward_pre_hook(hook)
     try:
         out = model.generate(idx, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, use_cache=True,
-                             generator=generator)
+                             generator=generator, control=control)
     finally:
         handle.remove()
     new = out[0, len(ids):].tolist()
@@ -208,7 +221,7 @@ def _stream_one(model, tok, ids, s: Sampling, seed: int, prompt: str, stdout) ->
 def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, threads: int = 1,
              config_source: str = "--config", out: str | Path | None = None, stdout=None, **settings) -> dict:
     """Stream samples of a finished run to stdout; returns (and with `out`, writes) the JSON record.
-    settings: prompts, num_samples, max_new_tokens, temperature, top_k, seed (see `sampling`)."""
+    settings: prompts, num_samples, max_new_tokens, temperature, top_k, seed, control (see `sampling`)."""
     from ncn.runs import config_of, require_finished
 
     run_dir = Path(run_dir)
@@ -218,6 +231,9 @@ def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, th
     s = sampling(cfg["generate"], **settings)  # bad settings fail before the model loads
     torch.set_num_threads(threads)
     model, payload, tok, eot = load_run(run_dir, cfg, data, config_source)
+    if s.control is not None and not model.cfg.control_dim:
+        raise NCNError(f"--control: run {run_dir} (variant '{model.cfg.ncn}') takes no control input; sample "
+                       f"a run of a variant with control ({', '.join(control_names())})")
     stdout = sys.stdout if stdout is None else stdout
     encoded = [_encode(tok, eot, p, s.where(i), model.cfg.block_size) for i, p in enumerate(s.prompts)]
     # warm-up (first-call allocations), so tokens/s measures generation itself
@@ -236,6 +252,7 @@ def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, th
         "variant": payload.get("variant"), "size": payload.get("size"), "seed": payload.get("seed"),
         "temperature": s.temperature, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
         "num_samples": s.num_samples, "generate_seed": s.seed, "kv_cache": True,
+        **({"control": s.control} if s.control is not None else {}),
         "device": model.tok_emb.weight.device.type, "samples": samples,
         "tokens_per_s": round(sum(x["new_tokens"] for x in samples) / max(secs, 1e-9), 1),
     }
@@ -271,6 +288,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--temperature", type=float, help="softmax temperature; 0 = greedy (argmax)")
     p.add_argument("--top-k", type=_top_k, default=argparse.SUPPRESS, help="sample among the k likeliest tokens ('none': all)")
     p.add_argument("--seed", type=int, help="seed of the first sample (sample n uses seed + n)")
+    p.add_argument("--control", metavar="NAME=VALUE", help="external control of a run whose variant takes it, "
+                   "e.g. dialogue=1 (stories with dialogue) or dialogue=0; labels: " + ", ".join(LABELS))
     p.add_argument("--out", help="also write the samples as JSON to this file")
     p.add_argument("--config", help="config for the generate section (default: the run's own config.json)")
     p.add_argument("--data", help="folder with tokenizer.json and meta.json (default: the run's)")
@@ -281,7 +300,8 @@ def main(argv: list[str]) -> int:
     cfg = load_config(a.config) if a.config else None
     result = generate(Path(a.run), cfg, a.data, a.threads, config_source=a.config or "--config", out=a.out,
                       prompts=a.prompt, num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
-                      temperature=a.temperature, top_k=getattr(a, "top_k", FROM_CONFIG), seed=a.seed)
+                      temperature=a.temperature, top_k=getattr(a, "top_k", FROM_CONFIG), seed=a.seed,
+                      control=a.control)
     print(f"ncn generate: {len(result['samples'])} samples, {result['tokens_per_s']:.0f} tokens/s"
           + (f"; wrote {a.out}" if a.out else ""), file=sys.stderr)
     return 0
