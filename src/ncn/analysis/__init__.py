@@ -14,6 +14,7 @@ Commands (each importable without torch except trace/skip):
   leak      asrun's future-token leak (full vs prefix-only pooling)
   brainscan heatmaps with fixed, shared colour limits
   skip      block skipping (gather out FFN rows where gamma < eps)
+  control   external control signals: loss with the true vs flipped story label, steered sampling
   claims    one measured verdict per claim of the original (CLAIMS: one Claim object each)
 Helpers:
   runs      reading runs and train logs; sizes by scale, "the NCN"
