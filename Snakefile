@@ -25,6 +25,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/control.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/paper.smk"
 

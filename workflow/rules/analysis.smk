@@ -198,6 +198,8 @@ rule analysis_claims:
         valid=rules.tokenize.output.valid,
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
+        # the control claim reads the control runs' measurements (control.smk)
+        control=rules.analysis_control.output.runs,
     output:
         json=f"{RES}/claims.json",
         tex=f"{TABLES}/claims.tex",
@@ -208,7 +210,7 @@ rule analysis_claims:
             config,
             *("confidence", "ppl_threshold", "gain_band", "gain_min_fraction", "reg_move_rel"),
             *("gate_eps", "gate_min_fraction", "probe_word", "control_sentences"),
-            top=("profile", "tokenizer", "ncn_reference", *LAYOUT),
+            top=("profile", "tokenizer", "ncn_reference", "control", *LAYOUT),
         ),
     log:
         f"{LOGS}/analysis/claims.log",
@@ -219,7 +221,7 @@ rule analysis_claims:
         CONDA_ENV
     shell:
         "ncn analyze claims --runs-table {input.runs} --traces {input.traces} --config {params.config}"
-        " --data {params.data} --json {output.json} --tex {output.tex} > {log} 2>&1"
+        " --data {params.data} --control {input.control} --json {output.json} --tex {output.tex} > {log} 2>&1"
 
 
 TARGETS.append(RUNS_TABLE)

@@ -30,6 +30,7 @@ rule train:
         train=rules.tokenize.output.train,
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
+        labels=label_inputs,  # a variant with control trains on the story labels
         # The store must exist before parallel jobs write to it; ancient(): recreating the
         # marker (e.g. a renamed experiment) does not retrain anything.
         mlflow=ancient(MLFLOW_READY),
