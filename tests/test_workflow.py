@@ -175,7 +175,7 @@ def test_slurm_profile_dry_runs_and_asks_for_gpus(repo_copy):
     assert r.returncode == 0, r.stdout[-3000:]
     trains = [b for b in r.stdout.split("\n\n") if "rule train:" in b]
     assert trains and all(re.search(r"\bgpu=1\b", b) and "mem_mb=" in b and "runtime=" in b for b in trains)
-    assert job_counts(r.stdout).get("train") == 45
+    assert job_counts(r.stdout).get("train") == 45 + len(control_runs(load_profile("default")))
 
 
 def test_lint_reports_nothing(repo_copy):

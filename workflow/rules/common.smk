@@ -105,7 +105,7 @@ def run_dirs(variants=None, sizes=None, seeds=None):
     )
 
 
-# The per-token story labels beside the tokens (`ncn data labels`, rule `labels` in control.smk):
+# The per-token story labels beside the tokens (`ncn data labels`; made in control.smk):
 # what a run of a variant with control trains and is evaluated on.
 LABEL_FILES = [f"{DATA}/train.label.bin", f"{DATA}/heldout.label.bin", f"{DATA}/labels.json"]
 
