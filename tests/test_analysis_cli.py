@@ -61,10 +61,12 @@ def test_a_rule_named_png_is_written_where_named(tmp_path):
 
 def test_claims_are_objects_in_the_published_order():
     assert [c.key for c in claims.CLAIMS] == ["ab_beats_baseline", "baseline_ppl", "layer_specialisation",
-                                             "phasic_but", "homeostasis", "gamma_gates", "asrun_leak"]
+                                             "phasic_but", "homeostasis", "gamma_gates", "asrun_leak",
+                                             "control_steers"]
     for c in claims.CLAIMS:
         assert c.text and callable(c.statistic) and callable(c.threshold) and callable(c.compute)
-    assert {c.key: c.subject for c in claims.CLAIMS if c.subject} == {"baseline_ppl": "none", "asrun_leak": "asrun"}
+    assert {c.key: c.subject for c in claims.CLAIMS if c.subject} == {"baseline_ppl": "none", "asrun_leak": "asrun",
+                                                                      "control_steers": "control"}
 
 
 def _runs(tmp_path: Path, effect: float, seeds=(0, 1, 2)) -> pd.DataFrame:
@@ -101,7 +103,9 @@ def _compute(tmp_path, runs):
 
 def test_compute_judges_every_claim_object_planted_effect(tmp_path):
     by = _compute(tmp_path, _runs(tmp_path, effect=-0.5))
-    assert [c["id"] for c in by.values()] == list(range(1, 8))
+    assert [c["id"] for c in by.values()] == list(range(1, 9))
+    # no control measurements given: the control claim cannot decide
+    assert by["control_steers"]["verdict"] == "inconclusive" and by["control_steers"]["variant"] == "control"
     assert by["ab_beats_baseline"]["verdict"] == "supported" and by["ab_beats_baseline"]["variant"] == "causal"
     assert "PPL(causal) - PPL(none)" in by["ab_beats_baseline"]["statistic"]
     assert by["ab_beats_baseline"]["threshold"] == "CI entirely below 0"
@@ -137,6 +141,6 @@ def test_claims_numbers_are_one_macro_set_per_claim():
                        "value": -0.25, "ci_low": -0.5 if i == 1 else None, "ci_high": -0.1 if i == 1 else None,
                        "verdict": "supported" if i == 1 else "inconclusive"} for i, c in enumerate(claims.CLAIMS, 1)]}
     (group, m), = claims.numbers(doc, {}).items()
-    assert m["ClaimsTotal"] == "7" and m["ClaimsSupported"] == "1" and m["ClaimsInconclusive"] == "6"
+    assert m["ClaimsTotal"] == "8" and m["ClaimsSupported"] == "1" and m["ClaimsInconclusive"] == "7"
     assert m["ClaimOneCI"].endswith("[$-$0.500, $-$0.100]") and m["ClaimTwoCI"] == "no interval"
     assert m["ClaimSevenStatistic"] == r"s\_1" and m["ClaimOneValue"] == "$-$0.250"

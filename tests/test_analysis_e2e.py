@@ -255,7 +255,7 @@ def test_ab_and_leak_numbers(tree):
 def test_claims_json(tree):
     doc = json.loads((tree["res"] / "claims.json").read_text())
     assert doc["profile"] == "smoke" and doc["size"] == "s" and doc["ncn_variant"] == "causal"
-    assert [c["id"] for c in doc["claims"]] == list(range(1, 8))
+    assert [c["id"] for c in doc["claims"]] == list(range(1, 9))
     for c in doc["claims"]:
         assert {"id", "key", "claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict",
                 "details"} <= set(c)
@@ -267,7 +267,7 @@ def test_claims_json(tree):
     assert by[3]["details"]["n_layers"] == 3 and by[3]["details"]["n_seeds"] == 2
     assert "asrun" in by[1]["details"]["also"]
     tex = (tree["res"] / "tables" / "claims.tex").read_text()
-    assert "\\begin{tabular}" in tex and tex.count("\\\\") == 8
+    assert "\\begin{tabular}" in tex and tex.count("\\\\") == 9
 
 
 def test_skip_table(tree):

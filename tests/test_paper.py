@@ -59,7 +59,8 @@ def fake_claims(claims_value: float) -> dict:
             "id": i, "key": key, "claim": f"claim {key} (with 50% of a_b & c)", "variant": "causal", "size": "s",
             "statistic": f"statistic of {key}", "threshold": "CI entirely below 0" if i == 1 else "p < 0.05",
             "value": claims_value if i == 1 else 0.1 * i, "ci_low": math.nan if no_ci else -0.5,
-            "ci_high": math.nan if no_ci else -0.1 if i == 1 else 0.25, "verdict": verdicts[i - 1], "details": {}})
+            "ci_high": math.nan if no_ci else -0.1 if i == 1 else 0.25, "verdict": verdicts[i - 1] if i <= 7 else "inconclusive",
+            "details": {}})
     return {"profile": "smoke", "size": "s", "ncn_variant": "causal", "confidence": 0.95, "tokenizer_kind": "bpe",
             "claims": claims}
 
@@ -136,6 +137,8 @@ def make_fake_results(root: Path, claims_value: float = -0.3127, edit_eval=None)
         analyze("skip", "--run", *[f"{v}:{seed}" for v in ("causal", "asrun") for seed in (0, 1)], "--data", "-",
                 "--timing", str(res / "timing" / "skip_wall.csv"), outputs=("csv", "tex", "pdf", "png"))
         analyze("claims", *table, "--data", "-", "--json", str(res / "claims.json"), outputs=("tex",))
+        # no control runs: the control analysis still writes its (empty) tables and figure
+        analyze("control", "--runs-csv", str(tdir / "control_runs.csv"), outputs=("csv", "tex", "pdf", "png"))
     claims = json.loads((res / "claims.json").read_text())
     # A table far wider than the text: \gentable must scale it down (no overfull box).
     wide = tables.booktabs([f"column{i}" for i in range(24)], [[f"{i * 1.2345:.4f}" for i in range(24)]], "r" * 24)
@@ -206,7 +209,9 @@ def test_numbers_from_fake_results(tmp_path):
     assert len(re.findall(r"\\newcommand", text)) == len(macros)
     m = macro_values(out)
     assert m["Profile"] == "smoke" and m["GitCommit"] == "unknown"  # tmp_path is no git checkout
-    assert m["ClaimsTotal"] == "7" and m["ClaimsSupported"] == "3" and m["ClaimsInconclusive"] == "2"
+    extra = len(claims_stage.CLAIMS) - 7  # claims beyond the original's seven: inconclusive in the fake
+    assert m["ClaimsTotal"] == str(7 + extra) and m["ClaimsSupported"] == "3"
+    assert m["ClaimsInconclusive"] == str(2 + extra)
     assert m["ClaimOneValue"] == "$-$0.313" and m["ClaimOneVerdict"] == "supported"
     assert m["ClaimTwoVerdict"] == "not supported"
     assert m["ClaimOneText"] == r"claim ab\_beats\_baseline (with 50\% of a\_b \& c)"

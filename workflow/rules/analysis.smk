@@ -198,6 +198,8 @@ rule analysis_claims:
         valid=rules.tokenize.output.valid,
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
+        # the control claim reads the control runs' measurements (control.smk)
+        control=rules.analysis_control.output.runs,
     output:
         json=report_item(f"{RES}/claims.json"),
         tex=f"{TABLES}/claims.tex",
@@ -214,7 +216,7 @@ rule analysis_claims:
         CONDA_ENV
     shell:
         "ncn analyze claims --runs-table {input.runs} --traces {input.traces} --config {params.config}"
-        " --data {params.data} --json {output.json} --tex {output.tex} > {log} 2>&1"
+        " --data {params.data} --control {input.control} --json {output.json} --tex {output.tex} > {log} 2>&1"
 
 
 TARGETS.append(RUNS_TABLE)

@@ -32,6 +32,10 @@ claim is one entry there (and its sentence in paper/sections/results.tex).
                        supported if the fraction at max(gate_eps) ≥ gate_min_fraction.
  7 asrun_leak          val_loss − val_loss_prefix_pool of asrun per seed (eval.json); supported
                        (it leaks) if the CI < 0: seeing the future lowers its loss.
+ 8 control_steers      (origin "original, promise") the control variant at its largest size:
+                       frac. of sampled stories with dialogue under dialogue=1 − dialogue=0, and
+                       held-out loss flipped − true label, paired over seeds; supported if both CIs
+                       > 0 (ncn.analysis.control).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import options, tables
+from ncn.analysis import control, options, tables
 from ncn.analysis.macros import finite, fmt_sig, macro_name, tex_escape
 from ncn.analysis.runs import (SIGNALS, final_layer_means, largest_size, load_runs_table, per_seed, primary_ncn,
                                read_train_log)
@@ -53,6 +57,7 @@ from ncn.analysis.stats import (INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, ci_verdi
                                 nan_to_none, one_way_anova, paired_differences, spearman, t_interval)
 from ncn.errors import NCNError
 from ncn.fileio import write_json
+from ncn.variants import control_names
 
 NAN = math.nan
 
@@ -269,6 +274,7 @@ class Setting:
     size: str
     tpb: float  # GPT-2 tokens per byte of our validation text (claim 2), and how it was measured
     tpb_how: str
+    control: pd.DataFrame | None = None  # the control runs' measurements (ncn.analysis.control)
 
     @property
     def a(self) -> dict:
@@ -357,6 +363,12 @@ CLAIMS = [
           threshold=lambda s, r: "CI entirely below 0",
           compute=lambda s, v: leak_claim(s.runs, s.size, s.conf),
           subject="asrun"),
+    # origin "original, promise" (not a claim of the original's results): ncn.analysis.control
+    Claim(key="control_steers", text=control.CLAIM_TEXT,
+          statistic=lambda s, v, r: control.claim_statistic(s.cfg),
+          threshold=lambda s, r: control.CLAIM_THRESHOLD,
+          compute=lambda s, v: control.control_claim(s.control, s.cfg),
+          subject=(control_names() or ["control"])[0]),
 ]
 
 
@@ -376,9 +388,9 @@ def judge(i: int, claim: Claim, s: Setting, ncn: str | None, also: list[str]) ->
             "statistic": claim.statistic(s, variant, res), "threshold": claim.threshold(s, res), **res}
 
 
-def compute(runs: pd.DataFrame, traces: dict, cfg: dict, meta: dict, data_dir) -> dict:
+def compute(runs: pd.DataFrame, traces: dict, cfg: dict, meta: dict, data_dir, control_runs=None) -> dict:
     tpb, tpb_how = gpt2_tokens_per_byte(cfg, data_dir, meta)
-    s = Setting(runs, traces, cfg, meta, largest_size(cfg), tpb, tpb_how)
+    s = Setting(runs, traces, cfg, meta, largest_size(cfg), tpb, tpb_how, control_runs)
     ncn = primary_ncn(cfg)
     also = [v for v in ("asrun",) if v in cfg["variants"] and v != ncn]
     claims = [judge(i, claim, s, ncn, also) for i, claim in enumerate(CLAIMS, start=1)]
@@ -419,6 +431,8 @@ def add_arguments(p) -> None:
                         "trace-based claims inconclusive")
     options.add_config(p)
     options.add_data(p)
+    p.add_argument("--control", help="the control runs' table ('ncn analyze control --runs-csv'); missing: "
+                   "the control claim is inconclusive")
     p.add_argument("--json", required=True, help="output claims JSON (results/claims.json)")
     options.add_table(p, csv=False)
 
@@ -441,7 +455,8 @@ def main(args, cfg: dict) -> None:
     from ncn.data import load_meta
 
     runs, traces = load_runs_table(args.runs_table), read_traces(args.traces)
-    doc = nan_to_none(compute(runs, traces, cfg, load_meta(args.data), args.data))
+    ctl = control.read_runs(args.control) if getattr(args, "control", None) else None
+    doc = nan_to_none(compute(runs, traces, cfg, load_meta(args.data), args.data, ctl))
     write_json(args.json, doc)
     tables.write_tex(args.tex, claims_tex(doc))
     for c in doc["claims"]:
