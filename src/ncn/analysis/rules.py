@@ -8,7 +8,12 @@ import json
 from ncn.analysis.runs import largest_size, ncn_variants, primary_ncn
 from ncn.variants import spec
 
-__all__ = ["params_key", "trace_seed", "claim_variants", "largest_size", "primary_ncn"]
+__all__ = ["params_key", "claim_variants", "largest_size", "primary_ncn", "TRACE_KEYS"]
+
+# The analysis.* settings that decide which sentences a trace holds (the trace, the
+# regulariser-only control and the claims that read them all depend on them).
+TRACE_KEYS = ("trace_sentences", "n_valid_sentences", "control_sentences", "control_leadins",
+              "pair_sentences", "probe_word")
 
 
 def params_key(config: dict, *analysis_keys: str, top=()) -> str:
@@ -17,12 +22,6 @@ def params_key(config: dict, *analysis_keys: str, top=()) -> str:
     a = config["analysis"]
     return json.dumps({"analysis": {k: a[k] for k in analysis_keys}, **{k: config.get(k) for k in top}},
                       sort_keys=True)
-
-
-def trace_seed(config: dict) -> int:
-    """analysis.trace_seed when that seed is trained, else the smallest trained seed."""
-    seed = config["analysis"]["trace_seed"]
-    return seed if seed in config["seeds"] else min(config["seeds"])
 
 
 def claim_variants(config: dict) -> list[str]:
