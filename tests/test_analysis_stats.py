@@ -264,11 +264,10 @@ def test_skip_gathers_fewer_rows():
 
 # -- helpers of workflow/rules/analysis.smk and of the trace ------------------------------------------
 def test_rule_helpers():
-    from ncn.analysis.rules import claim_variants, params_key, trace_seed
+    from ncn.analysis.rules import claim_variants, params_key
 
-    cfg = {"variants": ["none", "asrun", "tonic"], "seeds": [3, 4], "analysis": {"trace_seed": 0, "skip_eps": [0.1],
+    cfg = {"variants": ["none", "asrun", "tonic"], "seeds": [3, 4], "analysis": {"skip_eps": [0.1],
                                                                                "confidence": 0.95}, "eval": {"b": 1}}
-    assert trace_seed(cfg) == 3  # seed 0 not trained: the smallest trained seed
     assert claim_variants(cfg) == ["asrun"]  # no causal: the first NCN variant is asrun itself
     assert claim_variants({**cfg, "variants": ["none", "causal", "asrun"]}) == ["causal", "asrun"]
     assert claim_variants({**cfg, "variants": ["none"]}) == []

@@ -140,10 +140,13 @@ def _eps_row(model, x, y, bs, eps, repeats, gammas, draws, gen) -> dict:
     loss, frac, _ = results[0]
     if any(r[0] != loss or r[1] != frac for r in results):
         raise NCNError(f"skipping at eps={eps} is not deterministic across passes")
-    rand = random_skip_losses(model, x, y, bs, gammas, eps, draws, gen) if frac > 0 else [loss] * draws
+    if frac > 0:
+        rand = random_skip_losses(model, x, y, bs, gammas, eps, draws, gen)
+        mean, sd = float(np.mean(rand)), float(np.std(rand, ddof=1)) if draws > 1 else math.nan
+    else:  # nothing skipped: the control is the dense model itself
+        mean, sd = loss, 0.0
     return {"eps": eps, "tokens": int(y.numel()), "loss": loss, "ppl": math.exp(loss), "skip_frac": frac,
-            "ffn_flops_saved": frac, "loss_random": float(np.mean(rand)),
-            "loss_random_sd": float(np.std(rand, ddof=1)) if len(rand) > 1 else math.nan, "n_random": len(rand),
+            "ffn_flops_saved": frac, "loss_random": mean, "loss_random_sd": sd, "n_random": draws,
             "wall_s": float(np.median([r[2] for r in results]))}
 
 
@@ -161,6 +164,7 @@ def skip_model(model, x, y, batch_size: int, eps_grid, draws: int, seed: int, re
         gen = torch.Generator().manual_seed(_RANDOM_SEED + 1000 * seed + i)
         rows.append(_eps_row(model, x, y, batch_size, eps, repeats, gammas, draws, gen))
     df = pd.DataFrame(rows)
+    df["loss_dense"] = ref_loss
     df["delta_loss"] = df["loss"] - ref_loss
     df["delta_random"] = df["loss_random"] - ref_loss
     df["wall_ratio"] = df["wall_s"] / df.loc[df["eps"] == 0.0, "wall_s"].iloc[0]
@@ -188,12 +192,9 @@ def skip_table(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: in
 
 def measure_table(df: pd.DataFrame, tolerance: float) -> pd.DataFrame:
     """skip_measure.csv from the skip rows: the claims' column names (MEASURE)."""
-    dense = df["loss"] - df["delta_loss"]
-    out = df.assign(loss_dense=dense, loss_skip=df["loss"], delta_skip=df["delta_loss"],
+    out = df.assign(loss_skip=df["loss"], delta_skip=df["delta_loss"],
                     skip_minus_random=df["loss"] - df["loss_random"], tolerance_nats=tolerance,
                     within_tolerance=(df["delta_loss"] <= tolerance).astype(int))
-    if "n_random" not in out:
-        out["n_random"] = math.nan
     return out[MEASURE]
 
 
