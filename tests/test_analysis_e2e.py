@@ -173,7 +173,7 @@ def _all(tree: dict, rerun: bool = False) -> None:
            *outputs(fig / "brainscan_dev", "pdf", "png", prefix="dev-"))
         ok("skip", "--run", *[str(res / "runs" / v / "s" / f"seed{s}") for v in VARIANTS[1:] for s in SEEDS],
            "--config", c, "--data", str(tree["data"]), *outputs(tab / "skip", "csv", "tex"),
-           "--measure", str(tab / "skip_measure.csv"),
+           "--measure-csv", str(tab / "skip_measure.csv"),
            *outputs(fig / "skip_tradeoff", "pdf", "png"), "--timing", str(res / "timing" / "skip_wall.csv"), "--repeats", "2")
     # one seed per variant: what claims.read_traces accepts until the claims read every seed
     ok("claims", *table, "--traces", *first_seed, "--data", str(tree["data"]), "--json", str(res / "claims.json"),

@@ -137,7 +137,8 @@ def make_fake_results(root: Path, claims_value: float = -0.3127, edit_eval=None)
         analyze("leak", *table)
         # two seeds per variant (the pipeline skips one): the paper averages over seeds
         analyze("skip", "--run", *[f"{v}:{seed}" for v in ("causal", "asrun") for seed in (0, 1)], "--data", "-",
-                "--timing", str(res / "timing" / "skip_wall.csv"), outputs=("csv", "tex", "pdf", "png"))
+                "--timing", str(res / "timing" / "skip_wall.csv"), "--measure-csv", str(tdir / "skip_measure.csv"),
+                outputs=("csv", "tex", "pdf", "png"))
         analyze("claims", *table, "--data", "-", "--json", str(res / "claims.json"), outputs=("tex",))
     claims = json.loads((res / "claims.json").read_text())
     # A table far wider than the text: \gentable must scale it down (no overfull box).

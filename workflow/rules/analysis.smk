@@ -3,7 +3,7 @@
 # are the exact files each command reads, so a new run (or a retrained one) reruns the
 # aggregates that include it; `params: cfg=` lists the config values each command uses, so a
 # changed value reruns only what depends on it.
-from ncn.analysis.rules import TRACE_KEYS, claim_variants, largest_size, params_key
+from ncn.analysis.rules import TRACE_KEYS, claim_variants, largest_size, params_key, trace_files
 
 TABLES = f"{RES}/tables"
 FIGURES = f"{RES}/figures"
@@ -20,11 +20,6 @@ NCN_RUNS = run_dirs(NCN_VARIANTS) if NCN_VARIANTS else []
 NCN_LARGEST_RUNS = run_dirs(NCN_VARIANTS, [LARGEST]) if NCN_VARIANTS else []
 # Sizes in order of scale (size_defs) and the variants decide the tables' rows and order.
 LAYOUT = ("variants", "sizes", "size_defs")
-
-
-def traces(variants):
-    """The trace CSVs of `variants` at the largest size, every seed."""
-    return expand(TRACE, variant=variants, size=LARGEST, seed=SEEDS) if variants else []
 
 
 rule analysis_runs:
@@ -169,7 +164,7 @@ rule analysis_leak:
 
 rule analysis_brainscan:
     input:
-        traces=traces(NCN_VARIANTS),
+        traces=trace_files(TRACE, NCN_VARIANTS, LARGEST, SEEDS),
     output:
         pdf=f"{FIGURES}/brainscan.pdf",
         png=report(f"{FIGURES}/brainscan.png", caption="../report/brainscan.rst", category="Figures"),
@@ -220,7 +215,7 @@ rule analysis_skip:
         CONDA_ENV
     shell:
         "ncn analyze skip --run {params.runs} --config {params.config} --data {params.data}"
-        " --csv {output.csv} --measure {output.measure} --timing {output.timing} --tex {output.tex}"
+        " --csv {output.csv} --measure-csv {output.measure} --timing {output.timing} --tex {output.tex}"
         " --pdf {output.pdf} --png {output.png} --threads {threads} > {log} 2>&1"
 
 
@@ -253,7 +248,7 @@ rule analysis_regonly:
 rule analysis_claims:
     input:
         runs=RUNS_TABLE,
-        traces=traces(CLAIM_VARIANTS),
+        traces=trace_files(TRACE, CLAIM_VARIANTS, LARGEST, SEEDS),
         # the measurements of issue 12 (model-evaluating; see docs/architecture.md)
         leak_measure=rules.analysis_leakprobe.output.csv,
         skip_measure=rules.analysis_skip.output.measure if NCN_VARIANTS else [],
@@ -288,7 +283,7 @@ rule analysis_claims:
 
 
 TARGETS.append(RUNS_TABLE)
-TARGETS.extend(traces(NCN_VARIANTS))
+TARGETS.extend(trace_files(TRACE, NCN_VARIANTS, LARGEST, SEEDS))
 TARGETS.extend(rules.analysis_ab.output)
 TARGETS.extend(rules.analysis_scaling.output)
 TARGETS.extend(rules.analysis_leak.output)

@@ -8,7 +8,7 @@ import json
 from ncn.analysis.runs import largest_size, ncn_variants, primary_ncn
 from ncn.variants import spec
 
-__all__ = ["params_key", "claim_variants", "largest_size", "primary_ncn", "TRACE_KEYS"]
+__all__ = ["params_key", "claim_variants", "largest_size", "primary_ncn", "trace_files", "TRACE_KEYS"]
 
 # The analysis.* settings that decide which sentences a trace holds (the trace, the
 # regulariser-only control and the claims that read them all depend on them).
@@ -29,3 +29,9 @@ def claim_variants(config: dict) -> list[str]:
     pool sees the future (asrun)."""
     ncn = ncn_variants(config)
     return list(dict.fromkeys([v for v in [primary_ncn(config)] if v] + [v for v in ncn if spec(v).sees_future]))
+
+
+def trace_files(pattern: str, variants, size: str, seeds) -> list[str]:
+    """The trace CSVs of `variants` at `size`, every seed, in (variant, seed) order; `pattern`
+    holds {variant}, {size} and {seed}."""
+    return [pattern.format(variant=v, size=size, seed=n) for v in variants for n in seeds]

@@ -248,8 +248,8 @@ def add_arguments(p) -> None:
     options.add_config(p)
     options.add_data(p)
     options.add_table(p)
-    p.add_argument("--measure", help="output CSV of the same measurements under the claims' column names "
-                   "(results/tables/skip_measure.csv)")
+    p.add_argument("--measure-csv", required=True, help="output CSV of the same measurements under the claims' "
+                   "column names (results/tables/skip_measure.csv)")
     p.add_argument("--timing", required=True, help="output CSV of the measured wall times (results/timing/), "
                    "kept out of --csv so the table is byte-identical across reruns")
     options.add_figure(p, what="the loss / skipped-fraction / wall-time trade-off")
@@ -261,8 +261,7 @@ def add_arguments(p) -> None:
 def main(args, cfg: dict) -> None:
     df = pd.concat([skip_table(r, cfg, args.data, args.threads, args.repeats) for r in args.run], ignore_index=True)
     tables.write_csv(df[SKIP], args.csv)
-    if args.measure:
-        tables.write_csv(measure_table(df, cfg["analysis"]["skip_tolerance_nats"]), args.measure)
+    tables.write_csv(measure_table(df, cfg["analysis"]["skip_tolerance_nats"]), args.measure_csv)
     tables.write_csv(df[["variant", "size", "seed", "eps", *TIMING]], args.timing)
     tables.write_tex(args.tex, skip_tex(df))
     tradeoff_figure(df, args.pdf, args.png)
