@@ -264,7 +264,7 @@ def test_skip_gathers_fewer_rows():
 
 # -- helpers of workflow/rules/analysis.smk and of the trace ------------------------------------------
 def test_rule_helpers():
-    from ncn.analysis.rules import claim_variants, params_key, trace_files
+    from ncn.analysis.rules import claim_variants, trace_files
 
     cfg = {"variants": ["none", "asrun", "tonic"], "seeds": [3, 4], "analysis": {"skip_eps": [0.1],
                                                                                "confidence": 0.95}, "eval": {"b": 1}}
@@ -274,10 +274,7 @@ def test_rule_helpers():
     assert trace_files("t/{variant}_{size}_seed{seed}.csv", ["asrun", "tonic"], "s", [3, 4]) == [
         "t/asrun_s_seed3.csv", "t/asrun_s_seed4.csv", "t/tonic_s_seed3.csv", "t/tonic_s_seed4.csv"]
     assert trace_files("t/{variant}", [], "s", [3]) == []
-    a = params_key(cfg, "confidence", top=("eval",))
-    assert json.loads(a) == {"analysis": {"confidence": 0.95}, "eval": {"b": 1}}
-    cfg["analysis"]["skip_eps"] = [0.2]  # a key this rule does not read: same trigger
-    assert params_key(cfg, "confidence", top=("eval",)) == a
+    # the rules' rerun triggers: tests/test_stages.py
 
 
 class _CharTokenizer:

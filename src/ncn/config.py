@@ -89,8 +89,9 @@ def validate(cfg: dict, source: str = "config") -> dict:
     return cfg
 
 
-def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
-    """Read a YAML (or JSON) config, apply `overrides` (nested dict), validate and fill defaults."""
+def load_config(path: str | os.PathLike, overrides: dict | None = None, stage: str | None = None) -> dict:
+    """Read a YAML (or JSON) config, apply `overrides` (nested dict), validate and fill defaults.
+    With `stage`, return only the keys that stage reads (ncn.stages.READS)."""
     path = Path(path)
     if not path.exists():
         raise NCNError(f"config file not found: {path}")
@@ -101,7 +102,12 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> dict:
         raise NCNError(f"{path}: not valid YAML: {e}") from None
     if overrides:
         cfg = deep_update(cfg or {}, overrides)
-    return validate(cfg, source=str(path))
+    cfg = validate(cfg, source=str(path))
+    if stage is None:
+        return cfg
+    from ncn.stages import config_slice
+
+    return config_slice(cfg, stage)
 
 
 def deep_update(base: dict, upd: dict) -> dict:
@@ -112,6 +118,18 @@ def deep_update(base: dict, upd: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def params_text(values: dict, prefix: str = "") -> str:
+    """{'train': {'lr': 0.003, 'seeds': [0, 1]}} -> 'train.lr=0.003, train.seeds=[0, 1]' (keys sorted):
+    a Snakemake rule's `params: cfg=` rerun trigger that reads well in the report (no JSON quotes)."""
+    def text(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(text(x) for x in v) + "]"
+        return v if isinstance(v, str) else json.dumps(v)
+
+    return ", ".join(params_text(v, f"{prefix}{k}.") if isinstance(v, dict) and v else f"{prefix}{k}={text(v)}"
+                     for k, v in sorted(values.items()))
 
 
 def size_def(cfg: dict, size: str) -> dict:

@@ -41,6 +41,26 @@ from ncn.errors import NCNError
 from ncn.fileio import write_json
 
 
+# Logits (elements) one forward pass may produce: eval.batch_size windows are forwarded several
+# batches at a time (a large batch) while the loss is still summed per batch of batch_size windows
+# in the same order. On the CPU a row's logits do not depend on the batch they are in, so
+# eval.json is bitwise what batch_size-window forwards give; on CUDA (bf16) it is equal up to
+# float rounding. The CPU budget keeps the logits cache-sized (bigger batches were not faster there).
+FORWARD_LOGITS = {"cpu": 1 << 22, "cuda": 1 << 28}
+
+
+def _forward_groups(batches: list[list[int]], per_forward: int) -> list[list[list[int]]]:
+    """Consecutive batches joined while they fit `per_forward` windows (and have equal lengths)."""
+    groups: list[list[list[int]]] = []
+    for b in batches:
+        last = groups[-1] if groups else None
+        if last and sum(map(len, last)) + len(b) <= per_forward and (b[0] < 0) == (last[0][0] < 0):
+            last.append(b)
+        else:
+            groups.append([b])
+    return groups
+
+
 def stream_ce(model, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device,
               max_tokens: int | None = None, causal_pool: bool | None = None, desc: str = "eval") -> tuple[float, int]:
     """(sum of token cross-entropies in nats, number of tokens scored) over the stream."""
@@ -53,22 +73,28 @@ def stream_ce(model, tokens: np.ndarray, block_size: int, batch_size: int, devic
     n_full, tail = divmod(n_pred, T)
     batches = [list(range(i, min(i + batch_size, n_full))) for i in range(0, n_full, batch_size)]
     if tail:
-        batches.append([n_full])  # the shorter last window, alone
+        batches.append([-1])  # the shorter last window (index n_full), alone
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    vocab = getattr(getattr(model, "cfg", None), "vocab_size", 1)
+    per_forward = max(batch_size, FORWARD_LOGITS["cuda" if cuda else "cpu"] // (T * vocab))
     total, count = 0.0, 0
     from ncn.progress import bar
 
-    with torch.no_grad(), autocast:
-        for windows in bar(batches, desc=desc, unit="batch"):
-            L = T if windows[0] < n_full else tail
+    with torch.inference_mode(), autocast:
+        for group in bar(_forward_groups(batches, per_forward), desc=desc, unit="forward"):
+            L = tail if group[0][0] < 0 else T
+            windows = [n_full if w < 0 else w for b in group for w in b]
             rows = np.stack([np.asarray(tokens[w * T : w * T + L + 1], dtype=np.int64) for w in windows])
             xy = torch.from_numpy(rows).to(device)
-            x, y = xy[:, :-1], xy[:, 1:]
             kw = {"causal_pool": True} if causal_pool else {}
-            logits = model(x, **kw).logits.float()
-            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").double().item()
-            count += y.numel()
+            logits = model(xy[:, :-1], **kw).logits.float()
+            y, start = xy[:, 1:], 0
+            for b in group:  # the loss per batch of batch_size windows, as one forward per batch gave it
+                lg, yb = logits[start : start + len(b)], y[start : start + len(b)]
+                total += F.cross_entropy(lg.reshape(-1, lg.size(-1)), yb.reshape(-1), reduction="sum").double().item()
+                count += yb.numel()
+                start += len(b)
     assert count == n_pred
     return total, count
 
@@ -153,7 +179,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from ncn.config import load_config
 
-    cfg = load_config(a.config) if a.config else None
+    cfg = load_config(a.config, stage="evaluate") if a.config else None
     out = evaluate(Path(a.run), a.data, cfg, a.threads, config_source=a.config or "--config")
     for split, p in EVAL_SETS:
         print(f"{a.run}: {split:8s} loss {out[f'{p}_loss']:.4f}  ppl {out[f'{p}_ppl']:.2f}  "

@@ -278,7 +278,7 @@ def main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from ncn.config import load_config
 
-    cfg = load_config(a.config) if a.config else None
+    cfg = load_config(a.config, stage="generate") if a.config else None
     result = generate(Path(a.run), cfg, a.data, a.threads, config_source=a.config or "--config", out=a.out,
                       prompts=a.prompt, num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
                       temperature=a.temperature, top_k=getattr(a, "top_k", FROM_CONFIG), seed=a.seed)

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     if getattr(a, "config", None):
         from ncn.config import load_config
 
-        cfg = load_config(a.config)
+        cfg = load_config(a.config, stage=f"analyze.{a.what}")
     return int(importlib.import_module(ANALYSES[a.what][0]).main(a, cfg) or 0)
 
 

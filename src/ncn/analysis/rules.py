@@ -3,25 +3,10 @@
 
 from __future__ import annotations
 
-import json
-
 from ncn.analysis.runs import largest_size, ncn_variants, primary_ncn
 from ncn.variants import spec
 
-__all__ = ["params_key", "claim_variants", "largest_size", "primary_ncn", "trace_files", "TRACE_KEYS"]
-
-# The analysis.* settings that decide which sentences a trace holds (the trace, the
-# regulariser-only control and the claims that read them all depend on them).
-TRACE_KEYS = ("trace_sentences", "n_valid_sentences", "control_sentences", "control_leadins",
-              "pair_sentences", "probe_word")
-
-
-def params_key(config: dict, *analysis_keys: str, top=()) -> str:
-    """A stable string of the named analysis.* values and top-level sections: a rule's
-    `params: cfg=` rerun trigger, so only a change to what the command reads reruns it."""
-    a = config["analysis"]
-    return json.dumps({"analysis": {k: a[k] for k in analysis_keys}, **{k: config.get(k) for k in top}},
-                      sort_keys=True)
+__all__ = ["claim_variants", "largest_size", "primary_ncn", "trace_files"]
 
 
 def claim_variants(config: dict) -> list[str]:
