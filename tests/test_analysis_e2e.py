@@ -55,7 +55,8 @@ def _cfg(tmp: Path) -> tuple[dict, Path]:
     cfg["model"] = {"ncn_hidden": 8}
     cfg["eval"] = {"batch_size": 4}
     cfg["tokenizer"] = {"kind": "bpe", "vocab_size": 400, "gpt2_dir": str(tmp / "no-gpt2-here")}
-    cfg["analysis"] = {"n_valid_sentences": 2, "skip_eps": [0.0, 0.5, 0.97], "skip_max_tokens": 600}
+    cfg["analysis"] = {"n_valid_sentences": 2, "skip_eps": [0.0, 0.5, 0.97], "skip_max_tokens": 600,
+                       "skip_random_draws": 2, "leak_windows": 4, "leak_cuts": [0.5], "regonly_steps": 20}
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     from ncn.config import load_config
@@ -123,10 +124,11 @@ def build_tree(tmp: Path) -> dict:
                     "tokens": 10240, "final_loss": loss, "final_ce": loss, "final_reg": 0.0, "reg_init": 2.5e-5,
                     "reg_final": 4e-4, "wall_time_s": 1.0, "tokens_per_s": 1e4, "batch_order_sha256": "x",
                     "device": "cpu", "finished": True}))
-                (run / "eval.json").write_text(json.dumps({**common, "val_loss": loss, "val_ppl": math.exp(loss),
-                    "val_bpb": loss / math.log(2) * len(ids) / n_bytes, "val_tokens": len(ids), "val_bytes": n_bytes,
-                    "val_loss_prefix_pool": loss + 0.05 + 0.001 * seed if v == "asrun" else None,
-                    "max_tokens": None}))
+                scores = {"loss": loss, "ppl": math.exp(loss), "bpb": loss / math.log(2) * len(ids) / n_bytes,
+                          "tokens": len(ids), "bytes": n_bytes,
+                          "loss_prefix_pool": loss + 0.05 + 0.001 * seed if v == "asrun" else None}
+                (run / "eval.json").write_text(json.dumps({**common, "max_tokens": None,
+                    **{f"{p}_{k}": x for p in ("val", "heldout") for k, x in scores.items()}}))
                 _train_log(v, mcfg.n_layer, seed).to_csv(run / "train_log.csv", index=False)
                 runs.append(run)
     return {"cfg": cfg, "cfg_path": cfg_path, "data": data, "runs": runs, "res": tmp / "results"}
@@ -145,28 +147,36 @@ def _all(tree: dict, rerun: bool = False) -> None:
     # Measured timings live apart, so the runs table is byte-identical across reruns.
     assert not {"wall_time_s", "tokens_per_s"} & set(pd.read_csv(run_table).columns)
     assert {"wall_time_s", "tokens_per_s"} <= set(pd.read_csv(res / "timing" / "runs.csv").columns)
-    traces = []
+    traces, first_seed = [], []
     for v in VARIANTS[1:]:
-        for size in SIZES:
-            out = res / "traces" / f"{v}_{size}.csv"
-            if size == "s":
-                traces.append(str(out))
+        for seed in SEEDS:
+            out = res / "traces" / f"{v}_s_seed{seed}.csv"
+            traces.append(str(out))
+            first_seed += [str(out)] if seed == SEEDS[0] else []
             if rerun and v != "causal":
                 continue
-            ok("trace", "--run", str(res / "runs" / v / size / "seed0"), "--config", c, "--data", str(tree["data"]),
-               "--out", str(out))
+            ok("trace", "--run", str(res / "runs" / v / "s" / f"seed{seed}"), "--config", c, "--data",
+               str(tree["data"]), "--out", str(out))
+    ncn_runs = [str(r) for r in tree["runs"] if "/none/" not in r.as_posix()]
+    ok("leakprobe", "--run", *ncn_runs, "--config", c, "--data", str(tree["data"]),
+       "--csv", str(res / "tables" / "leak_measure.csv"))
+    if not rerun:
+        ok("regonly", "--run", *[str(res / "runs" / v / "s" / f"seed{s}") for v in ("causal", "static") for s in SEEDS],
+           "--config", c, "--data", str(tree["data"]), "--csv", str(res / "tables" / "regonly.csv"))
     table = ("--runs-table", run_table, "--config", c)
     tab, fig = res / "tables", res / "figures"
     ok("ab", *table, *outputs(tab / "ab", "csv", "tex"), *outputs(fig / "loss_curves", "pdf", "png"))
     ok("scaling", *table, *outputs(tab / "scaling", "csv", "tex"), *outputs(fig / "scaling", "pdf", "png"))
-    ok("leak", *table, *outputs(tab / "leak", "csv", "tex"))
+    ok("leak", *table, "--measure", str(tab / "leak_measure.csv"), *outputs(tab / "leak", "csv", "tex"))
     if not rerun:
         ok("brainscan", "--traces", *traces, "--config", c, *outputs(fig / "brainscan", "pdf", "png"),
            *outputs(fig / "brainscan_dev", "pdf", "png", prefix="dev-"))
-        ok("skip", "--run", *[str(res / "runs" / v / "s" / "seed0") for v in VARIANTS[1:]], "--config", c,
-           "--data", str(tree["data"]), *outputs(tab / "skip", "csv", "tex"),
+        ok("skip", "--run", *[str(res / "runs" / v / "s" / f"seed{s}") for v in VARIANTS[1:] for s in SEEDS],
+           "--config", c, "--data", str(tree["data"]), *outputs(tab / "skip", "csv", "tex"),
+           "--measure-csv", str(tab / "skip_measure.csv"),
            *outputs(fig / "skip_tradeoff", "pdf", "png"), "--timing", str(res / "timing" / "skip_wall.csv"), "--repeats", "2")
-    ok("claims", *table, "--traces", *traces, "--data", str(tree["data"]), "--json", str(res / "claims.json"),
+    # one seed per variant: what claims.read_traces accepts until the claims read every seed
+    ok("claims", *table, "--traces", *first_seed, "--data", str(tree["data"]), "--json", str(res / "claims.json"),
        *outputs(tab / "claims", "tex"))
 
 
@@ -176,8 +186,9 @@ def outputs(stem: Path, *exts: str, prefix: str = "") -> list[str]:
 
 
 EXPECTED = (["tables/runs.csv", "claims.json"]
-            + [f"traces/{v}_{s}.csv" for v in VARIANTS[1:] for s in SIZES]
+            + [f"traces/{v}_s_seed{s}.csv" for v in VARIANTS[1:] for s in SEEDS]
             + [f"tables/{t}.{e}" for t in ("ab", "scaling", "skip", "leak") for e in ("csv", "tex")]
+            + [f"tables/{t}.csv" for t in ("leak_measure", "skip_measure", "regonly")]
             + ["tables/claims.tex"]
             + [f"figures/{f}.{e}" for f in ("loss_curves", "scaling", "brainscan", "brainscan_dev", "skip_tradeoff")
                for e in ("pdf", "png")])
@@ -219,23 +230,30 @@ def test_runs_table(tree):
 
 
 def test_trace_contents(tree):
-    df = pd.read_csv(tree["res"] / "traces" / "causal_s.csv", keep_default_na=False, na_values={"surprisal": [""]})
-    assert list(df.columns[:13]) == ["variant", "size", "seed", "sentence_id", "kind", "pos", "token_id", "token",
-                                     "layer", "g", "beta", "gamma", "surprisal"]
+    df = pd.read_csv(tree["res"] / "traces" / "causal_s_seed1.csv", keep_default_na=False,
+                     na_values={"surprisal": [""]})
+    assert list(df.columns) == ["variant", "size", "seed", "sentence_id", "kind", "pos", "token_id", "token", "layer",
+                                "g", "beta", "gamma", "surprisal", "probe", "branch_ratio", "log_freq"]
+    assert (df["seed"] == 1).all()
     cfg = tree["cfg"]["analysis"]
-    assert set(df["kind"]) == {"trace", "valid", "control"}
-    assert df.groupby("kind")["sentence_id"].nunique().to_dict() == {
-        "trace": 1, "valid": cfg["n_valid_sentences"], "control": len(cfg["control_sentences"])}
+    assert list(dict.fromkeys(df["kind"])) == ["trace", "control", "pair", "valid"]
+    n = df.groupby("kind")["sentence_id"].nunique().to_dict()
+    assert n["trace"] == 1 and n["valid"] == cfg["n_valid_sentences"] and n["pair"] == len(cfg["pair_sentences"])
+    assert len(cfg["control_sentences"]) // 2 < n["control"] <= len(cfg["control_sentences"])
     assert df["layer"].nunique() == 3
     bos = df[df["pos"] == 0]
     assert bos["surprisal"].isna().all() and (bos["token"] == "<|endoftext|>").all()
     real = df[df["pos"] > 0]
     assert real["surprisal"].notna().all() and (real["surprisal"] > 0).all()
-    # one probe ("but") per sentence that contains it; its token text holds the word
-    probes = df[(df["probe"] == 1) & (df["layer"] == 0)]
-    assert probes["sentence_id"].nunique() == 1 + len(cfg["control_sentences"])
-    assert probes["token"].str.strip().str.startswith("b").all()
+    # one probe per twist, control and pair, all at the twist's token index: "but" (twist, controls)
+    # or the first token that differs from the twist (pairs: "and")
+    probes = df[(df["probe"] == 1) & (df["layer"] == 0) & (df["kind"] != "valid")]
+    assert probes["sentence_id"].nunique() == 1 + n["control"] + n["pair"]
+    assert probes["pos"].nunique() == 1
+    assert (probes.loc[probes["kind"] != "pair", "token"].str.strip() == "but").all()
+    assert (probes.loc[probes["kind"] == "pair", "token"].str.strip() == "and").all()
     assert df["g"].between(0, 2).all() and df["gamma"].between(0, 1).all()
+    assert (df["branch_ratio"] > 0).all() and (df["log_freq"] < 0).all()
 
 
 def test_ab_and_leak_numbers(tree):
@@ -246,8 +264,10 @@ def test_ab_and_leak_numbers(tree):
     assert row["n_pairs"] == 2 and row["verdict"] == "better"
     base = ab[(ab["variant"] == "none") & (ab["size"] == "s")].iloc[0]
     assert base["verdict"] == "baseline" and math.isnan(base["dppl_mean"])
-    leak = pd.read_csv(tree["res"] / "tables" / "leak.csv")
-    assert leak.loc[leak["size"] == "s", "leak_mean"].iloc[0] == pytest.approx(-0.0505)
+    leak = pd.read_csv(tree["res"] / "tables" / "leak.csv").set_index(["variant", "size"])
+    assert leak.loc[("asrun", "s"), "leak_mean"] == pytest.approx(-0.0505)  # the prefix-pool mismatch
+    assert leak.loc[("asrun", "s"), "max_abs_dlogit_past"] > 0 and leak.loc[("causal", "s"), "max_abs_dlogit_past"] == 0
+    assert math.isnan(leak.loc[("causal", "s"), "leak_mean"]) and leak.loc[("causal", "s"), "benefit_mean"] == 0
     tex = (tree["res"] / "tables" / "ab.tex").read_text()
     assert tex.startswith("\\begin{tabular}") and "\\toprule" in tex and "\\bottomrule" in tex
 
@@ -272,12 +292,38 @@ def test_claims_json(tree):
 
 def test_skip_table(tree):
     df = pd.read_csv(tree["res"] / "tables" / "skip.csv")
-    assert set(df["variant"]) == {"asrun", "causal", "tonic", "static"}
+    assert set(df["variant"]) == {"asrun", "causal", "tonic", "static"} and set(df["seed"]) == set(SEEDS)
     zero = df[df["eps"] == 0.0]
-    assert (zero["delta_loss"] == 0.0).all() and (zero["skip_frac"] == 0.0).all()
+    assert (zero["delta_loss"] == 0.0).all() and (zero["skip_frac"] == 0.0).all() and (zero["delta_random"] == 0).all()
     # asrun starts at gamma ≈ 0.5, so eps = 0.97 skips nearly every FFN evaluation
     top = df[(df["variant"] == "asrun") & (df["eps"] == 0.97)].iloc[0]
     assert top["skip_frac"] > 0.9 and top["ffn_flops_saved"] == top["skip_frac"]
+    m = pd.read_csv(tree["res"] / "tables" / "skip_measure.csv")
+    assert len(m) == len(df) and (m["delta_skip"] == df["delta_loss"]).all() and (m["n_random"] == 2).all()
+    assert (m["tolerance_nats"] == 0.01).all() and set(m["within_tolerance"]) <= {0, 1}
+
+
+def test_leak_measure_table(tree):
+    m = pd.read_csv(tree["res"] / "tables" / "leak_measure.csv")
+    assert len(m) == 4 * len(SIZES) * len(SEEDS) and list(m["windows"].unique()) == [4]
+    causal = m[m["variant"] != "asrun"]
+    assert (causal["max_abs_dlogit_past"] == 0).all() and (causal["benefit"] == 0).all()
+    assert (m.loc[m["variant"] == "asrun", "max_abs_dlogit_past"] > 0).all()
+    asrun = m[(m["variant"] == "asrun") & (m["size"] == "s")].set_index("seed")
+    assert asrun.loc[0, "prefix_pool_mismatch"] == pytest.approx(0.05)  # from eval.json's heldout_*
+
+
+def test_regonly_control(tree):
+    r = pd.read_csv(tree["res"] / "tables" / "regonly.csv")
+    assert list(r["signal"].unique()) == ["g", "beta", "gamma", "all"] and (r["steps"] == 20).all()
+    causal = r[r["variant"] == "causal"]
+    # the tree's model.pt IS the init (torch.manual_seed(seed), Transformer): the control rebuilt it exactly
+    assert (causal["var_trained"] == causal["var_init"]).all() and (causal["var_init"] > 0).all()
+    assert (causal["reg_last"] < causal["reg_first"]).all()
+    both = causal[causal["signal"] == "all"]
+    assert (both["var_regonly"] < 0.5 * both["var_init"]).all()  # L_reg alone flattens the signals
+    static = r[r["variant"] == "static"]
+    assert (static[["var_init", "var_regonly", "var_trained"]] == 0).all().all()
 
 
 def test_user_errors_are_one_line(tree, capsys):

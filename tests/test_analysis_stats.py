@@ -264,14 +264,16 @@ def test_skip_gathers_fewer_rows():
 
 # -- helpers of workflow/rules/analysis.smk and of the trace ------------------------------------------
 def test_rule_helpers():
-    from ncn.analysis.rules import claim_variants, trace_seed
+    from ncn.analysis.rules import claim_variants, trace_files
 
-    cfg = {"variants": ["none", "asrun", "tonic"], "seeds": [3, 4], "analysis": {"trace_seed": 0, "skip_eps": [0.1],
+    cfg = {"variants": ["none", "asrun", "tonic"], "seeds": [3, 4], "analysis": {"skip_eps": [0.1],
                                                                                "confidence": 0.95}, "eval": {"b": 1}}
-    assert trace_seed(cfg) == 3  # seed 0 not trained: the smallest trained seed
     assert claim_variants(cfg) == ["asrun"]  # no causal: the first NCN variant is asrun itself
     assert claim_variants({**cfg, "variants": ["none", "causal", "asrun"]}) == ["causal", "asrun"]
     assert claim_variants({**cfg, "variants": ["none"]}) == []
+    assert trace_files("t/{variant}_{size}_seed{seed}.csv", ["asrun", "tonic"], "s", [3, 4]) == [
+        "t/asrun_s_seed3.csv", "t/asrun_s_seed4.csv", "t/tonic_s_seed3.csv", "t/tonic_s_seed4.csv"]
+    assert trace_files("t/{variant}", [], "s", [3]) == []
     # the rules' rerun triggers: tests/test_stages.py
 
 

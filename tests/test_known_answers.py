@@ -407,7 +407,8 @@ def test_skip_delta_loss_is_positive_when_skipping_a_useful_ffn(tmp_path):
     without0 = _plain_loss(model, stream, (0,))
     without_both = _plain_loss(model, stream, (0, 1))
     assert dense < 0.1 and without0 > dense + 1.0  # the construction works as described
-    cfg = {"analysis": {"skip_eps": [0.5, 0.95], "skip_max_tokens": None}, "eval": {"batch_size": 4}}
+    cfg = {"analysis": {"skip_eps": [0.5, 0.95], "skip_max_tokens": None, "skip_random_draws": 2},
+           "eval": {"batch_size": 4}}
     df = skip_table(run, cfg, data).set_index("eps")
     assert list(df.index) == [0.0, 0.5, 0.95]
     assert df.loc[0.0, "delta_loss"] == 0.0 and df.loc[0.0, "skip_frac"] == 0.0
@@ -421,6 +422,8 @@ def test_skip_delta_loss_is_positive_when_skipping_a_useful_ffn(tmp_path):
     assert df.loc[0.95, "skip_frac"] == pytest.approx(1.0)
     assert df.loc[0.95, "delta_loss"] == pytest.approx(without_both - dense, rel=1e-5)
     assert (df["tokens"] == 48).all()
+    # static gates close whole layers: skipping as many (token, layer) evaluations at random is the same skip
+    assert (df["delta_random"] == df["delta_loss"]).all() and (df["loss_random_sd"] == 0).all()
 
 
 # -- the statistics under every claim: edges the claims' tests do not reach ---------------------------------

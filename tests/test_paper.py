@@ -45,6 +45,8 @@ def fake_skip_table(run, *_):
     return pd.DataFrame({"variant": variant, "size": "s", "seed": seed, "eps": SKIP_EPS, "tokens": 576,
                          "loss": loss, "ppl": np.exp(loss), "skip_frac": np.array(SKIP_EPS) / 2,
                          "ffn_flops_saved": np.array(SKIP_EPS) / 2, "delta_loss": loss - loss[0],
+                         "loss_random": loss + 0.5 * np.array(SKIP_EPS), "loss_random_sd": 0.01,
+                         "delta_random": loss - loss[0] + 0.5 * np.array(SKIP_EPS), "loss_dense": loss[0], "n_random": 2,
                          "wall_s": [0.01 * (1 - e / 3) for e in SKIP_EPS], "wall_ratio": [1 - e / 3 for e in SKIP_EPS]})
 
 
@@ -111,7 +113,8 @@ def make_fake_results(root: Path, claims_value: float = -0.3127, edit_eval=None)
                     "val_bpb": loss * 240_100 / (794_375 * math.log(2)), "val_tokens": 8192, "val_bytes": 27_000,
                     "val_ce_sum_nats": loss * 8192, "n_params": 40_000 + 1000 * si,
                     "n_params_non_embedding": 20_000 + 1000 * si, "max_tokens": 8192, "device": "cpu",
-                    "val_loss_prefix_pool": loss + 0.25 if v == "asrun" else None})
+                    "val_loss_prefix_pool": loss + 0.25 if v == "asrun" else None, "heldout_loss": loss,
+                    "heldout_loss_prefix_pool": loss + 0.25 if v == "asrun" else None})
                 if edit_eval is not None:
                     write_json(d / "eval.json", edit_eval(json.loads((d / "eval.json").read_text())))
     # tables/, timing/ and claims.json from the analysis commands themselves; stubbed are only
@@ -135,7 +138,8 @@ def make_fake_results(root: Path, claims_value: float = -0.3127, edit_eval=None)
         analyze("leak", *table)
         # two seeds per variant (the pipeline skips one): the paper averages over seeds
         analyze("skip", "--run", *[f"{v}:{seed}" for v in ("causal", "asrun") for seed in (0, 1)], "--data", "-",
-                "--timing", str(res / "timing" / "skip_wall.csv"), outputs=("csv", "tex", "pdf", "png"))
+                "--timing", str(res / "timing" / "skip_wall.csv"), "--measure-csv", str(tdir / "skip_measure.csv"),
+                outputs=("csv", "tex", "pdf", "png"))
         analyze("claims", *table, "--data", "-", "--json", str(res / "claims.json"), outputs=("tex",))
         # no control runs: the control analysis still writes its (empty) tables and figure
         analyze("control", "--runs-csv", str(tdir / "control_runs.csv"), outputs=("csv", "tex", "pdf", "png"))
@@ -231,7 +235,7 @@ def test_numbers_from_fake_results(tmp_path):
     assert m["TokensPerSecondBaselineLargest"] == "1,311"  # 1310.7, rounded
     assert m["ClaimThreeCI"] == "no interval" and m["ClaimOneCI"].endswith("[$-$0.500, $-$0.100]")
     assert m["NumRunsFinished"] == "20"
-    # Skip: largest eps within 1% of eps=0 (2.5): 0.05 (2.5025) and 0.1 (2.51 > 2.525? no: 2.51 <= 2.525).
+    # Skip: largest eps whose mean loss increase is at most skip_tolerance_nats = 0.01: 0.1 (+0.01), not 0.3 (+0.09).
     assert m["SkipEps"] == "0.1" and m["SkipFraction"] == r"5.0\%" and m["SkipFlopsSaved"] == r"5.0\%"
     assert m["SkipWallRatio"] == paper.fmt_sig(1 - 0.1 / 3)  # joined from timing/skip_wall.csv
     # Parameter counts from the config (meta device): the baseline is matched to causal within 0.5%.

@@ -18,6 +18,10 @@ from ncn.errors import NCNError
 # What the pipeline's layout needs: which runs exist and in what order tables show them.
 _LAYOUT = ("variants", "sizes", "seeds", "size_defs")
 
+# The settings that decide which sentences are traced (the trace and the regulariser-only control).
+_TRACED = ("analysis.trace_sentences", "analysis.n_valid_sentences", "analysis.control_sentences",
+           "analysis.control_leadins", "analysis.pair_sentences", "analysis.probe_word")
+
 READS: dict[str, tuple[str, ...]] = {
     # data
     "data.fetch": ("data",),
@@ -30,13 +34,15 @@ READS: dict[str, tuple[str, ...]] = {
     "evaluate": ("eval", "train.device", "size_defs", "mlflow", "profile"),
     "generate": ("generate", "train.device", "size_defs"),
     # analysis (`ncn analyze <what>`)
-    "analyze.trace": ("analysis.trace_sentences", "analysis.n_valid_sentences", "analysis.control_sentences",
-                      "analysis.probe_word", "size_defs"),
+    "analyze.trace": (*_TRACED, "size_defs"),
+    "analyze.leakprobe": ("analysis.leak_windows", "analysis.leak_cuts", "eval", "size_defs"),
+    "analyze.regonly": (*_TRACED, "analysis.regonly_steps", "train", "size_defs"),
     "analyze.ab": ("analysis.confidence", *_LAYOUT),
     "analyze.scaling": ("analysis.confidence", *_LAYOUT),
     "analyze.leak": ("analysis.confidence", *_LAYOUT),
     "analyze.brainscan": ("analysis.dev_limit", "variants", "model"),
-    "analyze.skip": ("analysis.skip_eps", "analysis.skip_max_tokens", "eval", "size_defs"),
+    "analyze.skip": ("analysis.skip_eps", "analysis.skip_max_tokens", "analysis.skip_tolerance_nats",
+                     "analysis.skip_random_draws", "eval", "size_defs"),
     "analyze.kvcache": ("analysis.kv_max_tokens", "analysis.kv_uniform_bits", "analysis.kv_budgets",
                         "analysis.kv_spread", "analysis.kv_random_draws", "analysis.confidence", "eval", "generate", "train.device",
                         *_LAYOUT),

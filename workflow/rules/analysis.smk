@@ -3,20 +3,21 @@
 # are the exact files each command reads, so a new run (or a retrained one) reruns the
 # aggregates that include it; `params: cfg=trigger(stage)` holds the config values each command reads (ncn.stages.READS), so a
 # changed value reruns only what depends on it.
-from ncn.analysis.rules import claim_variants, largest_size, trace_seed
+from ncn.analysis.rules import claim_variants, largest_size, trace_files
 
 TABLES = f"{RES}/tables"
 FIGURES = f"{RES}/figures"
 TRACES = f"{RES}/traces"
 RUNS_TABLE = f"{TABLES}/runs.csv"
-TRACE = f"{TRACES}/{{variant}}_{{size}}.csv"
-# The traced (and block-skipped) run of each (variant, size): seed analysis.trace_seed when it is
-# trained, else the smallest trained seed (the trace CSV records the seed it used).
-TRACE_RUN = f"{RES}/runs/{{variant}}/{{size}}/seed{trace_seed(config)}"
+# One trace per run (every seed), of the NCN variants at the largest size (what the brain scans
+# and the claims read).
+TRACE = f"{TRACES}/{{variant}}_{{size}}_seed{{seed}}.csv"
 LARGEST = largest_size(config)
 # Claims: "the NCN" (causal when trained) and asrun, at the largest size.
 CLAIM_VARIANTS = claim_variants(config)
 ALL_RUNS = run_dirs()
+NCN_RUNS = run_dirs(NCN_VARIANTS) if NCN_VARIANTS else []
+NCN_LARGEST_RUNS = run_dirs(NCN_VARIANTS, [LARGEST]) if NCN_VARIANTS else []
 # Sizes in order of scale (size_defs) and the variants decide the tables' rows and order.
 LAYOUT = ("variants", "sizes", "size_defs")
 
@@ -43,8 +44,9 @@ rule analysis_runs:
 
 rule analysis_trace:
     input:
-        model=f"{TRACE_RUN}/model.pt",
-        valid=rules.tokenize.output.valid,
+        model=f"{RUN}/model.pt",
+        heldout=rules.tokenize.output.heldout,
+        train=rules.tokenize.output.train,
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
     output:
@@ -53,11 +55,11 @@ rule analysis_trace:
         config=CONFIG_JSON,
         run=lambda w, input: os.path.dirname(input.model),
         data=data_dir,
-        cfg=trigger("analyze.trace"),
+        cfg=lambda w: trigger("analyze.trace", w.size),
     log:
-        f"{LOGS}/analysis/trace/{{variant}}_{{size}}.log",
+        f"{LOGS}/analysis/trace/{{variant}}_{{size}}_seed{{seed}}.log",
     benchmark:
-        f"{BENCH}/analysis/trace/{{variant}}_{{size}}.tsv"
+        f"{BENCH}/analysis/trace/{{variant}}_{{size}}_seed{{seed}}.tsv"
     threads: 1
     conda:
         CONDA_ENV
@@ -113,9 +115,35 @@ rule analysis_scaling:
         " --csv {output.csv} --tex {output.tex} --pdf {output.pdf} --png {output.png} > {log} 2>&1"
 
 
+rule analysis_leakprobe:
+    input:
+        models=[f"{d}/model.pt" for d in NCN_RUNS],
+        evals=[f"{d}/eval.json" for d in NCN_RUNS],
+        heldout=rules.tokenize.output.heldout,
+        meta=rules.tokenize.output.meta,
+    output:
+        csv=f"{TABLES}/leak_measure.csv",
+    params:
+        config=CONFIG_JSON,
+        runs=lambda w, input: [os.path.dirname(m) for m in input.models],
+        data=data_dir,
+        cfg=trigger("analyze.leakprobe"),
+    log:
+        f"{LOGS}/analysis/leakprobe.log",
+    benchmark:
+        f"{BENCH}/analysis/leakprobe.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze leakprobe --run {params.runs} --config {params.config} --data {params.data}"
+        " --csv {output.csv} --threads {threads} > {log} 2>&1"
+
+
 rule analysis_leak:
     input:
         runs=RUNS_TABLE,
+        measure=rules.analysis_leakprobe.output.csv,
     output:
         csv=report_item(f"{TABLES}/leak.csv"),
         tex=f"{TABLES}/leak.tex",
@@ -130,13 +158,13 @@ rule analysis_leak:
     conda:
         CONDA_ENV
     shell:
-        "ncn analyze leak --runs-table {input.runs} --config {params.config}"
+        "ncn analyze leak --runs-table {input.runs} --measure {input.measure} --config {params.config}"
         " --csv {output.csv} --tex {output.tex} > {log} 2>&1"
 
 
 rule analysis_brainscan:
     input:
-        traces=expand(TRACE, variant=NCN_VARIANTS, size=LARGEST),
+        traces=trace_files(TRACE, NCN_VARIANTS, LARGEST, SEEDS),
     output:
         pdf=f"{FIGURES}/brainscan.pdf",
         png=report_item(f"{FIGURES}/brainscan.png"),
@@ -160,12 +188,13 @@ rule analysis_brainscan:
 
 rule analysis_skip:
     input:
-        models=expand(f"{TRACE_RUN}/model.pt", variant=NCN_VARIANTS, size=LARGEST),
-        valid=rules.tokenize.output.valid,
+        models=[f"{d}/model.pt" for d in NCN_LARGEST_RUNS],
+        heldout=rules.tokenize.output.heldout,
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
     output:
         csv=report_item(f"{TABLES}/skip.csv"),
+        measure=f"{TABLES}/skip_measure.csv",
         timing=f"{RES}/timing/skip_wall.csv",
         tex=f"{TABLES}/skip.tex",
         pdf=f"{FIGURES}/skip_tradeoff.pdf",
@@ -185,14 +214,44 @@ rule analysis_skip:
         CONDA_ENV
     shell:
         "ncn analyze skip --run {params.runs} --config {params.config} --data {params.data}"
-        " --csv {output.csv} --timing {output.timing} --tex {output.tex} --pdf {output.pdf} --png {output.png}"
-        " --threads {threads} > {log} 2>&1"
+        " --csv {output.csv} --measure-csv {output.measure} --timing {output.timing} --tex {output.tex}"
+        " --pdf {output.pdf} --png {output.png} --threads {threads} > {log} 2>&1"
+
+
+rule analysis_regonly:
+    input:
+        models=[f"{d}/model.pt" for d in run_dirs(CLAIM_VARIANTS, [LARGEST])] if CLAIM_VARIANTS else [],
+        train=rules.tokenize.output.train,
+        heldout=rules.tokenize.output.heldout,
+        meta=rules.tokenize.output.meta,
+        tokenizer=rules.train_tokenizer.output[0],
+    output:
+        csv=f"{TABLES}/regonly.csv",
+    params:
+        config=CONFIG_JSON,
+        runs=lambda w, input: [os.path.dirname(m) for m in input.models],
+        data=data_dir,
+        cfg=trigger("analyze.regonly"),
+    log:
+        f"{LOGS}/analysis/regonly.log",
+    benchmark:
+        f"{BENCH}/analysis/regonly.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze regonly --run {params.runs} --config {params.config} --data {params.data}"
+        " --csv {output.csv} --threads {threads} > {log} 2>&1"
 
 
 rule analysis_claims:
     input:
         runs=RUNS_TABLE,
-        traces=expand(TRACE, variant=CLAIM_VARIANTS, size=LARGEST),
+        traces=trace_files(TRACE, CLAIM_VARIANTS, LARGEST, SEEDS),
+        # the measurements of issue 12 (model-evaluating; see docs/architecture.md)
+        leak_measure=rules.analysis_leakprobe.output.csv,
+        skip_measure=rules.analysis_skip.output.measure if NCN_VARIANTS else [],
+        regonly=rules.analysis_regonly.output.csv,
         # claim 3 (per-layer beta) and claim 5 (L_reg) read the train logs of these runs
         logs=[f"{d}/train_log.csv" for d in run_dirs(CLAIM_VARIANTS, [LARGEST])] if CLAIM_VARIANTS else [],
         valid=rules.tokenize.output.valid,
@@ -220,7 +279,7 @@ rule analysis_claims:
 
 
 TARGETS.append(RUNS_TABLE)
-TARGETS.extend(expand(TRACE, variant=NCN_VARIANTS, size=SIZES))
+TARGETS.extend(trace_files(TRACE, NCN_VARIANTS, LARGEST, SEEDS))
 TARGETS.extend(rules.analysis_ab.output)
 TARGETS.extend(rules.analysis_scaling.output)
 TARGETS.extend(rules.analysis_leak.output)
@@ -228,3 +287,4 @@ TARGETS.extend(rules.analysis_claims.output)
 if NCN_VARIANTS:
     TARGETS.extend(rules.analysis_brainscan.output)
     TARGETS.extend(rules.analysis_skip.output)
+    TARGETS.extend(rules.analysis_regonly.output)

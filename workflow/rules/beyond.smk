@@ -1,6 +1,6 @@
 # Beyond the original (issue 16): beta-guided KV-cache compression and modulation knobs, measured on
 # every variant (the baseline too) at the largest size, every seed. Included after analysis.smk,
-# whose names (TABLES, FIGURES, LARGEST, TRACE_RUN) it uses.
+# whose names (TABLES, FIGURES, LARGEST) it uses.
 from ncn.analysis.rules import primary_ncn
 
 BEYOND_RUNS = run_dirs(VARIANTS, [LARGEST])
@@ -9,8 +9,8 @@ BEYOND_DATA = dict(
     meta=rules.tokenize.output.meta,
     tokenizer=rules.train_tokenizer.output[0],
 )
-# The run `ncn generate --kv-bits` is timed on: "the NCN" at the largest size, the traced seed.
-GEN_RUN = TRACE_RUN.format(variant=primary_ncn(config), size=LARGEST) if primary_ncn(config) else None
+# The run `ncn generate --kv-bits` is timed on: "the NCN" at the largest size, the smallest seed.
+GEN_RUN = run_dirs([primary_ncn(config)], [LARGEST], [min(SEEDS)])[0] if primary_ncn(config) else None
 
 
 rule analysis_kvcache:

@@ -1,4 +1,6 @@
-"""Brain scans: heatmaps (layers × tokens) of g, β, γ on the seed's sentence, one row per variant.
+"""Brain scans: heatmaps (layers × tokens) of g, β, γ on the seed's sentence, one row per variant,
+each cell the MEAN over the seeds traced (every trace given of that variant; the sentences and
+their tokens are the same in every seed's trace, which is checked).
 
 Colour limits are FIXED and shared by every model, never auto-scaled: each signal's natural
 range (g = 2·sigmoid ∈ [0, 2], β ∈ [0, beta_max], γ = sigmoid ∈ [0, 1]). A ±3% wiggle therefore
@@ -18,6 +20,7 @@ import pandas as pd
 from ncn.analysis import options, plots
 from ncn.analysis.runs import SIGNALS
 from ncn.analysis.trace import read_trace
+from ncn.errors import NCNError
 from ncn.variants import spec
 
 SIGNAL_TEX = {"g": "gain $g$", "beta": r"precision $\beta$", "gamma": r"gate $\gamma$"}
@@ -53,6 +56,18 @@ def scan_sentence(df: pd.DataFrame) -> pd.DataFrame:
     return sub[sub["sentence_id"] == sub["sentence_id"].min()]
 
 
+def seed_mean(sent: pd.DataFrame) -> pd.DataFrame:
+    """One row per (pos, layer): the signals' mean over the seeds of a scan sentence's rows."""
+    tokens = sent.groupby("pos")["token_id"].nunique()
+    if (tokens > 1).any():
+        raise NCNError("the traces of one variant hold different tokens for the scan sentence; "
+                       "retrace every seed with the same config and tokenizer")
+    keys = ["pos", "layer"]
+    mean = sent.groupby(keys, sort=True)[list(SIGNALS)].mean()
+    first = sent.groupby(keys, sort=True)[["token", "token_id"]].first()
+    return mean.join(first).reset_index()
+
+
 def matrices(sent: pd.DataFrame) -> tuple[dict[str, np.ndarray], list[str]]:
     """{signal: (layers, tokens) array} and the token labels."""
     L = int(sent["layer"].max()) + 1
@@ -82,7 +97,7 @@ def dev_limit(scans: dict, cfg: dict) -> float:
     return nice_ceil(worst)
 
 
-def _heatmaps(scans: dict, cfg: dict, pdf, png, deviation: bool) -> None:
+def _heatmaps(scans: dict, cfg: dict, pdf, png, deviation: bool, note: str = "") -> None:
     import matplotlib.pyplot as plt
 
     plots.setup()
@@ -122,26 +137,31 @@ def _heatmaps(scans: dict, cfg: dict, pdf, png, deviation: bool) -> None:
         cb.ax.tick_params(labelsize=6)
     title = ("Deviation from the initial value; symmetric limit ±%g shared by all models" % dlim if deviation
              else "Signals per layer and token; fixed colour limits = natural ranges, shared by all models")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(f"{title}; {note}" if note else title, fontsize=9)
     options.save_figure(fig, pdf, png, tight=False)  # the shared colour bars manage their own space
 
 
 def add_arguments(p) -> None:
     p.add_argument("--traces", nargs="+", required=True, metavar="CSV",
-                   help="trace CSVs to show, one per NCN variant (the pipeline passes the largest size)")
+                   help="trace CSVs to show: every seed of each NCN variant (the pipeline passes the largest "
+                        "size); each variant's panel shows the mean over its seeds")
     options.add_config(p)
     options.add_figure(p, what="the signals' heatmaps")
     options.add_figure(p, "dev", what="the signals' deviation from init")
 
 
 def main(args, cfg: dict) -> None:
-    """Brain scans of the given traces (one per NCN variant, the largest size)."""
-    scans = {}
+    """Brain scans of the given traces (every seed of each NCN variant at the largest size): the
+    mean over seeds per variant."""
+    by_variant: dict[str, list[pd.DataFrame]] = {}
     for p in args.traces:
         df = read_trace(p)
-        variant = str(df["variant"].iloc[0])
-        scans[variant] = matrices(scan_sentence(df))
+        by_variant.setdefault(str(df["variant"].iloc[0]), []).append(scan_sentence(df))
+    scans = {v: matrices(seed_mean(pd.concat(frames, ignore_index=True))) for v, frames in by_variant.items()}
+    seeds = {v: len(frames) for v, frames in by_variant.items()}
     order = [v for v in cfg["variants"] if v in scans] + sorted(v for v in scans if v not in cfg["variants"])
     scans = {v: scans[v] for v in order}
-    _heatmaps(scans, cfg, args.pdf, args.png, deviation=False)
-    _heatmaps(scans, cfg, args.dev_pdf, args.dev_png, deviation=True)
+    n = sorted(set(seeds.values()))
+    note = f"mean over {n[0]} seed{'s' if n[0] != 1 else ''}" if len(n) == 1 else "mean over each variant's seeds"
+    _heatmaps(scans, cfg, args.pdf, args.png, deviation=False, note=note)
+    _heatmaps(scans, cfg, args.dev_pdf, args.dev_png, deviation=True, note=note)

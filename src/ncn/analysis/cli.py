@@ -6,15 +6,17 @@ options that the rule fills from its outputs; no module spells an output name.
 
 Typical order (what workflow/rules/analysis.smk runs):
   ncn analyze runs      --runs RUN... --out results/tables/runs.csv --timing results/timing/runs.csv
-  ncn analyze trace     --run RUN --config C --data D --out results/traces/V_S.csv
+  ncn analyze trace     --run RUN --config C --data D --out results/traces/V_S_seedN.csv
   ncn analyze ab        --runs-table T --config C --csv ab.csv --tex ab.tex --pdf F.pdf --png F.png
   ncn analyze scaling   --runs-table T --config C --csv ... --tex ... --pdf ... --png ...
-  ncn analyze leak      --runs-table T --config C --csv ... --tex ...
+  ncn analyze leakprobe --run RUN... --config C --data D --csv results/tables/leak_measure.csv
+  ncn analyze leak      --runs-table T --measure results/tables/leak_measure.csv --config C --csv ... --tex ...
   ncn analyze brainscan --traces CSV... --config C --pdf ... --png ... --dev-pdf ... --dev-png ...
-  ncn analyze skip      --run RUN... --config C --data D --csv ... --timing ... --tex ... --pdf ... --png ...
+  ncn analyze skip      --run RUN... --config C --data D --csv ... --measure ... --timing ... --tex ... --pdf ... --png ...
   ncn analyze kvcache   --run RUN... --config C --data D --csv ... --summary ... --tex ... --pdf ... --png ...
   ncn analyze knobs     --run RUN... --config C --data D --csv ... --summary ... --tex ... --pdf ... --png ...
   ncn analyze control   --run RUN... --config C --data D --runs-csv ... --csv ... --tex ... --pdf ... --png ...
+  ncn analyze regonly   --run RUN... --config C --data D --csv results/tables/regonly.csv
   ncn analyze claims    --runs-table T --traces CSV... --config C --data D [--control CSV] --json ... --tex ...
 """
 
@@ -33,11 +35,16 @@ ANALYSES: dict[str, tuple[str, str]] = {
            "over seeds, paired dPPL) + loss curves"),
     "scaling": ("ncn.analysis.scaling", "validation loss vs parameters per variant, fitted power laws, "
                 "NCN-baseline gap"),
-    "leak": ("ncn.analysis.leak", "asrun's future-token leak: loss with full vs prefix-only pooling"),
+    "leakprobe": ("ncn.analysis.leakprobe", "per run: max |dlogit| at positions <= t when the tokens after t "
+                  "change (structural leak), loss with the true vs another window's future, prefix-pool mismatch"),
+    "leak": ("ncn.analysis.leak", "the leak table per size: structural max |dlogit|, the benefit of the true "
+             "future (t-CI over seeds) and the prefix-pool mismatch, named apart"),
     "brainscan": ("ncn.analysis.brainscan", "heatmaps (layers x tokens) of the signals with fixed shared "
                   "colour limits + deviation from init"),
     "skip": ("ncn.analysis.skip", "block skipping: skip a token's FFN where gamma < eps; loss, skipped "
-             "fraction, wall time"),
+             "fraction, wall time, and skipping as many (token, layer) FFN evaluations at random"),
+    "regonly": ("ncn.analysis.regonly", "homeostasis control: the controller trained on the regulariser "
+                "alone from the same init; per-token signal variance vs the trained model's"),
     "kvcache": ("ncn.analysis.kvcache", "KV-cache compression: held-out loss of int8/int4/fp16 caches, uniform vs "
                 "beta-guided vs oracle vs random bits per layer at equal memory"),
     "knobs": ("ncn.analysis.knobs", "beta scale knobs (global, per layer) vs next-token entropy, held-out loss and "

@@ -6,13 +6,7 @@ from __future__ import annotations
 from ncn.analysis.runs import largest_size, ncn_variants, primary_ncn
 from ncn.variants import control_names, spec
 
-__all__ = ["trace_seed", "claim_variants", "control_runs", "largest_size", "primary_ncn"]
-
-
-def trace_seed(config: dict) -> int:
-    """analysis.trace_seed when that seed is trained, else the smallest trained seed."""
-    seed = config["analysis"]["trace_seed"]
-    return seed if seed in config["seeds"] else min(config["seeds"])
+__all__ = ["claim_variants", "control_runs", "largest_size", "primary_ncn", "trace_files"]
 
 
 def claim_variants(config: dict) -> list[str]:
@@ -29,3 +23,9 @@ def control_runs(config: dict) -> list[tuple[str, str, int]]:
     sizes = (config.get("control") or {}).get("sizes")
     sizes = config["sizes"] if sizes is None else sizes
     return [(v, s, n) for v in control_names() for s in sizes for n in config["seeds"]]
+
+
+def trace_files(pattern: str, variants, size: str, seeds) -> list[str]:
+    """The trace CSVs of `variants` at `size`, every seed, in (variant, seed) order; `pattern`
+    holds {variant}, {size} and {seed}."""
+    return [pattern.format(variant=v, size=size, seed=n) for v in variants for n in seeds]
