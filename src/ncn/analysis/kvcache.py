@@ -197,7 +197,8 @@ def curve_figure(sm: pd.DataFrame, pdf, png) -> None:
         ax.set_title(plots.variant_label(variant), fontsize=8)
         ax.set_xlabel("cache bytes / token")
     axes[0][0].set_ylabel("held-out Δloss (nats)")
-    axes[0][0].legend(fontsize=6, frameon=False)
+    richest = max(axes[0], key=lambda ax: len(ax.get_legend_handles_labels()[1]))  # the baseline has uniform only
+    richest.legend(fontsize=6, frameon=False)
     options.save_figure(fig, pdf, png)
 
 
@@ -229,7 +230,7 @@ def generation_table(run_dir, cfg: dict, data_dir, threads: int = 1) -> pd.DataF
 
 
 def generation_tex(df: pd.DataFrame) -> str:
-    header = ["--kv-bits", "Bits per layer", "Cache bytes", "of fp32", "Tokens/s", "Same text"]
+    header = [r"\texttt{-{}-kv-bits}", "Bits per layer", "Cache bytes", "of fp32", "Tokens/s", "Same text"]
     rows = [[tables.escape(r.kv_bits), tables.escape(r.bits), f"${r.cache_bytes:d}$", f"${100 * r.cache_ratio:.1f}\\%$",
              f"${r.tokens_per_s:.0f}$", f"${100 * r.same_text:.0f}\\%$"] for r in df.itertuples(index=False)]
     return tables.booktabs(header, rows, "llrrrr")
