@@ -84,6 +84,11 @@ def validate(cfg: dict, source: str = "config") -> dict:
     for name, sd in cfg["size_defs"].items():
         if sd["d_model"] % sd["n_head"]:
             raise NCNError(f"{source}: size_defs.{name}: d_model {sd['d_model']} is not divisible by n_head {sd['n_head']}")
+    from ncn.variants import names
+
+    for variant in cfg["variant_seeds"]:  # an entry for a variant not trained is unused, a typo an error
+        if variant not in names():
+            raise NCNError(f"{source}: variant_seeds names unknown variant '{variant}' (one of {', '.join(names())})")
     if cfg["train"]["tokens"] is None and cfg["train"]["epochs"] is None:
         raise NCNError(f"{source}: set train.tokens or train.epochs")
     return cfg
@@ -132,6 +137,7 @@ class TrainConfig:
     lr: float
     min_lr: float
     warmup_steps: int
+    lr_schedule: str  # "nanogpt" or "original" (train.lr_at)
     beta1: float
     beta2: float
     weight_decay: float
@@ -159,6 +165,8 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise NCNError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.lr_schedule not in ("nanogpt", "original"):
+            raise NCNError(f"TrainConfig.lr_schedule must be nanogpt or original, got '{self.lr_schedule}'")
         if self.device not in ("auto", "cpu", "cuda"):
             raise NCNError(f"TrainConfig.device must be auto, cpu or cuda, got '{self.device}'")
 
@@ -178,13 +186,14 @@ def train_settings(cfg: dict, size: str) -> TrainConfig:
 
 
 def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
-    """The ModelConfig of (variant, size). The baseline (the variant whose spec has no signals)
-    is matched in parameter count to the `ncn_reference` variant by changing d_ff only
-    (model.match_params)."""
-    from ncn.model import ModelConfig, match_params
+    """The ModelConfig of (variant, size). Every variant, the baseline included, is matched in total
+    parameter count (within 0.5%) to the `ncn_reference` variant at the size's d_ff, by changing
+    its d_ff only (model.match_params): the reference keeps size_defs' d_ff; a variant with fewer
+    parameters (the baseline, `static`'s 3 constants per layer) gets a wider FFN."""
+    from ncn.model import ModelConfig, count_params, match_params
     from ncn.variants import spec
 
-    is_baseline = spec(variant).is_baseline  # names the registered variants if `variant` is not one
+    spec(variant)  # names the registered variants if `variant` is not one
     sd = size_def(cfg, size)
     m = cfg["model"]
     kw = dict(
@@ -201,9 +210,18 @@ def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
         beta_max=m["beta_max"],
         gate_init=m["gate_init"],
     )
-    if is_baseline:
-        return match_params(ModelConfig(ncn=cfg["ncn_reference"], **kw), ncn=variant)
-    return ModelConfig(ncn=variant, **kw)
+    target = count_params(ModelConfig(ncn=cfg["ncn_reference"], **kw))
+    return match_params(ModelConfig(ncn=variant, **kw), ncn=variant, target=target)
+
+
+def seeds_of(cfg: dict, variant: str) -> list[int]:
+    """The seeds `variant` is trained on: variant_seeds[variant] when set, else `seeds`."""
+    return list(cfg.get("variant_seeds", {}).get(variant, cfg["seeds"]))
+
+
+def planned_runs(cfg: dict) -> list[tuple[str, str, int]]:
+    """Every configured (variant, size, seed), in config order (variants, sizes, that variant's seeds)."""
+    return [(v, size, seed) for v in cfg["variants"] for size in cfg["sizes"] for seed in seeds_of(cfg, v)]
 
 
 def main(argv: list[str]) -> int:

@@ -4,6 +4,7 @@ import os
 import sys
 from pathlib import Path
 
+from ncn.config import seeds_of
 from ncn.fileio import write_json
 from ncn.variants import names as variant_names, ncn_names
 
@@ -96,13 +97,19 @@ def data_dir(w, input):
     return os.path.dirname(input.meta)
 
 
-def run_dirs(variants=None, sizes=None, seeds=None):
-    return expand(
-        RUN,
-        variant=variants or VARIANTS,
-        size=sizes or SIZES,
-        seed=seeds if seeds is not None else SEEDS,
-    )
+def run_dirs(variants=None, sizes=None, seeds=None, pattern=RUN):
+    """`pattern` (a run folder, or a file in it) of every configured run: each variant with its own
+    seeds (variant_seeds, else seeds), or only `seeds` of them when given."""
+    return [
+        path
+        for v in (variants or VARIANTS)
+        for path in expand(
+            pattern,
+            variant=v,
+            size=sizes or SIZES,
+            seed=[s for s in seeds_of(config, v) if seeds is None or s in seeds],
+        )
+    ]
 
 
 wildcard_constraints:

@@ -20,9 +20,17 @@ def params_key(config: dict, *analysis_keys: str, top=()) -> str:
 
 
 def trace_seed(config: dict) -> int:
-    """analysis.trace_seed when that seed is trained, else the smallest trained seed."""
+    """analysis.trace_seed when every variant is trained on it, else the smallest such seed
+    (variant_seeds may give variants different seeds; one seed is traced for all)."""
+    from ncn.config import seeds_of
+    from ncn.errors import NCNError
+
+    common = set.intersection(*(set(seeds_of(config, v)) for v in config["variants"]))
+    if not common:
+        raise NCNError("no seed is trained for every variant (seeds, variant_seeds): the traces and the "
+                       "block-skipping table need one; give the variants a seed in common")
     seed = config["analysis"]["trace_seed"]
-    return seed if seed in config["seeds"] else min(config["seeds"])
+    return seed if seed in common else min(common)
 
 
 def claim_variants(config: dict) -> list[str]:
