@@ -142,3 +142,24 @@ def test_the_further_contrasts(macros):
     assert macros["DeltaLossAsrunPrefixVsNoneLargest"] == paper.fmt_fixed(mean, 3) == "0.055"
     ppl = [math.exp(p) - math.exp(n) for p, n in zip(PREFIX, LOSS["none"])]
     assert macros["DeltaPPLAsrunPrefixVsNoneLargest"] == paper.fmt_fixed(sum(ppl) / 2, 2)
+
+
+def test_optimiser_macros_read_the_largest_sizes_overrides():
+    """LearningRate and TokensPerStep are the largest size's (paper.yaml: paper350m overrides lr,
+    micro_batch and grad_accum), not the `train` section's; the schedule is named in words."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ncn.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "paper.yaml")
+    s = paper.Sources(cfg, Path("."), {}, pd.DataFrame(columns=["size", "tokens", "epochs", "steps"]))
+    m = paper._design_budget(s)
+    assert cfg["train"]["lr"] == 6e-4 and m["LearningRate"] == "0.0003"  # paper350m's lr
+    assert m["TokensPerStep"] == "32,768" and m["MicroBatch"] == "16" and m["GradAccum"] == "4"
+    assert m["LrScheduleText"] == paper.LR_SCHEDULE_WORDS["original"] and m["DecayScope"] == "every parameter"
+    seeds = paper._seed_macros({**cfg, "variant_seeds": {"none": [0, 1, 2, 3, 4], "causal": [0, 1, 2, 3, 4]}})
+    assert seeds["NumSeeds"] == "3--5" and seeds["SeedList"] == "0--2"
+    assert seeds["SeedsByVariant"] == (r"\texttt{none}, \texttt{causal}: seeds 0--4; "
+                                       r"\texttt{asrun}, \texttt{tonic}, \texttt{static}: seeds 0--2")

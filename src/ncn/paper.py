@@ -259,6 +259,10 @@ def data(s: Sources) -> dict:
         m[f"Data{S}Tokens"] = fmt_int(tokens.get("tokens"))
         m[f"Data{S}TokensHuman"] = fmt_human(tokens.get("tokens"))
         m[f"Data{S}Stories"] = fmt_int(tokens.get("stories"))  # null for a separator-less stream: n/a
+    held = meta.get("heldout", {})  # the A/B's set: the train excerpt's last stories, never trained on
+    m |= {"DataHeldoutTokens": fmt_int(held.get("tokens")), "DataHeldoutStories": fmt_int(held.get("stories")),
+          "DataHeldoutBytes": fmt_int(held.get("bytes")),
+          "HeldoutFractionPct": fmt_cfg(round(100 * float(s.cfg["data"]["heldout_fraction"]), 6)) + r"\%"}
     m["TokenizerKind"] = {"bpe": "byte-level BPE", "gpt2": "GPT-2 BPE"}[s.cfg["tokenizer"]["kind"]]
     m["VocabSize"] = fmt_int(meta.get("vocab_size"))  # the trained tokenizer's, maybe short of the configured one
     m["TokenizerSha"] = meta["tokenizer_sha256"][:12] if meta else NA
