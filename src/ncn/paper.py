@@ -39,7 +39,7 @@ from ncn.analysis.macros import (NA, Macros, Numbers, finite, fmt_bytes, fmt_cfg
                                  tex_path)
 from ncn.errors import NCNError
 from ncn.fileio import read_json, write_bytes, write_text
-from ncn.variants import baseline, names
+from ncn.variants import names
 
 VARIANTS = names()  # the registry's order, for every per-variant macro and table column
 
