@@ -77,7 +77,7 @@ def test_a_pool_of_positions_only_shows_no_structural_leak(monkeypatch):
     leaky = probe_model(model, x, y, [3, 8], batch_size=4, seed=0)["max_abs_dlogit_past"]
     assert leaky > 1e-3  # as registered (token + position input) it leaks
 
-    def positions_only(tok, emb, causal_pool=None, cache=None):
+    def positions_only(tok, emb, causal_pool=None, cache=None, control=None):
         pos = model.pos_emb(torch.arange(tok.size(1))).expand_as(tok)
         return model.controller(pos, causal=False)
 
@@ -131,7 +131,7 @@ def _fixed_gates(model, gamma_of):
 
     base = signal_bias_init(0.5)
 
-    def raw(tok, emb, causal_pool=None, cache=None):
+    def raw(tok, emb, causal_pool=None, cache=None, control=None):
         ids = raw.ids
         B, T = ids.shape
         z = base.repeat(B, T, model.cfg.n_layer, 1).clone()

@@ -39,10 +39,14 @@ def macros(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper_macros")
 
     def edit(ev):
+        """The A/B reads the held-out set (heldout_*); the official set (val_*) gets other values,
+        so a macro computed from the wrong set fails. The leak audit reads val_*."""
         if ev["size"] == "s" and ev["seed"] in (0, 1):
             loss = LOSS[ev["variant"]][ev["seed"]]
-            ev.update(val_loss=loss, val_ppl=math.exp(loss), val_bpb=loss * BPB_PER_NAT,
-                      val_loss_prefix_pool=PREFIX[ev["seed"]] if ev["variant"] == "asrun" else None)
+            ev.update(heldout_loss=loss, heldout_ppl=math.exp(loss), heldout_bpb=loss * BPB_PER_NAT,
+                      val_loss=loss + 0.5, val_ppl=math.exp(loss + 0.5), val_bpb=(loss + 0.5) * BPB_PER_NAT,
+                      val_loss_prefix_pool=PREFIX[ev["seed"]] + 0.5 if ev["variant"] == "asrun" else None,
+                      heldout_loss_prefix_pool=PREFIX[ev["seed"]] if ev["variant"] == "asrun" else None)
         return ev
 
     make_fake_results(root, edit_eval=edit)
@@ -89,7 +93,7 @@ def test_leak_interval(macros):
     # leak = full - prefix = 2.70 - 2.95, 2.79 - 3.00 = -0.25, -0.21: mean -0.23, half 0.254124
     assert macros["LeakGap"] == "$-$0.230"
     assert (macros["LeakGapCILow"], macros["LeakGapCIHigh"]) == ("$-$0.484", "0.024")
-    assert macros["LeakLossFull"] == "2.745" and macros["LeakLossPrefix"] == "2.975"
+    assert macros["LeakLossFull"] == "2.745" and macros["LeakLossPrefix"] == "2.975"  # held-out (the leak table reads heldout_*)
 
 
 def test_claim_interval_macros(macros):
@@ -103,3 +107,59 @@ def test_claim_interval_macros(macros):
             continue
         assert low == "$-$0.500" and high == ("$-$0.100" if i == 1 else "0.250")
         assert macros[f"Claim{w}CI"] == rf"\ConfidencePct{{}} interval [{low}, {high}]"
+
+
+def test_delta_loss_half_width_p_and_mde_by_hand(macros):
+    """causal − none in held-out loss: -0.10, -0.13: mean -0.115, SD 0.021213, half-width
+    12.706205 · 0.021213 / √2 = 0.190596; t = -7.667 on 1 df, p = 0.0826. The MDE is the effect a
+    two-sided t-test at 0.05 finds with 80% power: checked against scipy's noncentral t here."""
+    from scipy import stats as sps
+
+    d = [2.80 - 2.90, 2.81 - 2.94]
+    sd = abs(d[0] - d[1]) / math.sqrt(2)
+    assert macros["DeltaLossCausalLargest"] == "$-$0.115"
+    assert macros["DeltaLossCausalLargestPM"] == paper.fmt_fixed(T975_1 * sd / math.sqrt(2), 3) == "0.191"
+    mde = float(macros["DeltaLossCausalLargestMDE"])
+    crit = sps.t.ppf(0.975, 1)
+
+    def power(effect):
+        return sps.nct.sf(crit, 1, effect / (sd / math.sqrt(2)))
+
+    assert power(mde * 0.99) < 0.8 < power(mde * 1.01)
+    assert macros["VerdictCausalLargest"] in ("no significant difference", "better")
+    assert float(macros["DeltaLossCausalLargestPHolm"]) >= 0.0826 - 5e-4  # Holm never lowers a p
+
+
+def test_the_further_contrasts(macros):
+    """causal − static, causal − tonic and asrun with its prefix pool − none, from heldout_*."""
+    pairs = {"CausalVsStatic": ("causal", "static"), "CausalVsTonic": ("causal", "tonic")}
+    for key, (a, b) in pairs.items():
+        mean, half = mean_half((LOSS[a][0] - LOSS[b][0], LOSS[a][1] - LOSS[b][1]))
+        assert macros[f"DeltaLoss{key}Largest"] == paper.fmt_fixed(mean, 3)
+        assert macros[f"DeltaLoss{key}LargestCILow"] == paper.fmt_fixed(mean - half, 3)
+        assert macros[f"DeltaLoss{key}LargestN"] == "2"
+    mean, _ = mean_half((PREFIX[0] - LOSS["none"][0], PREFIX[1] - LOSS["none"][1]))  # 0.055
+    assert macros["DeltaLossAsrunPrefixVsNoneLargest"] == paper.fmt_fixed(mean, 3) == "0.055"
+    ppl = [math.exp(p) - math.exp(n) for p, n in zip(PREFIX, LOSS["none"])]
+    assert macros["DeltaPPLAsrunPrefixVsNoneLargest"] == paper.fmt_fixed(sum(ppl) / 2, 2)
+
+
+def test_optimiser_macros_read_the_largest_sizes_overrides():
+    """LearningRate and TokensPerStep are the largest size's (paper.yaml: paper350m overrides lr,
+    micro_batch and grad_accum), not the `train` section's; the schedule is named in words."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ncn.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "paper.yaml")
+    s = paper.Sources(cfg, Path("."), {}, pd.DataFrame(columns=["size", "tokens", "epochs", "steps"]))
+    m = paper._design_budget(s)
+    assert cfg["train"]["lr"] == 6e-4 and m["LearningRate"] == "0.0003"  # paper350m's lr
+    assert m["TokensPerStep"] == "32,768" and m["MicroBatch"] == "16" and m["GradAccum"] == "4"
+    assert m["LrScheduleText"] == paper.LR_SCHEDULE_WORDS["original"] and m["DecayScope"] == "every parameter"
+    seeds = paper._seed_macros({**cfg, "variant_seeds": {"none": [0, 1, 2, 3, 4], "causal": [0, 1, 2, 3, 4]}})
+    assert seeds["NumSeeds"] == "3--5" and seeds["SeedList"] == "0--2"
+    assert seeds["SeedsByVariant"] == (r"\texttt{none}, \texttt{causal}: seeds 0--4; "
+                                       r"\texttt{asrun}, \texttt{tonic}, \texttt{static}: seeds 0--2")

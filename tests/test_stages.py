@@ -23,7 +23,7 @@ def cfg():
 
 def test_slice_keeps_only_the_listed_keys(cfg):
     s = stages.config_slice(cfg, "analyze.ab")
-    assert set(s) == {"analysis", "variants", "sizes", "seeds", "size_defs"}
+    assert set(s) == {"analysis", "variant_seeds", "variants", "sizes", "seeds", "size_defs"}
     assert s["analysis"] == {"confidence": cfg["analysis"]["confidence"]}  # a dotted key: a sub-dict
     assert s.resolved is cfg and s.stage == "analyze.ab"
 

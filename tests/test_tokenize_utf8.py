@@ -47,7 +47,9 @@ def test_meta_bytes_are_utf8_bytes_of_the_story_text(tmp_path, monkeypatch):
     meta = load_meta(out)
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     eot = meta["eot_id"]
-    for split, sts in (("train", train), ("valid", valid)):
+    k = meta["heldout"]["stories"]  # the data stage holds out the last k train stories
+    assert 1 <= k < len(train)
+    for split, sts in (("train", train[:-k]), ("heldout", train[-k:]), ("valid", valid)):
         assert meta[split]["bytes"] == sum(len(s.encode("utf-8")) for s in sts), split
         ids = open_split(out, split, meta).tolist()
         text = tok.decode([i for i in ids if i != eot])
@@ -76,5 +78,6 @@ def test_stream_and_pieces_count_utf8_bytes(tmp_path, monkeypatch):
     tok.encode_special_tokens = True
     buf = io.BytesIO()
     counts = encode_file(tok, out / "train.txt", buf, "uint16", meta["eot_id"], True, batch_size=5, chunk_bytes=32)
-    assert counts["bytes"] == sum(len(s.encode("utf-8")) for s in train) == meta["train"]["bytes"]
+    kept = train[: len(train) - meta["heldout"]["stories"]]  # the last stories are held out
+    assert counts["bytes"] == sum(len(s.encode("utf-8")) for s in kept) == meta["train"]["bytes"]
     assert np.frombuffer(buf.getvalue(), dtype=np.uint16).tolist() == open_split(out, "train", meta).tolist()

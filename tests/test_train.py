@@ -272,6 +272,11 @@ def test_lr_schedule():
     assert lr_at(4, s, 20) == pytest.approx(1.0)
     assert lr_at(12, s, 20) == pytest.approx(0.55)
     assert 0.1 < lr_at(19, s, 20) < 0.12
+    o = dataclasses.replace(s, lr_schedule="original")  # from 0, and min_lr at the last iteration
+    assert [lr_at(i, o, 20) for i in range(5)] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert lr_at(19, o, 20) == pytest.approx(0.1) and lr_at(18, o, 20) > 0.1
+    assert lr_at(4 + 15 / 2, o, 20) == pytest.approx(0.55)  # the cosine's midpoint over iterations 4..19
+    assert lr_at(0, dataclasses.replace(o, warmup_steps=0), 1) == 1.0  # a one-step run: the peak
 
 
 def test_bad_variant_size_and_data_are_named(data, tmp_path):

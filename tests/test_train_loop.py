@@ -138,6 +138,26 @@ def test_the_lr_set_at_each_step_is_the_schedule(data, tmp_path, spy):
         assert float(row["lr"]) == pytest.approx(set_lr[int(row["step"]) - 1], rel=1e-12)
 
 
+def test_the_original_schedule_starts_at_zero_and_ends_at_min_lr(data, tmp_path, spy):
+    """lr_schedule "original": step k runs at it = k - 1 with lr*it/warmup during warmup (step 1 at
+    lr 0), then a cosine whose last step (it = steps - 1) is min_lr exactly."""
+    lr, min_lr, warmup, steps = 3e-3, 3e-4, 2, 20  # tiny_config's
+    cfg = tiny_config(tmp_path, train={"lr_schedule": "original"})
+    run_train(cfg, tmp_path / "run", data)
+
+    def by_hand(k):
+        it = k - 1
+        if it < warmup:
+            return lr * it / warmup
+        return min_lr + 0.5 * (1 + math.cos(math.pi * (it - warmup) / (steps - 1 - warmup))) * (lr - min_lr)
+
+    set_lr = [g[0] for g in spy.lrs]
+    assert len(set_lr) == steps and set_lr[:3] == pytest.approx([0.0, 1.5e-3, 3e-3], abs=1e-15)
+    assert set_lr == pytest.approx([by_hand(k) for k in range(1, steps + 1)], rel=1e-12, abs=1e-15)
+    assert set_lr[-1] == pytest.approx(min_lr, rel=1e-12)  # the floor is reached, at the last step
+    assert all(a >= b for a, b in zip(set_lr[2:], set_lr[3:]))  # monotone after the warmup
+
+
 def test_weight_decay_groups_without_decay_all(data, tmp_path, spy):
     """decay_all false: matrices are decayed; embeddings, norms and biases are not."""
     cfg = tiny_config(tmp_path, train={"decay_all": False, "tokens": 2 * 4 * T, "weight_decay": 0.1})

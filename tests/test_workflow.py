@@ -141,7 +141,9 @@ def test_dry_run_lists_every_training_job(repo_copy, name):
     r = snakemake(repo_copy, *args)
     assert r.returncode == 0, r.stdout[-3000:]
     counts = job_counts(r.stdout)
-    runs = len(cfg["variants"]) * len(cfg["sizes"]) * len(cfg["seeds"]) + len(control_runs(cfg))
+    from ncn.config import planned_runs
+
+    runs = len(planned_runs(cfg)) + len(control_runs(cfg))  # each variant with its own seeds
     assert counts.get("train") == runs, counts
     assert counts.get("evaluate") == runs, counts
     assert counts.get("fetch_data") == 1, counts
@@ -175,7 +177,7 @@ def test_slurm_profile_dry_runs_and_asks_for_gpus(repo_copy):
     assert r.returncode == 0, r.stdout[-3000:]
     trains = [b for b in r.stdout.split("\n\n") if "rule train:" in b]
     assert trains and all(re.search(r"\bgpu=1\b", b) and "mem_mb=" in b and "runtime=" in b for b in trains)
-    assert job_counts(r.stdout).get("train") == 45 + len(control_runs(load_profile("default")))
+    assert job_counts(r.stdout).get("train") == 57 + len(control_runs(load_profile("default")))  # (3 x 3 + 2 x 5) x 3 sizes
 
 
 def test_rule_params_read_as_key_value_pairs():
@@ -228,7 +230,9 @@ def smoke(smoke_session):
 
 
 def smoke_runs(cfg):
-    return [(v, s, n) for v in cfg["variants"] for s in cfg["sizes"] for n in cfg["seeds"]]
+    from ncn.config import planned_runs
+
+    return planned_runs(cfg)
 
 
 def control_runs(cfg):
@@ -241,6 +245,7 @@ def control_runs(cfg):
 @pytest.mark.slow
 def test_smoke_makes_every_output(smoke):
     from ncn.analysis.rules import largest_size
+    from ncn.config import seeds_of
 
     repo, cfg = smoke["repo"], smoke["cfg"]
     # every output of the DAG (whatever stages exist) is there and up to date
@@ -267,7 +272,7 @@ def test_smoke_makes_every_output(smoke):
         assert metrics["finished"] is True and (metrics["variant"], metrics["size"], metrics["seed"]) == (v, s, n)
         assert (run / "model.pt").exists() and (run / "train_log.csv").exists()
         assert json.loads((run / "eval.json").read_text())["val_loss"] > 0
-        assert (run / "samples.json").exists() == (n == cfg["seeds"][0] and s == largest_size(cfg))
+        assert (run / "samples.json").exists() == (n == seeds_of(cfg, v)[0] and s == largest_size(cfg))
         for kind in ("train", "evaluate"):
             assert (res / "logs" / kind / v / s / f"seed{n}.log").exists()
             assert (res / "benchmarks" / kind / v / s / f"seed{n}.tsv").exists()

@@ -88,6 +88,11 @@ def validate(cfg: dict, source: str = "config") -> dict:
         if size not in cfg["size_defs"]:
             raise NCNError(f"{source}: unknown size '{size}' in 'control.sizes' (defined in size_defs: "
                            f"{', '.join(cfg['size_defs'])})")
+    from ncn.variants import names
+
+    for variant in cfg["variant_seeds"]:  # an entry for a variant not trained is unused, a typo an error
+        if variant not in names():
+            raise NCNError(f"{source}: variant_seeds names unknown variant '{variant}' (one of {', '.join(names())})")
     if cfg["train"]["tokens"] is None and cfg["train"]["epochs"] is None:
         raise NCNError(f"{source}: set train.tokens or train.epochs")
     a = cfg["analysis"]
@@ -159,6 +164,7 @@ class TrainConfig:
     lr: float
     min_lr: float
     warmup_steps: int
+    lr_schedule: str  # "nanogpt" or "original" (train.lr_at)
     beta1: float
     beta2: float
     weight_decay: float
@@ -186,6 +192,8 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise NCNError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.lr_schedule not in ("nanogpt", "original"):
+            raise NCNError(f"TrainConfig.lr_schedule must be nanogpt or original, got '{self.lr_schedule}'")
         if self.device not in ("auto", "cpu", "cuda"):
             raise NCNError(f"TrainConfig.device must be auto, cpu or cuda, got '{self.device}'")
 
@@ -205,10 +213,13 @@ def train_settings(cfg: dict, size: str) -> TrainConfig:
 
 
 def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
-    """The ModelConfig of (variant, size). The baseline (the variant whose spec has no signals)
-    is matched in parameter count to the `ncn_reference` variant by changing d_ff only
-    (model.match_params). A variant with control reads one control channel per story label."""
-    from ncn.model import ModelConfig, match_params
+    """The ModelConfig of (variant, size). Every variant, the baseline included, is matched in total
+    parameter count (within 0.5%) to the `ncn_reference` variant at the size's d_ff, by changing
+    its d_ff only (model.match_params): the reference keeps size_defs' d_ff; a variant with fewer
+    parameters (the baseline, `static`'s 3 constants per layer) gets a wider FFN. A variant with
+    control reads one control channel per story label and is not matched: it is compared with
+    itself (true vs flipped label), and with a zero control it is exactly the reference."""
+    from ncn.model import ModelConfig, count_params, match_params
     from ncn.variants import spec
 
     sp = spec(variant)  # names the registered variants if `variant` is not one
@@ -231,10 +242,19 @@ def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
     if sp.control:  # one channel per story label the data stage stores (ncn.control)
         from ncn.control import LABELS
 
-        kw["control_dim"] = len(LABELS)
-    if sp.is_baseline:
-        return match_params(ModelConfig(ncn=cfg["ncn_reference"], **kw), ncn=variant)
-    return ModelConfig(ncn=variant, **kw)
+        return ModelConfig(ncn=variant, control_dim=len(LABELS), **kw)
+    target = count_params(ModelConfig(ncn=cfg["ncn_reference"], **kw))
+    return match_params(ModelConfig(ncn=variant, **kw), ncn=variant, target=target)
+
+
+def seeds_of(cfg: dict, variant: str) -> list[int]:
+    """The seeds `variant` is trained on: variant_seeds[variant] when set, else `seeds`."""
+    return list(cfg.get("variant_seeds", {}).get(variant, cfg["seeds"]))
+
+
+def planned_runs(cfg: dict) -> list[tuple[str, str, int]]:
+    """Every configured (variant, size, seed), in config order (variants, sizes, that variant's seeds)."""
+    return [(v, size, seed) for v in cfg["variants"] for size in cfg["sizes"] for seed in seeds_of(cfg, v)]
 
 
 def main(argv: list[str]) -> int:

@@ -615,11 +615,12 @@ def count_params(cfg: ModelConfig) -> int:
         return Transformer(cfg).num_params()
 
 
-def match_params(cfg: ModelConfig, tol: float = 0.005, ncn: str | None = None) -> ModelConfig:
-    """The baseline config (variant `ncn`, default ncn.variants.baseline()) with the same
-    depth/width/heads whose total parameter count is within `tol` (0.5%) of cfg's, reached by
-    changing d_ff only (the count is linear in d_ff)."""
-    target = count_params(cfg)
+def match_params(cfg: ModelConfig, tol: float = 0.005, ncn: str | None = None, target: int | None = None) -> ModelConfig:
+    """cfg as variant `ncn` (default ncn.variants.baseline()), same depth/width/heads, with the d_ff
+    whose total parameter count is nearest `target` (default: cfg's own count), within `tol`
+    (0.5%) of it. Only d_ff changes (the count is linear in d_ff), so any variant can be matched
+    to one reference count: the reference itself keeps its d_ff exactly."""
+    target = count_params(cfg) if target is None else int(target)
     base = replace(cfg, ncn=ncn or baseline())
     p1, p2 = count_params(replace(base, d_ff=1)), count_params(replace(base, d_ff=2))
     d_ff = max(1, round(1 + (target - p1) / (p2 - p1)))
@@ -627,7 +628,7 @@ def match_params(cfg: ModelConfig, tol: float = 0.005, ncn: str | None = None) -
     got = count_params(out)
     if abs(got - target) > tol * target:
         raise NCNError(
-            f"match_params: no d_ff gives the baseline {target} parameters within {tol:.1%} "
+            f"match_params: no d_ff gives variant '{base.ncn}' {target} parameters within {tol:.1%} "
             f"(best d_ff={d_ff}: {got}); widen d_ff or shrink the NCN"
         )
     return out

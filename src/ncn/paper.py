@@ -49,6 +49,23 @@ PACKAGES = ("torch", "snakemake", "mlflow", "tokenizers", "datasets", "numpy", "
 ORIGINAL_PARAMS = 18e6
 ORIGINAL_TOKENS = 520e6
 LISTING_WIDTH = 96  # characters per line of the \footnotesize config listing on the page
+# train.lr_schedule in words (train.lr_at).
+LR_SCHEDULE_WORDS = {
+    "nanogpt": r"a linear warm-up to the peak ($\mathrm{lr}\cdot(i+1)/(w+1)$ at iteration $i$ of $w$), then a "
+               r"cosine that would reach its floor one step after the last",
+    "original": r"a linear warm-up from zero ($\mathrm{lr}\cdot i/w$), then a cosine that reaches its floor at "
+                r"the last step, as the original",
+}
+# The original's recipe (its code and README), for the fidelity table's "original" column.
+ORIGINAL_RECIPE = {
+    "OrigDModel": 256, "OrigLayers": 6, "OrigHeads": 8, "OrigDff": 1024, "OrigContext": 512, "OrigVocab": 50257,
+    "OrigDropout": 0.1, "OrigLR": 6e-4, "OrigMinLR": 0.0, "OrigWarmup": 100, "OrigTokensPerStep": 32768,
+    "OrigBetaOne": 0.9, "OrigBetaTwo": 0.999, "OrigWeightDecay": 0.1, "OrigEpochs": 1,
+    "OrigHeldoutPct": 5,
+}
+# The model-side fidelity options (config `model.<key>`), by the macro that prints this profile's value.
+FIDELITY_OPTIONS = {"OptDropoutLayout": "dropout_layout", "OptNcnAfterDropout": "ncn_after_dropout",
+                    "OptPoolBias": "pool_bias"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,7 +116,7 @@ def load_runs(runs_csv, timing_csv) -> pd.DataFrame:
     from ncn.analysis.runs import LEAD
     from ncn.analysis.tables import read_table
 
-    columns = [*LEAD, "epochs", "device", "batch_order_sha256", "wall_time_s", "tokens_per_s"]
+    columns = [*LEAD, "heldout_loss", "epochs", "device", "batch_order_sha256", "wall_time_s", "tokens_per_s"]
     runs = read_table(runs_csv)
     if runs.empty:  # nothing trained yet: no rows, and the columns read below, so their macros read n/a
         return pd.DataFrame(columns=columns)
@@ -239,6 +256,10 @@ def data(s: Sources) -> dict:
         m[f"Data{S}Tokens"] = fmt_int(tokens.get("tokens"))
         m[f"Data{S}TokensHuman"] = fmt_human(tokens.get("tokens"))
         m[f"Data{S}Stories"] = fmt_int(tokens.get("stories"))  # null for a separator-less stream: n/a
+    held = meta.get("heldout", {})  # the A/B's set: the train excerpt's last stories, never trained on
+    m |= {"DataHeldoutTokens": fmt_int(held.get("tokens")), "DataHeldoutStories": fmt_int(held.get("stories")),
+          "DataHeldoutBytes": fmt_int(held.get("bytes")),
+          "HeldoutFractionPct": fmt_cfg(round(100 * float(s.cfg["data"]["heldout_fraction"]), 6)) + r"\%"}
     m["TokenizerKind"] = {"bpe": "byte-level BPE", "gpt2": "GPT-2 BPE"}[s.cfg["tokenizer"]["kind"]]
     m["VocabSize"] = fmt_int(meta.get("vocab_size"))  # the trained tokenizer's, maybe short of the configured one
     m["TokenizerSha"] = meta["tokenizer_sha256"][:12] if meta else NA
@@ -248,6 +269,7 @@ def data(s: Sources) -> dict:
 def _design_runs(s: Sources) -> dict:
     """The experiment's shape: variants, sizes, seeds, and how many runs finished."""
     from ncn.analysis.runs import largest_size, primary_ncn, sizes_by_scale
+    from ncn.config import planned_runs
 
     cfg, runs = s.cfg, s.runs
     ref = primary_ncn(cfg)
@@ -258,8 +280,8 @@ def _design_runs(s: Sources) -> dict:
         "VariantList": ", ".join(rf"\texttt{{{tex_escape(v)}}}" for v in cfg["variants"]),
         "NumSizes": str(len(cfg["sizes"])),
         "SizesList": ", ".join(rf"\texttt{{{tex_escape(x)}}}" for x in sizes_by_scale(cfg)),
-        "NumSeeds": str(len(cfg["seeds"])), "SeedList": fmt_list(cfg["seeds"]),
-        "NumRuns": str(len(cfg["variants"]) * len(cfg["sizes"]) * len(cfg["seeds"])),
+        **_seed_macros(cfg),
+        "NumRuns": str(len(planned_runs(cfg))),
         "NumRunsFinished": str(len(runs)),  # every run in the table is finished and evaluated
         "BatchOrderIdentical": NA if orders.empty else "identical" if (orders == 1).all() else "not identical",
         "LargestSize": rf"\texttt{{{tex_escape(largest_size(cfg))}}}",
@@ -268,24 +290,53 @@ def _design_runs(s: Sources) -> dict:
     }
 
 
-def _design_budget(s: Sources) -> dict:
-    """The token budget as configured and as trained (largest size), and the optimiser."""
-    from ncn.analysis.runs import largest_size
+def _seed_range(seeds) -> str:
+    """[0, 1, 2] -> "0--2"; [0, 2] -> "0, 2"."""
+    seeds = sorted(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}--{seeds[-1]}"
+    return fmt_list(seeds)
 
-    tr, big = s.cfg["train"], s.big
-    sd = s.cfg["size_defs"][largest_size(s.cfg)]
+
+def _seed_macros(cfg: dict) -> dict:
+    """NumSeeds ("3", or "3--5" when variant_seeds differ), SeedList (the default seeds) and
+    SeedsByVariant (each variant with its seeds, in words)."""
+    from ncn.config import seeds_of
+
+    per = {v: seeds_of(cfg, v) for v in cfg["variants"]}
+    counts = sorted({len(x) for x in per.values()})
+    groups: dict[str, list[str]] = {}
+    for v, seeds in per.items():
+        groups.setdefault(_seed_range(seeds), []).append(rf"\texttt{{{tex_escape(v)}}}")
+    by_variant = "; ".join(f"{', '.join(vs)}: seeds {rng}" for rng, vs in groups.items())
+    return {"NumSeeds": str(counts[0]) if len(counts) == 1 else f"{counts[0]}--{counts[-1]}",
+            "SeedList": _seed_range(cfg["seeds"]), "SeedsByVariant": by_variant}
+
+
+def _design_budget(s: Sources) -> dict:
+    """The token budget as configured and as trained (largest size), and the optimiser: the
+    largest size's settings (train with that size's overrides of micro_batch, grad_accum, lr)."""
+    from ncn.analysis.runs import largest_size
+    from ncn.config import train_settings
+
+    tr, big, largest = s.cfg["train"], s.big, largest_size(s.cfg)
+    tc = train_settings(s.cfg, largest)
+    sd = s.cfg["size_defs"][largest]
     return {
         "TokenBudget": fmt_int(tr["tokens"]), "TokenBudgetHuman": fmt_human(tr["tokens"]),
         "EpochBudget": fmt_cfg(tr["epochs"]) if tr["tokens"] is None else NA,
         "TokensTrained": fmt_int(big["tokens"].max()), "TokensTrainedHuman": fmt_human(big["tokens"].max()),
         "EpochsTrained": fmt_sig(big["epochs"].max()), "StepsTrained": fmt_int(big["steps"].max()),
         "TokensVsOriginal": fmt_pct(big["tokens"].max() / ORIGINAL_TOKENS, 2),
-        "TokensPerStep": fmt_int(tr["micro_batch"] * tr["grad_accum"] * sd["block_size"]),
-        "LearningRate": fmt_cfg(tr["lr"]), "MinLearningRate": fmt_cfg(tr["min_lr"]),
-        "WarmupSteps": fmt_int(tr["warmup_steps"]), "WeightDecay": fmt_cfg(tr["weight_decay"]),
-        "MicroBatch": fmt_int(tr["micro_batch"]), "GradAccum": fmt_int(tr["grad_accum"]),
-        "GradClip": fmt_cfg(tr["grad_clip"]), "AdamBetaOne": fmt_cfg(tr["beta1"]),
-        "AdamBetaTwo": fmt_cfg(tr["beta2"]),
+        "TokensPerStep": fmt_int(tc.micro_batch * tc.grad_accum * sd["block_size"]),
+        "ContextLargest": fmt_int(sd["block_size"]),
+        "LearningRate": fmt_cfg(tc.lr), "MinLearningRate": fmt_cfg(tc.min_lr),
+        "WarmupSteps": fmt_int(tc.warmup_steps), "WeightDecay": fmt_cfg(tc.weight_decay),
+        "MicroBatch": fmt_int(tc.micro_batch), "GradAccum": fmt_int(tc.grad_accum),
+        "GradClip": fmt_cfg(tc.grad_clip), "AdamBetaOne": fmt_cfg(tc.beta1),
+        "AdamBetaTwo": fmt_cfg(tc.beta2), "LrScheduleText": LR_SCHEDULE_WORDS[tc.lr_schedule],
+        "DecayScope": "every parameter" if tc.decay_all else "matrices only (not norms, biases, embeddings, "
+                                                               "signal offsets)",
     }
 
 
@@ -309,7 +360,8 @@ def design(s: Sources) -> dict:
 
 
 def parameter_counts(s: Sources) -> dict:
-    """Per size and variant, from the config and the vocabulary (the runs' counts must agree)."""
+    """Per size and variant, from the config and the vocabulary (the runs' counts must agree): every
+    variant is matched to the reference NCN's count by its d_ff (config.model_config)."""
     from ncn.analysis.runs import largest_size, primary_ncn
 
     params, largest = s.params, largest_size(s.cfg)
@@ -322,10 +374,25 @@ def parameter_counts(s: Sources) -> dict:
     for variant in VARIANTS:
         m[macro_name("params", variant, "largest")] = fmt_int(pl[variant][0]) if pl else NA
         m[macro_name("params", variant, "largest", "human")] = fmt_human(pl[variant][0]) if pl else NA
+        m[macro_name("dff", variant, "largest")] = fmt_int(pl[variant][1]) if pl else NA
     m["DffBaselineLargest"] = fmt_int(pl[baseline()][1]) if pl else NA
     m["DffLargest"] = fmt_int(s.cfg["size_defs"][largest]["d_ff"])
     m["ParamsVsOriginal"] = fmt_sig(pl[primary_ncn(s.cfg) or PRIMARY][0] / ORIGINAL_PARAMS, 2) if pl else NA
+    ref = s.cfg["ncn_reference"]
+    dev = [abs(p[0] - by[ref][0]) / by[ref][0] for by in params.values() for p in by.values()]
+    m["ParamsMaxDeviation"] = fmt_pct(max(dev), 2) if dev else NA  # over every size and variant
     return {"parameter counts (per size; Largest = the largest size)": m}
+
+
+def fidelity(s: Sources) -> dict:
+    """The fidelity table's "original" column (ORIGINAL_RECIPE) and the model-side options of this
+    profile (n/a where the option is not in this build's schema)."""
+    m = {name: fmt_cfg(v) for name, v in ORIGINAL_RECIPE.items()}
+    model = s.cfg["model"]
+    for name, key in FIDELITY_OPTIONS.items():
+        v = model.get(key)
+        m[name] = NA if v is None else tex_escape(str(v).lower())
+    return {"fidelity: the original's recipe and this profile's model-side options": m}
 
 
 def wall_time(s: Sources) -> dict:
@@ -357,7 +424,8 @@ def _skip_numbers(s: Sources) -> dict:
 
 
 # numbers.tex, in this order. A new section: a function here, or an analysis module's `numbers`.
-SECTIONS = (provenance, data, design, parameter_counts, _analysis_numbers, wall_time, _claims_numbers, _skip_numbers)
+SECTIONS = (provenance, data, design, parameter_counts, fidelity, _analysis_numbers, wall_time, _claims_numbers,
+            _skip_numbers)
 
 
 def build_numbers(s: Sources) -> Numbers:
@@ -369,49 +437,56 @@ def build_numbers(s: Sources) -> Numbers:
 
 
 def sizes_table(cfg: dict, params: dict) -> str:
-    """A booktabs tabular of the sizes: shape, matched baseline d_ff and parameter counts."""
+    """A booktabs tabular of the sizes: shape, then per variant its matched d_ff and total
+    parameters (every variant matched to the ncn_reference's count)."""
     from ncn.analysis.runs import sizes_by_scale
 
-    rows, base = [], baseline()
+    rows = []
     for size in sizes_by_scale(cfg):
         sd = cfg["size_defs"][size]
         p = params.get(size, {})
         cells = [rf"\texttt{{{tex_escape(size)}}}", str(sd["d_model"]), str(sd["n_layer"]), str(sd["n_head"]),
-                 str(sd["block_size"]), str(sd["d_ff"]), fmt_int(p[base][1]) if p else NA]
+                 str(sd["block_size"])]
+        cells += [fmt_int(p[v][1]) if p else NA for v in VARIANTS]
         cells += [fmt_int(p[v][0]) if p else NA for v in VARIANTS]
         rows.append(" & ".join(cells) + r" \\")
-    nv = len(VARIANTS)  # 7 shape columns, then one parameter count per registered variant
-    head = (r"size & $d_\mathrm{model}$ & layers & heads & context & $d_\mathrm{ff}$ & $d_\mathrm{ff}$ (base) & "
-            + " & ".join(rf"\texttt{{{tex_escape(v)}}}" for v in VARIANTS) + r" \\")
+    nv = len(VARIANTS)  # 5 shape columns, then d_ff and the parameter count per registered variant
+    names_row = " & ".join(rf"\texttt{{{tex_escape(v)}}}" for v in VARIANTS)
+    head = rf"size & $d_\mathrm{{model}}$ & layers & heads & context & {names_row} & {names_row} \\"
     return "\n".join([
         "% Generated by `ncn paper numbers` from the resolved config. Parameter counts include embeddings.",
-        rf"\begin{{tabular}}{{l{'r' * (6 + nv)}}}", r"\toprule",
-        rf" & \multicolumn{{6}}{{c}}{{shape}} & \multicolumn{{{nv}}}{{c}}{{parameters}} \\",
-        rf"\cmidrule(lr){{2-7}}\cmidrule(lr){{8-{7 + nv}}}", head, r"\midrule", *rows, r"\bottomrule",
-        r"\end{tabular}", ""])
+        rf"\begin{{tabular}}{{l{'r' * (4 + 2 * nv)}}}", r"\toprule",
+        rf" & \multicolumn{{4}}{{c}}{{shape}} & \multicolumn{{{nv}}}{{c}}{{$d_\mathrm{{ff}}$}}"
+        rf" & \multicolumn{{{nv}}}{{c}}{{parameters}} \\",
+        rf"\cmidrule(lr){{2-5}}\cmidrule(lr){{6-{5 + nv}}}\cmidrule(lr){{{6 + nv}-{5 + 2 * nv}}}", head,
+        r"\midrule", *rows, r"\bottomrule", r"\end{tabular}", ""])
 
 
 def runs_table(cfg: dict, runs: pd.DataFrame) -> str:
-    """A booktabs tabular of every configured run (missing ones say n/a): size, seed, metrics."""
+    """A booktabs tabular of every configured run (missing ones say n/a): size, seed, its exact
+    parameter count, metrics on both evaluation sets."""
     from ncn.analysis.runs import sizes_by_scale
+    from ncn.config import seeds_of
 
     rows = []
     for v in cfg["variants"]:
         for size in sizes_by_scale(cfg):
-            for seed in cfg["seeds"]:
+            for seed in seeds_of(cfg, v):
                 r = row(runs, variant=v, size=size, seed=seed)
                 rows.append(" & ".join([
                     rf"\texttt{{{tex_escape(v)}}}", rf"\texttt{{{tex_escape(size)}}}", str(seed),
                     fmt_int(r.get("n_params")), fmt_int(r.get("tokens")), fmt_int(r.get("steps")),
-                    fmt_fixed(r.get("final_ce"), 3), fmt_fixed(r.get("val_loss"), 3), fmt_fixed(r.get("val_ppl"), 2),
+                    fmt_fixed(r.get("final_ce"), 3), fmt_fixed(r.get("heldout_loss"), 3),
+                    fmt_fixed(r.get("val_loss"), 3), fmt_fixed(r.get("val_ppl"), 2),
                     fmt_fixed(r.get("val_bpb"), 3), fmt_duration(r.get("wall_time_s"))]) + r" \\")
         rows.append(r"\midrule")
     rows.pop()  # no rule after the last variant
-    head = (r"variant & size & seed & parameters & tokens & steps & train CE & val loss & val PPL & "
-            r"val bpb & wall time \\")
+    head = (r"variant & size & seed & parameters & tokens & steps & train CE & held-out loss & val loss & "
+            r"val PPL & val bpb & wall time \\")
     return "\n".join([
         "% Generated by `ncn paper numbers` from results/runs/*/*/seed*/{metrics,eval}.json.",
-        r"\begin{tabular}{lllrrrrrrrr}", r"\toprule", head, r"\midrule", *rows, r"\bottomrule", r"\end{tabular}", ""])
+        r"\begin{tabular}{lllrrrrrrrrr}", r"\toprule", head, r"\midrule", *rows, r"\bottomrule",
+        r"\end{tabular}", ""])
 
 
 def config_listing(config_path: Path) -> str:

@@ -67,8 +67,9 @@ def check_data_matches(payload: dict, meta: dict, model_path: Path, data_dir: Pa
                        f"was tokenized with {b[:12]}…; use the run's own data folder (--data)")
 
 
-# The fields of a size definition that shape the trained model. d_ff is left out for the baseline
-# (spec.is_baseline: "none"), whose d_ff is not the config's but matched to the reference NCN's parameter count.
+# The fields of a size definition that shape the trained model. d_ff is compared with the d_ff
+# config.model_config gives the run's variant: every variant's d_ff is matched to the reference
+# NCN's parameter count, so only the reference keeps size_defs' d_ff.
 SHAPE_FIELDS = ("block_size", "d_model", "n_layer", "n_head", "d_ff")
 
 
@@ -85,10 +86,13 @@ def check_config_matches(cfg: dict, payload: dict, model_path: Path, source: str
     if sd is None:
         return
     have = payload["model_config"]
-    sp = REGISTRY.get(have.get("ncn"))
-    fields = [f for f in SHAPE_FIELDS if not (f == "d_ff" and sp is not None and sp.is_baseline)]
-    diff = [f"size_defs.{size}.{f} is {sd[f]} in {source} but {have[f]} in {model_path}"
-            for f in fields if f in sd and f in have and sd[f] != have[f]]
+    want = {f: sd[f] for f in SHAPE_FIELDS if f in sd}
+    if "d_ff" in want and have.get("ncn") in REGISTRY and "model" in cfg and "vocab_size" in have:
+        from ncn.config import model_config
+
+        want["d_ff"] = model_config(cfg, have["ncn"], size, have["vocab_size"]).d_ff
+    diff = [f"size_defs.{size}.{f} is {sd[f]}{'' if want[f] == sd[f] else f' (matched: {want[f]})'} in {source} "
+            f"but {have[f]} in {model_path}" for f in want if f in have and want[f] != have[f]]
     if diff:
         what = "context mismatch" if any(".block_size " in d for d in diff) else "model mismatch"
         raise NCNError(f"{what}: {'; '.join(diff)}. The run was trained with its checkpoint's shape: use the "

@@ -22,6 +22,10 @@ _LAYOUT = ("variants", "sizes", "seeds", "size_defs")
 _TRACED = ("analysis.trace_sentences", "analysis.n_valid_sentences", "analysis.control_sentences",
            "analysis.control_leadins", "analysis.pair_sentences", "analysis.probe_word")
 
+# A run's shape as the config describes it: size_defs, and what decides each variant's matched
+# d_ff (model, ncn_reference): commands that load a model check it against these (runs.py).
+_SHAPE = ("size_defs", "model", "ncn_reference")
+
 READS: dict[str, tuple[str, ...]] = {
     # data
     "data.fetch": ("data",),
@@ -30,27 +34,27 @@ READS: dict[str, tuple[str, ...]] = {
     # training, evaluation, sampling, tracking
     "mlflow-init": ("profile", "mlflow"),
     "mlflow-sync": ("profile", "mlflow"),
-    "train": ("profile", "model", "ncn_reference", "size_defs", "train", "mlflow"),
-    "evaluate": ("eval", "train.device", "size_defs", "mlflow", "profile"),
-    "generate": ("generate", "train.device", "size_defs"),
+    "train": ("profile", "train", "mlflow", *_SHAPE),
+    "evaluate": ("eval", "train.device", "mlflow", "profile", *_SHAPE),
+    "generate": ("generate", "train.device", *_SHAPE),
     # analysis (`ncn analyze <what>`)
-    "analyze.trace": (*_TRACED, "size_defs"),
-    "analyze.leakprobe": ("analysis.leak_windows", "analysis.leak_cuts", "eval", "size_defs"),
-    "analyze.regonly": (*_TRACED, "analysis.regonly_steps", "train", "size_defs"),
-    "analyze.ab": ("analysis.confidence", *_LAYOUT),
-    "analyze.scaling": ("analysis.confidence", *_LAYOUT),
-    "analyze.leak": ("analysis.confidence", *_LAYOUT),
+    "analyze.trace": (*_TRACED, *_SHAPE),
+    "analyze.leakprobe": ("analysis.leak_windows", "analysis.leak_cuts", "eval", *_SHAPE),
+    "analyze.regonly": (*_TRACED, "analysis.regonly_steps", "train", *_SHAPE),
+    "analyze.ab": ("analysis.confidence", "variant_seeds", *_LAYOUT),
+    "analyze.scaling": ("analysis.confidence", "variant_seeds", *_LAYOUT),
+    "analyze.leak": ("analysis.confidence", "variant_seeds", *_LAYOUT),
     "analyze.brainscan": ("analysis.dev_limit", "variants", "model"),
     "analyze.skip": ("analysis.skip_eps", "analysis.skip_max_tokens", "analysis.skip_tolerance_nats",
-                     "analysis.skip_random_draws", "eval", "size_defs"),
+                     "analysis.skip_random_draws", "eval", *_SHAPE),
     "analyze.kvcache": ("analysis.kv_max_tokens", "analysis.kv_uniform_bits", "analysis.kv_budgets",
-                        "analysis.kv_spread", "analysis.kv_random_draws", "analysis.confidence", "eval", "generate", "train.device",
-                        *_LAYOUT),
+                        "analysis.kv_spread", "analysis.kv_random_draws", "analysis.confidence", "eval", "generate",
+                        "train.device", "variant_seeds", *_LAYOUT, *_SHAPE),
     "analyze.knobs": ("analysis.knob_scales", "analysis.knob_max_tokens", "analysis.knob_prompts",
-                      "analysis.knob_samples", "analysis.knob_new_tokens", "analysis.confidence", "eval", "generate", "train.device",
-                      *_LAYOUT),
-    "analyze.control": ("analysis.confidence", "control", "eval", "train.device", "generate", *_LAYOUT),
-    "analyze.claims": ("analysis", "profile", "tokenizer", "model", "ncn_reference", "control", *_LAYOUT),
+                      "analysis.knob_samples", "analysis.knob_new_tokens", "analysis.confidence", "eval", "generate",
+                      "train.device", "variant_seeds", *_LAYOUT, *_SHAPE),
+    "analyze.control": ("analysis.confidence", "control", "eval", "train.device", "generate", *_LAYOUT, *_SHAPE),
+    "analyze.claims": ("analysis", "profile", "tokenizer", "control", "variant_seeds", *_LAYOUT, *_SHAPE),
     # the paper: its config listing shows every key, so it reads them all
     "paper.numbers": ("*",),
 }

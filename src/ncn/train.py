@@ -104,13 +104,18 @@ def signal_stats(signals: torch.Tensor) -> dict[str, float]:
 
 
 def lr_at(it: int, tc: TrainConfig, total_steps: int) -> float:
-    """Linear warmup over warmup_steps, then cosine decay to min_lr at the last step (nanoGPT)."""
+    """The lr of iteration `it` (0-based; step k runs at it = k - 1) of `total_steps`.
+    nanogpt: linear warmup lr*(it+1)/(warmup+1), then cosine to min_lr, which it would reach at
+    it = total_steps (one past the last). original: warmup lr*it/warmup from 0, then cosine that
+    reaches min_lr exactly at the last iteration, it = total_steps - 1."""
     lr, min_lr, warmup = tc.lr, tc.min_lr, tc.warmup_steps
+    original = tc.lr_schedule == "original"
     if it < warmup:
-        return lr * (it + 1) / (warmup + 1)
-    if total_steps <= warmup:
+        return lr * it / warmup if original else lr * (it + 1) / (warmup + 1)
+    end = total_steps - 1 if original else total_steps
+    if end <= warmup:
         return lr
-    ratio = (it - warmup) / (total_steps - warmup)
+    ratio = (it - warmup) / (end - warmup)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 

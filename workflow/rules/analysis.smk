@@ -164,7 +164,7 @@ rule analysis_leak:
 
 rule analysis_brainscan:
     input:
-        traces=trace_files(TRACE, NCN_VARIANTS, LARGEST, SEEDS),
+        traces=trace_files(TRACE, NCN_VARIANTS, LARGEST, VARIANT_SEEDS),
     output:
         pdf=f"{FIGURES}/brainscan.pdf",
         png=report_item(f"{FIGURES}/brainscan.png"),
@@ -247,7 +247,7 @@ rule analysis_regonly:
 rule analysis_claims:
     input:
         runs=RUNS_TABLE,
-        traces=trace_files(TRACE, CLAIM_VARIANTS, LARGEST, SEEDS),
+        traces=trace_files(TRACE, CLAIM_VARIANTS, LARGEST, VARIANT_SEEDS),
         # the measurements of issue 12 (model-evaluating; see docs/architecture.md)
         leak_measure=rules.analysis_leakprobe.output.csv,
         skip_measure=rules.analysis_skip.output.measure if NCN_VARIANTS else [],
@@ -279,7 +279,7 @@ rule analysis_claims:
 
 
 TARGETS.append(RUNS_TABLE)
-TARGETS.extend(trace_files(TRACE, NCN_VARIANTS, LARGEST, SEEDS))
+TARGETS.extend(trace_files(TRACE, NCN_VARIANTS, LARGEST, VARIANT_SEEDS))
 TARGETS.extend(rules.analysis_ab.output)
 TARGETS.extend(rules.analysis_scaling.output)
 TARGETS.extend(rules.analysis_leak.output)

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ncn.stages import trigger as stage_trigger
+from ncn.config import seeds_of
 from ncn.fileio import write_json
 from ncn.variants import names as variant_names, ncn_names, spec as variant_spec
 
@@ -24,6 +25,8 @@ VARIANTS = list(config["variants"])
 NCN_VARIANTS = ncn_names(VARIANTS)  # every configured variant but the baseline
 SIZES = list(config["sizes"])
 SEEDS = list(config["seeds"])
+# the seeds of one variant: variant_seeds[v] when set, else seeds
+VARIANT_SEEDS = lambda v: seeds_of(config, v)  # noqa: E731
 PROFILE = config["profile"]
 
 # One results folder per profile: smoke, default, cpu-trunk and paper never overwrite each other.
@@ -117,13 +120,19 @@ def data_dir(w, input):
     return os.path.dirname(input.meta)
 
 
-def run_dirs(variants=None, sizes=None, seeds=None):
-    return expand(
-        RUN,
-        variant=variants or VARIANTS,
-        size=sizes or SIZES,
-        seed=seeds if seeds is not None else SEEDS,
-    )
+def run_dirs(variants=None, sizes=None, seeds=None, pattern=RUN):
+    """`pattern` (a run folder, or a file in it) of every configured run: each variant with its own
+    seeds (variant_seeds, else seeds), or only `seeds` of them when given."""
+    return [
+        path
+        for v in (variants or VARIANTS)
+        for path in expand(
+            pattern,
+            variant=v,
+            size=sizes or SIZES,
+            seed=[s for s in seeds_of(config, v) if seeds is None or s in seeds],
+        )
+    ]
 
 
 # The per-token story labels beside the tokens (`ncn data labels`; made in control.smk):

@@ -85,8 +85,10 @@ rule export:
         "ncn export --run {params.run} --data {params.data} --out {params.out} > {log} 2>&1"
 
 
-TARGETS.extend(expand(rules.evaluate.output[0], variant=VARIANTS, size=SIZES, seed=SEEDS))
-TARGETS.extend(expand(rules.export.output, variant=VARIANTS, size=SIZES, seed=SEEDS))
+TARGETS.extend(run_dirs(pattern=rules.evaluate.output[0]))
+TARGETS.extend(f for out in rules.export.output for f in run_dirs(pattern=out))
 # Samples are for reading, not for statistics (and each job costs a process start): one per
 # variant, from the largest size's first seed. Any other run: ask for its samples.json.
-TARGETS.extend(expand(rules.generate.output[0], variant=VARIANTS, size=largest_size(config), seed=SEEDS[:1]))
+TARGETS.extend(
+    f for v in VARIANTS for f in run_dirs([v], [largest_size(config)], seeds_of(config, v)[:1], rules.generate.output[0])
+)

@@ -27,5 +27,7 @@ def control_runs(config: dict) -> list[tuple[str, str, int]]:
 
 def trace_files(pattern: str, variants, size: str, seeds) -> list[str]:
     """The trace CSVs of `variants` at `size`, every seed, in (variant, seed) order; `pattern`
-    holds {variant}, {size} and {seed}."""
-    return [pattern.format(variant=v, size=size, seed=n) for v in variants for n in seeds]
+    holds {variant}, {size} and {seed}. `seeds`: a list, or a function variant -> its seeds
+    (variant_seeds may give variants different seeds)."""
+    of = seeds if callable(seeds) else (lambda v: seeds)
+    return [pattern.format(variant=v, size=size, seed=n) for v in variants for n in of(v)]

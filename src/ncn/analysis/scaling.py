@@ -1,9 +1,11 @@
-"""Scaling: validation loss vs non-embedding parameters per variant, across sizes.
+"""Scaling: held-out loss vs non-embedding parameters per variant, across sizes.
+
+The loss is the A/B's (ab.AB_SET: the held-out tail of the train excerpt, in the train format).
 
 Per variant a power law loss ≈ a · N^b is fitted by least squares on logs
 (np.polyfit(log N, log loss, 1)) over the per-size mean losses; with fewer than two sizes
 there is no fit (NaN, and `fit_note` says so). The NCN–baseline gap per size is the paired
-(by seed) difference val_loss(variant) − val_loss(none) with its t-CI.
+(by seed) difference loss(variant) − loss(none) with its t-CI.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ncn.analysis import options, plots, tables
+from ncn.analysis.ab import AB_SET
 from ncn.analysis.runs import load_runs_table, per_seed, sizes_by_scale
 from ncn.analysis.stats import paired_differences, t_interval
 from ncn.variants import baseline
@@ -39,11 +42,12 @@ def scaling_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
             sub = runs[(runs["variant"] == variant) & (runs["size"] == size)]
             if sub.empty:
                 continue
-            iv = t_interval(per_seed(runs, variant, size, "val_loss").values(), conf)
+            loss = per_seed(runs, variant, size, f"{AB_SET}_loss")
+            iv = t_interval(loss.values(), conf)
             if variant == base:
                 gap = t_interval([], conf)
             else:
-                _, d = paired_differences(per_seed(runs, variant, size, "val_loss"), per_seed(runs, base, size, "val_loss"))
+                _, d = paired_differences(loss, per_seed(runs, base, size, f"{AB_SET}_loss"))
                 gap = t_interval(d, conf)
             rows.append({"variant": variant, "size": size, "n_seeds": len(sub),
                          "n_params_non_embedding": float(sub["n_params_non_embedding"].mean()),
@@ -63,7 +67,7 @@ def scaling_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
 
 
 def scaling_tex(df: pd.DataFrame) -> str:
-    header = ["Variant", "Size", "Non-emb. params", "Val loss", r"Gap vs baseline", "Fit exponent"]
+    header = ["Variant", "Size", "Non-emb. params", "Held-out loss", r"Gap vs baseline", "Fit exponent"]
     rows, base = [], baseline()
     for r in df.itertuples(index=False):
         gap = "--" if r.variant == base else tables.pm(r.gap_mean, r.gap_ci_low, r.gap_ci_high, 4)
@@ -101,13 +105,13 @@ def scaling_figure(df: pd.DataFrame, pdf, png) -> None:
         axis.set_major_formatter(FormatStrFormatter("%.2f"))
         axis.set_minor_formatter(FormatStrFormatter("%.2f"))
     ax.set_xlabel("non-embedding parameters")
-    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_ylabel("held-out loss (nats/token)")
     ax.set_title("loss vs size (lines: power-law fits)")
     ax.legend(fontsize=7, frameon=False)
     gx.axhline(0.0, color="0.5", lw=0.8, ls="--")
     gx.set_xscale("log")
     gx.set_xlabel("non-embedding parameters")
-    gx.set_ylabel("val loss − baseline (paired by seed)")
+    gx.set_ylabel("held-out loss − baseline (paired by seed)")
     gx.set_title("NCN – baseline gap (< 0: NCN better)")
     if gx.get_legend_handles_labels()[0]:
         gx.legend(fontsize=7, frameon=False)

@@ -144,3 +144,73 @@ def nan_to_none(obj):
     if isinstance(obj, np.bool_):
         return bool(obj)
     return obj
+
+
+# ------------------------------------------------------------------------------------------------
+# the A/B family: paired t-tests, Holm's step-down correction, and the minimum detectable effect
+
+
+def paired_t_p(differences) -> float:
+    """Two-sided p of the one-sample t-test of mean(differences) = 0 (paired by seed); nan with
+    fewer than 2 finite values; 0 or 1 when every difference is the same nonzero or zero value."""
+    d = np.asarray(list(differences), dtype=float)
+    if len(d) < 2 or not np.all(np.isfinite(d)):
+        return math.nan
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        return 1.0 if float(d.mean()) == 0.0 else 0.0
+    t = float(d.mean()) / (sd / math.sqrt(len(d)))
+    return float(2 * sps.t.sf(abs(t), len(d) - 1))
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the input order: with the
+    m defined p sorted ascending, p_adj(i) = max_{j <= i} min(1, (m - j + 1) p(j)). Undefined (nan)
+    p-values stay nan and do not count in m. E.g. [0.01, 0.04, 0.03] -> [0.03, 0.06, 0.06]."""
+    p = np.asarray(list(pvalues), dtype=float)
+    out = np.full(len(p), math.nan)
+    idx = [i for i in np.argsort(p, kind="stable") if math.isfinite(p[i])]
+    m, running = len(idx), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * float(p[i])))
+        out[i] = running
+    return out.tolist()
+
+
+def holm_verdict(mean: float, p_adj: float, alpha: float) -> str:
+    """Direction of a paired difference (a − b; lower loss is better) after Holm's correction:
+    "better"/"worse" when the adjusted p is below alpha, "no significant difference" otherwise,
+    "inconclusive" when the test is undefined (fewer than 2 pairs)."""
+    if not (math.isfinite(mean) and math.isfinite(p_adj)):
+        return INCONCLUSIVE
+    if p_adj < alpha:
+        return "better" if mean < 0 else "worse"
+    return "no significant difference"
+
+
+def paired_power(effect: float, sd: float, n: int, alpha: float) -> float:
+    """Power of the two-sided paired t-test at level alpha to detect a true mean difference
+    `effect` with n pairs whose differences have SD `sd` (noncentral t)."""
+    df = n - 1
+    crit = float(sps.t.ppf(1 - alpha / 2, df))
+    nc = abs(effect) / (sd / math.sqrt(n))
+    upper = float(sps.nct.sf(crit, df, nc))
+    lower = float(sps.nct.cdf(-crit, df, nc))  # the wrong-sign tail, tiny for nc > 0 (scipy may give nan)
+    return upper + (lower if math.isfinite(lower) else 0.0)
+
+
+def mde_paired(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The minimum detectable effect: the smallest |mean difference| that a two-sided paired t-test
+    at level alpha detects with probability `power`, for n pairs at the measured SD of their
+    differences. nan with fewer than 2 pairs or an undefined SD; 0 when the SD is 0.
+    E.g. sd 1, n 5, alpha 0.05, power 0.8 -> 1.68 (the normal approximation says 1.25)."""
+    if n < 2 or sd is None or not math.isfinite(sd):
+        return math.nan
+    if sd == 0.0:
+        return 0.0
+    from scipy.optimize import brentq
+
+    hi = sd
+    while paired_power(hi, sd, n, alpha) < power:
+        hi *= 2
+    return float(brentq(lambda e: paired_power(e, sd, n, alpha) - power, 0.0, hi, xtol=1e-12 * sd))
