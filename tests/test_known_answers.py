@@ -408,6 +408,18 @@ def test_static_signals_are_never_active(tmp_path):
     assert details(res)["legs"]["active"] == "not supported"
 
 
+def test_homeostasis_reads_the_all_signals_row_of_the_regonly_table(tmp_path):
+    """ncn analyze regonly writes one row per signal and "all" (their mean): "all" decides."""
+    rows = []
+    for s in SEEDS:
+        for signal, ratio in (("g", 1.0), ("beta", 1.0), ("gamma", 1000.0), ("all", 1.0)):
+            rows.append({"variant": "causal", "size": "s", "seed": s, "signal": signal, "var_trained": 1e-4 * ratio,
+                         "var_regonly": 1e-4})
+    res = _homeostasis(tmp_path, {0: 1.0, 1: 1.0, 2: 1.0}, regonly=pd.DataFrame(rows))
+    assert details(res)["activity"]["log10_variance_ratio"] == {0: 0.0, 1: 0.0, 2: 0.0}
+    assert verdict(res) == "not supported"
+
+
 def test_homeostasis_thin_data_is_inconclusive(tmp_path):
     one = _homeostasis(tmp_path / "a", {0: 100.0}, seeds=(0,))
     assert verdict(one) == "inconclusive" and "1 seed" in one["reason"]
@@ -438,7 +450,7 @@ def _skip_rows(seed, gamma, use, eps_grid, variant="causal", dense=3.0, draws=50
         k = int((gamma < eps).sum())
         rand = np.mean([use[rng.choice(n, k, replace=False)].sum() for _ in range(draws)]) if k else 0.0
         rows.append({"variant": variant, "size": "s", "seed": seed, "eps": eps, "loss_dense": dense,
-                     "loss_gated": dense + use[gamma < eps].sum() / n, "loss_random": dense + rand / n,
+                     "loss_skip": dense + use[gamma < eps].sum() / n, "loss_random": dense + rand / n,
                      "skip_frac": k / n})
     return rows
 
@@ -492,7 +504,7 @@ def test_gate_claim_is_scale_aware():
 def test_gate_claim_nothing_gated_or_thin():
     trace, skip = _gate_inputs(informative=True)
     cfg = analysis_cfg(gate_eps=[0.001])  # no gamma below it: nothing closes, nothing is skipped
-    skip_none = pd.concat([skip, skip.assign(eps=0.001, loss_gated=skip["loss_dense"], loss_random=skip["loss_dense"],
+    skip_none = pd.concat([skip, skip.assign(eps=0.001, loss_skip=skip["loss_dense"], loss_random=skip["loss_dense"],
                                              skip_frac=0.0).drop_duplicates("seed")])
     assert verdict(claims.gate_claim(trace, skip_none, "causal", "s", cfg)) == "not supported"
     one_trace, one_skip = _gate_inputs(informative=True, seeds=(0,))
@@ -517,7 +529,7 @@ def test_block_skipping_planted_is_supported():
 
 def test_block_skipping_tolerance_is_absolute_nats():
     """A 1% relative change at loss 4.5 (0.045 nats) is not within 0.01 nats."""
-    rows = [{"variant": "causal", "size": "s", "seed": s, "eps": 0.5, "loss_dense": 4.5, "loss_gated": 4.545 + 1e-4 * s,
+    rows = [{"variant": "causal", "size": "s", "seed": s, "eps": 0.5, "loss_dense": 4.5, "loss_skip": 4.545 + 1e-4 * s,
              "loss_random": 4.8, "skip_frac": 0.3} for s in SEEDS]
     res = claims.skipping_claim(pd.DataFrame(rows), "causal", "s", analysis_cfg())
     assert verdict(res) == "not supported" and "0.01 nats" in res["reason"]
@@ -569,7 +581,7 @@ def test_leak_claim_mismatch_is_not_leak():
     """The issue's probe: a large prefix-pool mismatch, but the true future helps no more than
     another window's tokens. The mismatch is reported, named apart; the claim is not supported."""
     res = claims.leak_claim(_leak_table([0.001, 0.002, 0.0015]), MISMATCH, "s", 0.95)
-    assert details(res)["mismatch_full_minus_prefix_pool"] == pytest.approx(-0.203333, abs=1e-6)
+    assert details(res)["prefix_pool_mismatch"] == pytest.approx(0.203333, abs=1e-6)  # prefix - full
     assert verdict(res) == "not supported"
     noisy = claims.leak_claim(_leak_table([-0.01, 0.02, -0.005]), MISMATCH, "s", 0.95)
     assert verdict(noisy) == "inconclusive"
@@ -589,7 +601,11 @@ def test_leak_claim_thin_data_is_inconclusive():
     assert verdict(one) == "inconclusive"
     none = claims.leak_claim(None, MISMATCH, "s", 0.95)
     assert verdict(none) == "inconclusive" and "leak_measure.csv" in none["reason"]
-    assert details(none)["mismatch_per_seed"] == pytest.approx([-0.2, -0.22, -0.19])  # still reported
+    assert details(none)["prefix_pool_mismatch_per_seed"] == pytest.approx({0: 0.2, 1: 0.22, 2: 0.19})  # reported
+    # the leak measurement's own eval.json columns win over the runs table
+    table = _leak_table([-0.2, -0.22, -0.19]).assign(loss_full_pool=3.0)
+    res = claims.leak_claim(table, MISMATCH, "s", 0.95)
+    assert details(res)["prefix_pool_mismatch_per_seed"] == pytest.approx({0: 0.2, 1: 0.2, 2: 0.2})
 
 
 # -- every claim of the registry, both ways -----------------------------------------------------------------

@@ -74,11 +74,12 @@ MIN_SEEDS = 2
 # |dlogit| at or below this is float32 rounding, not a path from the future (logits of order 10).
 STRUCTURAL_TOL = 1e-5
 # The measurement tables: name -> (command-line option, the file under results/ the reasons quote).
-MEASURES = {"leak": ("--leak-measure", "tables/leak_measure.csv"), "skip": ("--skip-measure", "tables/skip_measure.csv"),
+MEASURES = {"leak": ("--leak-measure", "tables/leak_measure.csv"),
+            "skip": ("--skip-measure", "tables/skip_measure.csv"),
             "regonly": ("--regonly", "tables/regonly.csv")}
 MEASURE_COLUMNS = {
     "leak": ("variant", "size", "seed", "max_abs_dlogit_past", "loss_true_future", "loss_replaced_future"),
-    "skip": ("variant", "size", "seed", "eps", "loss_dense", "loss_gated", "loss_random", "skip_frac"),
+    "skip": ("variant", "size", "seed", "eps", "loss_dense", "loss_skip", "loss_random", "skip_frac"),
     "regonly": ("variant", "size", "seed", "var_trained", "var_regonly"),
 }
 
@@ -281,7 +282,8 @@ def _phasic_legs(per: dict, conf: float) -> tuple[dict, Interval, float]:
                         if finite(twist) else "no probe in the twist sentence")
     pair = _seed_interval({s: d["pair_diff"] for s, d in per.items()}, conf)
     v = ci_verdict(pair.low, pair.high, 0.0, "above")
-    legs["minimal pairs"] = (v, _side_why(v, pair, 0.0, "above", "twist - pair CI") if pair.n else "no minimal pair traced")
+    legs["minimal pairs"] = (v, _side_why(v, pair, 0.0, "above", "twist - pair CI") if pair.n
+                             else "no minimal pair traced")
     rho = fisher_interval([d["rho"] for d in per.values() if finite(d["rho"])], conf)
     v = ci_verdict(rho.low, rho.high, 0.0, "above")
     if not all(d["has_log_freq"] for d in per.values()):
@@ -340,6 +342,8 @@ def _activity_leg(regonly, trace, static_trace, variant, size, a, conf) -> tuple
     if own and all(v == 0.0 for v in own.values()):
         return NOT_SUPPORTED, "the signals are constant: they do not vary per token", {"variance_traced": own}
     rows = _rows(regonly, variant, size)
+    if "signal" in rows:  # one row per signal and "all", their mean (ncn.analysis.regonly)
+        rows = rows[rows["signal"] == "all"]
     if rows.empty:
         return INCONCLUSIVE, f"no regulariser-only control of {variant}/{size} ({MEASURES['regonly'][1]})", {}
     trained = dict(zip(rows["seed"].astype(int), rows["var_trained"].astype(float)))
@@ -394,7 +398,7 @@ def _skip_rows(skip, variant, size, eps) -> pd.DataFrame:
 
 def _gated_vs_random(rows: pd.DataFrame, conf: float) -> tuple[Interval, float]:
     """(t-CI over seeds of loss(gated skip) - loss(random skip of as many), mean skipped fraction)."""
-    d = dict(zip(rows["seed"].astype(int), rows["loss_gated"].astype(float) - rows["loss_random"].astype(float)))
+    d = dict(zip(rows["seed"].astype(int), rows["loss_skip"].astype(float) - rows["loss_random"].astype(float)))
     return _seed_interval(d, conf), float(rows["skip_frac"].astype(float).mean())
 
 
@@ -411,7 +415,8 @@ def gate_claim(trace, skip, variant, size, cfg):
         frac, c_v, c_why = t_interval([]), INCONCLUSIVE, "the trace has no branch_ratio column"
     rows = _skip_rows(skip, variant, size, eps)
     if rows.empty:
-        f_v, f_why, d, skipped = INCONCLUSIVE, f"no skip measurement at eps = {eps:g} ({MEASURES['skip'][1]})", None, NAN
+        f_v, d, skipped = INCONCLUSIVE, None, NAN
+        f_why = f"no skip measurement at eps = {eps:g} ({MEASURES['skip'][1]})"
     else:
         d, skipped = _gated_vs_random(rows, conf)
         f_v = NOT_SUPPORTED if skipped == 0 else ci_verdict(d.low, d.high, 0.0, "below")
@@ -437,18 +442,29 @@ def leak_structure(leak, size) -> dict:
     return {str(v): float(x) for v, x in sub.groupby("variant", sort=True)["max_abs_dlogit_past"].max().items()}
 
 
+def prefix_pool_mismatch(rows: pd.DataFrame, runs, size) -> dict:
+    """{seed: loss with prefix-only pooling - loss with the whole-window pooling asrun trained
+    with}: what evaluating it off its training regime costs (no measure of leak); from the leak
+    measurement's eval.json columns, else from the runs table."""
+    if {"loss_prefix_pool", "loss_full_pool"} <= set(rows.columns):
+        return {int(s): float(p) - float(f) for s, p, f in zip(rows["seed"], rows["loss_prefix_pool"],
+                                                                rows["loss_full_pool"]) if finite(p) and finite(f)}
+    seeds, mm = paired_differences(per_seed(runs, "asrun", size, "val_loss_prefix_pool"),
+                                   per_seed(runs, "asrun", size, "val_loss"))
+    return dict(zip(seeds, map(float, mm)))
+
+
 def leak_claim(leak, runs, size, conf):
-    seeds, mm = paired_differences(per_seed(runs, "asrun", size, "val_loss"),
-                                   per_seed(runs, "asrun", size, "val_loss_prefix_pool"))
-    mismatch = t_interval(mm, conf)
-    structure = leak_structure(leak, size)
     rows = _rows(leak, "asrun", size)
+    mm = prefix_pool_mismatch(rows, runs, size)
+    mismatch = _seed_interval(mm, conf)
+    structure = leak_structure(leak, size)
     benefit = {int(s): float(t) - float(r) for s, t, r in
                zip(rows.get("seed", []), rows.get("loss_true_future", []), rows.get("loss_replaced_future", []))}
     iv = _seed_interval(benefit, conf)
     details = dict(size=size, structural_max_abs_dlogit=structure, benefit_per_seed=benefit, n_seeds=iv.n,
-                   mismatch_full_minus_prefix_pool=mismatch.mean, mismatch_ci=[mismatch.low, mismatch.high],
-                   mismatch_per_seed=list(mm))
+                   prefix_pool_mismatch=mismatch.mean, prefix_pool_mismatch_ci=[mismatch.low, mismatch.high],
+                   prefix_pool_mismatch_per_seed=mm)
     if rows.empty:
         return _result(reason=f"no leak measurement of asrun at size {size} ({MEASURES['leak'][1]})", **details)
     if structure.get("asrun", NAN) <= STRUCTURAL_TOL:
@@ -469,7 +485,7 @@ def skip_summary(skip, variant, size, conf) -> list[dict]:
     for eps, g in (rows.groupby("eps", sort=True) if not rows.empty else []):
         if float(eps) <= 0:
             continue
-        delta = dict(zip(g["seed"].astype(int), g["loss_gated"].astype(float) - g["loss_dense"].astype(float)))
+        delta = dict(zip(g["seed"].astype(int), g["loss_skip"].astype(float) - g["loss_dense"].astype(float)))
         vs, frac = _gated_vs_random(g, conf)
         out.append(dict(eps=float(eps), skip_frac=frac, delta=_seed_interval(delta, conf), vs_random=vs))
     return out
@@ -579,8 +595,8 @@ CLAIMS = [
           origin="original", value_label="PPL",
           statistic=lambda s, v: f"validation PPL of the baseline (none) at size {s.size}, {s.pct} t-CI over seeds",
           null=lambda s: f"the baseline's PPL is at most {s.a['ppl_threshold']:g}",
-          control=lambda s: (f"the premise: the GPT-2 tokenizer and a budget within {BUDGET_FACTOR:g}x of the original's "
-                             f"{ORIGINAL_TOKENS / 1e6:g}M tokens; otherwise the claim is not applicable"),
+          control=lambda s: (f"the premise: the GPT-2 tokenizer and a budget within {BUDGET_FACTOR:g}x of the "
+                             f"original's {ORIGINAL_TOKENS / 1e6:g}M tokens; otherwise the claim is not applicable"),
           threshold=lambda s: f"supported if the CI lies above {s.a['ppl_threshold']:g}; not supported if at or below",
           compute=lambda s, v: baseline_ppl_claim(s.runs, s.size, s.cfg, s.meta), subject="none"),
     Claim(key="layer_specialisation", text="Layers specialise: the mean precision beta differs across layers",
@@ -602,9 +618,9 @@ CLAIMS = [
                                   "sentence; the twist minus its minimal pairs at the first differing token, t-CI over "
                                   "seeds; the partial Spearman correlation of change with surprisal, Fisher-z CI over "
                                   "seeds"),
-          null=lambda s: (f"'{s.a['probe_word']}' in the twist changes the signals no more than in a neutral sentence at "
-                          "the same position or than a non-twist continuation of the same prefix, and the change is "
-                          "unrelated to surprisal"),
+          null=lambda s: (f"'{s.a['probe_word']}' in the twist changes the signals no more than in a neutral sentence "
+                          "at the same position or than a non-twist continuation of the same prefix, and the change "
+                          "is unrelated to surprisal"),
           control=lambda s: (f"{len(s.a['control_sentences'])} neutral sentences with '{s.a['probe_word']}' at the "
                              "twist's position, minimal pairs (the twist's prefix with a non-twist continuation), and "
                              "token position and log unigram frequency partialled out of the correlation"),
@@ -617,8 +633,9 @@ CLAIMS = [
                                   f"{s.a['gain_band'][1]:g}] at size {s.size}, {s.pct} t-CI over seeds; with the "
                                   "per-token signal variance relative to a regulariser-only controller (log10 ratio) "
                                   "and L_reg / reg_lambda over the second half of training"),
-          null=lambda s: (f"the controller varies its signals no more than {s.a['activity_min_ratio']:g}x a controller "
-                          "trained on the regulariser alone, or L_reg is not held bounded, or the gains leave the band"),
+          null=lambda s: (f"the controller varies its signals no more than {s.a['activity_min_ratio']:g}x a "
+                          "controller trained on the regulariser alone, or L_reg is not held bounded, or the gains "
+                          "leave the band"),
           control=lambda s: ("the same controller trained from the same initialisation on the regulariser alone "
                              "(it never sees the language-modelling loss), and the static variant's zero variance"),
           threshold=lambda s: (f"supported if the variance-ratio CI lies above {s.a['activity_min_ratio']:g}x, the "
@@ -629,8 +646,9 @@ CLAIMS = [
     Claim(key="gamma_gates", text="The FFN gate closes (gamma near 0) for some layers and tokens", origin="original",
           value_label="fraction closed",
           statistic=lambda s, v: (f"fraction of traced (layer, token) of {v} at size {s.size} with gamma < "
-                                  f"{_skip_eps_note(s)} whose FFN branch adds less than {s.a['gate_branch_ratio']:g} of "
-                                  f"the residual stream's norm (||g gamma FFN(x)|| / ||x||), {s.pct} t-CI over seeds; "
+                                  f"{_skip_eps_note(s)} whose FFN branch adds less than {s.a['gate_branch_ratio']:g} "
+                                  f"of the residual stream's norm (||g gamma FFN(x)|| / ||x||), {s.pct} t-CI over "
+                                  "seeds; "
                                   "and the loss of skipping those FFN evaluations minus skipping as many at random, "
                                   "paired by seed"),
           null=lambda s: (f"the gate closes for at most {s.a['gate_min_fraction']:g} of (layer, token), or the "
@@ -643,10 +661,10 @@ CLAIMS = [
           compute=lambda s, v: gate_claim(s.traces.get(v), s.measure("skip"), v, s.size, s.cfg)),
     Claim(key="asrun_leak", text="The as-run NCN uses future tokens through its pooling", origin="replication",
           value_label="dloss, true - replaced future",
-          statistic=lambda s, v: (f"loss of asrun at size {s.size} with the true future minus with the tokens after t "
-                                  "replaced by another window's (whole-window pooling both, scored at positions <= t), "
-                                  f"paired by seed, {s.pct} t-CI; the structural max |dlogit| at positions <= t and the "
-                                  "prefix-pool mismatch reported apart"),
+          statistic=lambda s, v: (f"loss of asrun at size {s.size} with the true future minus with the tokens after "
+                                  "t replaced by another window's (whole-window pooling both, scored at positions <= "
+                                  f"t), paired by seed, {s.pct} t-CI; the structural max |dlogit| at positions <= t "
+                                  "and the prefix-pool mismatch reported apart"),
           null=lambda s: "the future carries nothing the model uses: the true future lowers the loss by nothing",
           control=lambda s: ("the same model and windows with the future replaced by another window's tokens; the "
                              "causal variants, whose structural max |dlogit| must be 0"),
@@ -774,9 +792,9 @@ def read_measure(path, name: str) -> pd.DataFrame | None:
         return None
     df = tables.read_table(path)
     missing = [c for c in MEASURE_COLUMNS[name] if c not in df]
-    if df.empty or missing:
-        raise NCNError(f"{path}: {'empty' if df.empty else 'columns missing: ' + ', '.join(missing)} "
-                       f"(the {name} measurement, {MEASURES[name][1]}; rebuild it)")
+    if missing and not (df.empty and len(df.columns) == 0):
+        raise NCNError(f"{path}: columns missing: {', '.join(missing)} (the {name} measurement, "
+                       f"{MEASURES[name][1]}; rebuild it)")
     return df
 
 
