@@ -639,9 +639,9 @@ def _known(tmp_path, key, arm):
                      measures={"regonly": _regonly(ratios, seeds)})
     elif key in ("gamma_gates", "block_skipping"):
         trace, skip = _gate_inputs(informative=planted, seeds=seeds)
-        s = _setting(tmp_path, traces={"causal": trace}, measures={"skip": skip})
+        s = _setting(tmp_path, traces={"causal": trace}, measures={"skip_measure": skip})
     elif key == "asrun_leak":
-        s = _setting(tmp_path, runs=MISMATCH, measures={"leak": _leak_table(([-0.2, -0.22, -0.19] if planted else
+        s = _setting(tmp_path, runs=MISMATCH, measures={"leak_measure": _leak_table(([-0.2, -0.22, -0.19] if planted else
                                                                             [0.001, 0.002, 0.0015])[: len(seeds)], seeds=seeds)})
     else:
         raise KeyError(key)
@@ -673,7 +673,7 @@ def test_claims_are_byte_identical_across_reruns(tmp_path):
         trace, skip = _gate_inputs(informative=True)
         traces = {"causal": _merge_traces(_layer_trace([0.68, 0.71, 0.74]), _phasic_trace(), trace)}
         runs = pd.concat([_ab_runs([10.0, 10.5, 9.8], [11.0, 11.6, 10.9]), MISMATCH], ignore_index=True)
-        s = _setting(tmp_path, traces=traces, runs=runs, measures={"skip": skip, "leak": _leak_table([-0.2, -0.22, -0.19])})
+        s = _setting(tmp_path, traces=traces, runs=runs, measures={"skip_measure": skip, "leak_measure": _leak_table([-0.2, -0.22, -0.19])})
         d = claims.nan_to_none({"claims": [claims.judge(i, c, s, "causal", []) for i, c in enumerate(claims.CLAIMS, 1)]})
         return json.dumps(d, sort_keys=True), claims.claims_tex(d), claims.claims_paragraphs(d)
 

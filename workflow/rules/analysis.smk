@@ -3,7 +3,7 @@
 # are the exact files each command reads, so a new run (or a retrained one) reruns the
 # aggregates that include it; `params: cfg=` lists the config values each command uses, so a
 # changed value reruns only what depends on it.
-from ncn.analysis.rules import claim_variants, largest_size, params_key, trace_seed
+from ncn.analysis.rules import claim_measure_options, claim_variants, largest_size, params_key, static_variants, trace_seed
 
 TABLES = f"{RES}/tables"
 FIGURES = f"{RES}/figures"
@@ -192,23 +192,31 @@ rule analysis_skip:
 rule analysis_claims:
     input:
         runs=RUNS_TABLE,
-        traces=expand(TRACE, variant=CLAIM_VARIANTS, size=LARGEST),
-        # claim 3 (per-layer beta) and claim 5 (L_reg) read the train logs of these runs
+        traces=traces(CLAIM_VARIANTS),
+        # the static variant's traces: the zero per-token variance homeostasis is judged against
+        static_traces=traces([v for v in static_variants(config) if v not in CLAIM_VARIANTS]),
+        # the measurements of issue 12 (model-evaluating; see docs/architecture.md)
+        leak_measure=rules.analysis_leakprobe.output.csv,
+        skip_measure=rules.analysis_skip.output.measure if NCN_VARIANTS else [],
+        regonly=rules.analysis_regonly.output.csv,
+        # claim 5 (the level of L_reg) reads the train logs of these runs
         logs=[f"{d}/train_log.csv" for d in run_dirs(CLAIM_VARIANTS, [LARGEST])] if CLAIM_VARIANTS else [],
-        valid=rules.tokenize.output.valid,
         meta=rules.tokenize.output.meta,
-        tokenizer=rules.train_tokenizer.output[0],
     output:
         json=f"{RES}/claims.json",
         tex=f"{TABLES}/claims.tex",
+        paragraphs=f"{TABLES}/claims_text.tex",
     params:
         config=CONFIG_JSON,
         data=data_dir,
+        # an option only for a measurement that is there (no NCN variant: no skip table)
+        measures=lambda w, input: claim_measure_options(input),
         cfg=params_key(
             config,
-            *("confidence", "ppl_threshold", "gain_band", "gain_min_fraction", "reg_move_rel"),
-            *("gate_eps", "gate_min_fraction", "probe_word", "control_sentences"),
-            top=("profile", "tokenizer", "ncn_reference", *LAYOUT),
+            *("confidence", "ppl_threshold", "layer_effect_floor", "probe_word", "control_sentences"),
+            *("gain_band", "gain_min_fraction", "activity_min_ratio", "reg_bound"),
+            *("gate_eps", "gate_branch_ratio", "gate_min_fraction", "skip_tolerance_nats", "skip_min_fraction"),
+            top=("profile", "tokenizer", "ncn_reference", "model", *LAYOUT),
         ),
     log:
         f"{LOGS}/analysis/claims.log",
@@ -218,8 +226,9 @@ rule analysis_claims:
     conda:
         CONDA_ENV
     shell:
-        "ncn analyze claims --runs-table {input.runs} --traces {input.traces} --config {params.config}"
-        " --data {params.data} --json {output.json} --tex {output.tex} > {log} 2>&1"
+        "ncn analyze claims --runs-table {input.runs} --traces {input.traces} {input.static_traces}"
+        " {params.measures} --config {params.config} --data {params.data}"
+        " --json {output.json} --tex {output.tex} --paragraphs {output.paragraphs} > {log} 2>&1"
 
 
 TARGETS.append(RUNS_TABLE)

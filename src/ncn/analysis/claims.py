@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from ncn.analysis import options, tables
-from ncn.analysis.macros import finite, fmt_cfg, fmt_sig, macro_name, tex_escape
+from ncn.analysis.macros import finite, fmt_sig, macro_name, tex_escape
 from ncn.analysis.runs import SIGNALS, largest_size, load_runs_table, per_seed, primary_ncn, read_train_log
 from ncn.analysis.stats import (INCONCLUSIVE, NOT_APPLICABLE, NOT_SUPPORTED, SUPPORTED, VERDICTS, Interval, all_of,
                                 blocked_anova, ci_verdict, fisher_interval, friedman, nan_to_none,
@@ -73,13 +73,13 @@ BUDGET_FACTOR = 2.0
 MIN_SEEDS = 2
 # |dlogit| at or below this is float32 rounding, not a path from the future (logits of order 10).
 STRUCTURAL_TOL = 1e-5
-# The measurement tables: name -> (command-line option, the file under results/ the reasons quote).
-MEASURES = {"leak": ("--leak-measure", "tables/leak_measure.csv"),
-            "skip": ("--skip-measure", "tables/skip_measure.csv"),
-            "regonly": ("--regonly", "tables/regonly.csv")}
+# The measurement tables (ncn analyze leakprobe, skip, regonly): name (the claims rule's input and,
+# dashed, the option) -> the file under results/ the reasons quote, and the columns read.
+MEASURES = {"leak_measure": "tables/leak_measure.csv", "skip_measure": "tables/skip_measure.csv",
+            "regonly": "tables/regonly.csv"}
 MEASURE_COLUMNS = {
-    "leak": ("variant", "size", "seed", "max_abs_dlogit_past", "loss_true_future", "loss_replaced_future"),
-    "skip": ("variant", "size", "seed", "eps", "loss_dense", "loss_skip", "loss_random", "skip_frac"),
+    "leak_measure": ("variant", "size", "seed", "max_abs_dlogit_past", "loss_true_future", "loss_replaced_future"),
+    "skip_measure": ("variant", "size", "seed", "eps", "loss_dense", "loss_skip", "loss_random", "skip_frac"),
     "regonly": ("variant", "size", "seed", "var_trained", "var_regonly"),
 }
 
@@ -345,7 +345,7 @@ def _activity_leg(regonly, trace, static_trace, variant, size, a, conf) -> tuple
     if "signal" in rows:  # one row per signal and "all", their mean (ncn.analysis.regonly)
         rows = rows[rows["signal"] == "all"]
     if rows.empty:
-        return INCONCLUSIVE, f"no regulariser-only control of {variant}/{size} ({MEASURES['regonly'][1]})", {}
+        return INCONCLUSIVE, f"no regulariser-only control of {variant}/{size} ({MEASURES['regonly']})", {}
     trained = dict(zip(rows["seed"].astype(int), rows["var_trained"].astype(float)))
     ratio = {s: math.log10(max(trained[s], 1e-300) / max(float(r), 1e-300))
              for s, r in zip(rows["seed"].astype(int), rows["var_regonly"])}
@@ -416,7 +416,7 @@ def gate_claim(trace, skip, variant, size, cfg):
     rows = _skip_rows(skip, variant, size, eps)
     if rows.empty:
         f_v, d, skipped = INCONCLUSIVE, None, NAN
-        f_why = f"no skip measurement at eps = {eps:g} ({MEASURES['skip'][1]})"
+        f_why = f"no skip measurement at eps = {eps:g} ({MEASURES['skip_measure']})"
     else:
         d, skipped = _gated_vs_random(rows, conf)
         f_v = NOT_SUPPORTED if skipped == 0 else ci_verdict(d.low, d.high, 0.0, "below")
@@ -466,7 +466,7 @@ def leak_claim(leak, runs, size, conf):
                    prefix_pool_mismatch=mismatch.mean, prefix_pool_mismatch_ci=[mismatch.low, mismatch.high],
                    prefix_pool_mismatch_per_seed=mm)
     if rows.empty:
-        return _result(reason=f"no leak measurement of asrun at size {size} ({MEASURES['leak'][1]})", **details)
+        return _result(reason=f"no leak measurement of asrun at size {size} ({MEASURES['leak_measure']})", **details)
     if structure.get("asrun", NAN) <= STRUCTURAL_TOL:
         return _result(iv.mean, iv.low, iv.high, NOT_SUPPORTED, "structural: changing the tokens after t changes "
                        f"no logit at positions <= t (max |dlogit| {_f(structure.get('asrun'))}): nothing can leak",
@@ -500,7 +500,7 @@ def skipping_claim(skip, variant, size, cfg):
                   gated_minus_random_ci=[r["vs_random"].low, r["vs_random"].high]) for r in grid]
     details = dict(variant=variant, size=size, tolerance_nats=tol, min_fraction=min_frac, by_eps=table)
     if not grid:
-        return _result(reason=f"no skip measurement of {variant}/{size} at eps > 0 ({MEASURES['skip'][1]})", **details)
+        return _result(reason=f"no skip measurement of {variant}/{size} at eps > 0 ({MEASURES['skip_measure']})", **details)
     if max(r["delta"].n for r in grid) < MIN_SEEDS:
         return _result(reason=f"{max(r['delta'].n for r in grid)} seed(s): no interval over seeds", **details)
     skipping = [r for r in grid if r["skip_frac"] >= min_frac]
@@ -658,7 +658,7 @@ CLAIMS = [
           threshold=lambda s: (f"supported if the closed-fraction CI lies above {s.a['gate_min_fraction']:g} and the "
                                "gated-minus-random loss CI below 0; not supported if either lies on the other side, "
                                "or nothing is gated"),
-          compute=lambda s, v: gate_claim(s.traces.get(v), s.measure("skip"), v, s.size, s.cfg)),
+          compute=lambda s, v: gate_claim(s.traces.get(v), s.measure("skip_measure"), v, s.size, s.cfg)),
     Claim(key="asrun_leak", text="The as-run NCN uses future tokens through its pooling", origin="replication",
           value_label="dloss, true - replaced future",
           statistic=lambda s, v: (f"loss of asrun at size {s.size} with the true future minus with the tokens after "
@@ -670,7 +670,7 @@ CLAIMS = [
                              "causal variants, whose structural max |dlogit| must be 0"),
           threshold=lambda s: ("supported if the CI lies below 0; not supported if it lies at or above 0, or the "
                                "structural max |dlogit| is 0"),
-          compute=lambda s, v: leak_claim(s.measure("leak"), s.runs, s.size, s.conf), subject="asrun"),
+          compute=lambda s, v: leak_claim(s.measure("leak_measure"), s.runs, s.size, s.conf), subject="asrun"),
     Claim(key="block_skipping", text="Skipping the FFN where the gate is low saves computation within a loss tolerance",
           origin="original, future work", value_label="dloss, gated - random skip",
           statistic=lambda s, v: (f"for {v} at size {s.size}, at the eps skipping the largest fraction (at least "
@@ -681,7 +681,7 @@ CLAIMS = [
           control=lambda s: "random skipping of the same fraction of FFN evaluations, on every seed",
           threshold=lambda s: ("supported if an eps stays within the tolerance and its CI lies below 0; not supported "
                                "if the CI lies at or above 0, or every eps that skips costs more than the tolerance"),
-          compute=lambda s, v: skipping_claim(s.measure("skip"), v, s.size, s.cfg)),
+          compute=lambda s, v: skipping_claim(s.measure("skip_measure"), v, s.size, s.cfg)),
 ]
 
 
@@ -759,8 +759,8 @@ def add_arguments(p) -> None:
     p.add_argument("--traces", nargs="*", default=[], metavar="CSV",
                    help="traces at the largest size, every seed (results/traces/V_S_seedN.csv); a missing one "
                         "makes the trace-based claims inconclusive")
-    for name, (option, path) in MEASURES.items():
-        p.add_argument(option, dest=f"measure_{name}", metavar="CSV",
+    for name, path in MEASURES.items():
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="CSV",
                        help=f"results/{path} (without it, the claims that read it are inconclusive)")
     options.add_config(p)
     options.add_data(p)
@@ -794,7 +794,7 @@ def read_measure(path, name: str) -> pd.DataFrame | None:
     missing = [c for c in MEASURE_COLUMNS[name] if c not in df]
     if missing and not (df.empty and len(df.columns) == 0):
         raise NCNError(f"{path}: columns missing: {', '.join(missing)} (the {name} measurement, "
-                       f"{MEASURES[name][1]}; rebuild it)")
+                       f"{MEASURES[name]}; rebuild it)")
     return df
 
 
@@ -802,7 +802,7 @@ def main(args, cfg: dict) -> None:
     from ncn.data import load_meta
 
     runs, traces = load_runs_table(args.runs_table), read_traces(args.traces)
-    measures = {name: read_measure(getattr(args, f"measure_{name}"), name) for name in MEASURES}
+    measures = {name: read_measure(getattr(args, name), name) for name in MEASURES}
     doc = nan_to_none(compute(runs, traces, cfg, load_meta(args.data), measures))
     write_json(args.json, doc)
     tables.write_tex(args.tex, claims_tex(doc))
@@ -826,7 +826,7 @@ def _tally(claims: list, prefix: str) -> dict:
 def numbers(doc: dict, cfg: dict) -> dict:
     """The prose's macros of claims.json: the verdict counts, overall and by origin
     (\\ClaimsOriginalSupported, ...), per claim its verdict, value, interval, statistic, threshold,
-    text, origin and reason (\\ClaimOneVerdict, ...), and the leak's structural measurement."""
+    text, origin and reason (\\ClaimOneVerdict, ...)."""
     claims = doc["claims"]
     m = _tally(claims, "Claims")
     for origin, stem in ORIGIN_STEMS.items():
@@ -845,7 +845,4 @@ def numbers(doc: dict, cfg: dict) -> dict:
         m[stem + "Text"] = tex_escape(c["claim"])
         m[stem + "Origin"] = tex_escape(c.get("origin", ""))
         m[stem + "Reason"] = tex_escape(c.get("reason") or "")
-    leak = next((c for c in claims if c["key"] == "asrun_leak"), {})
-    for variant, x in sorted((leak.get("details") or {}).get("structural_max_abs_dlogit", {}).items()):
-        m[macro_name("leak max dlogit", variant)] = fmt_cfg(x) if x == 0 else fmt_sig(x)
     return {"claims (results/claims.json)": m}
