@@ -14,7 +14,7 @@ Commands (each importable without torch except trace/skip):
   leak      asrun's future-token leak (full vs prefix-only pooling)
   brainscan heatmaps with fixed, shared colour limits
   skip      block skipping (gather out FFN rows where gamma < eps)
-  claims    one measured verdict per claim of the original (CLAIMS: one Claim object each)
+  claims    one measured verdict per claim (CLAIMS: the registry of Claim objects), table, paragraphs
 Helpers:
   runs      reading runs and train logs; sizes by scale, "the NCN"
   stats     t-intervals, paired differences, verdict rules

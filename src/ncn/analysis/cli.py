@@ -12,7 +12,8 @@ Typical order (what workflow/rules/analysis.smk runs):
   ncn analyze leak      --runs-table T --config C --csv ... --tex ...
   ncn analyze brainscan --traces CSV... --config C --pdf ... --png ... --dev-pdf ... --dev-png ...
   ncn analyze skip      --run RUN... --config C --data D --csv ... --timing ... --tex ... --pdf ... --png ...
-  ncn analyze claims    --runs-table T --traces CSV... --config C --data D --json results/claims.json --tex ...
+  ncn analyze claims    --runs-table T --traces CSV... [--leak-measure CSV --skip-measure CSV --regonly CSV]
+                        --config C --data D --json results/claims.json --tex ... --paragraphs ...
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ ANALYSES: dict[str, tuple[str, str]] = {
                   "colour limits + deviation from init"),
     "skip": ("ncn.analysis.skip", "block skipping: skip a token's FFN where gamma < eps; loss, skipped "
              "fraction, wall time"),
-    "claims": ("ncn.analysis.claims", "one measured verdict per claim: claims.json + a LaTeX table"),
+    "claims": ("ncn.analysis.claims", "one measured verdict per claim: claims.json, a LaTeX table and one "
+               "paragraph per claim"),
 }
 
 
