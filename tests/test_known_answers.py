@@ -323,6 +323,9 @@ def test_phasic_claim_uses_only_position_matched_controls():
 def test_phasic_claim_thin_data_is_inconclusive():
     one = claims.phasic_claim(_phasic_trace(seeds=(0,)), 0.95)
     assert verdict(one) == "inconclusive" and "1 seed" in one["reason"]
+    # one seed whose twist lies below the prediction interval: still thin, not a refutation
+    below = claims.phasic_claim(_phasic_trace(twist=(0.0,), seeds=(0,)), 0.95)
+    assert details(below)["legs"]["controls"] == "not supported" and verdict(below) == "inconclusive"
     assert verdict(claims.phasic_claim(_phasic_trace(controls=CONTROL_CHANGES[:1]), 0.95)) == "inconclusive"
     assert verdict(claims.phasic_claim(None, 0.95)) == "inconclusive"
     no_freq = _phasic_trace().drop(columns="log_freq")
@@ -358,7 +361,7 @@ def _gain_trace(gains, seeds=SEEDS, constant=False):
     return trace_frame(sents)
 
 
-IN_BAND = {s: [1.0, 0.95, 1.05, 1.0] for s in SEEDS}  # all in [0.9, 1.1]
+IN_BAND = {s: [1.0, 0.9, 1.1, 1.0] for s in SEEDS}  # all in [0.9, 1.1], the band's ends included
 
 
 def _regonly(ratios, seeds=SEEDS, variant="causal"):
@@ -403,6 +406,8 @@ def test_static_signals_are_never_active(tmp_path):
     controller that varies no more than static's zero is not active either."""
     res = _homeostasis(tmp_path / "a", {0: 100.0, 1: 80.0, 2: 120.0}, constant=True)
     assert details(res)["legs"]["active"] == "not supported" and verdict(res) == "not supported"
+    one = _homeostasis(tmp_path / "c", {0: 100.0}, seeds=(0,), constant=True)
+    assert verdict(one) == "not supported"  # a structural fact, not an estimate: one seed shows it
     static = _gain_trace(IN_BAND, constant=False)  # a "static" control that varies as much as the model
     res = _homeostasis(tmp_path / "b", {0: 1e-3, 1: 1e-3, 2: 1e-3}, static_trace=static)
     assert details(res)["legs"]["active"] == "not supported"
@@ -506,7 +511,8 @@ def test_gate_claim_nothing_gated_or_thin():
     cfg = analysis_cfg(gate_eps=[0.001])  # no gamma below it: nothing closes, nothing is skipped
     skip_none = pd.concat([skip, skip.assign(eps=0.001, loss_skip=skip["loss_dense"], loss_random=skip["loss_dense"],
                                              skip_frac=0.0).drop_duplicates("seed")])
-    assert verdict(claims.gate_claim(trace, skip_none, "causal", "s", cfg)) == "not supported"
+    nothing = claims.gate_claim(trace, skip_none, "causal", "s", cfg)
+    assert verdict(nothing) == "not supported" and "nothing is gated" in nothing["reason"]
     one_trace, one_skip = _gate_inputs(informative=True, seeds=(0,))
     one = claims.gate_claim(one_trace, one_skip, "causal", "s", analysis_cfg())
     assert verdict(one) == "inconclusive" and "1 seed" in one["reason"]

@@ -340,7 +340,7 @@ def reg_levels(runs, variant, size, reg_lambda) -> dict:
 def _activity_leg(regonly, trace, static_trace, variant, size, a, conf) -> tuple[str, str, dict]:
     own = signal_variance(trace)
     if own and all(v == 0.0 for v in own.values()):
-        return NOT_SUPPORTED, "the signals are constant: they do not vary per token", {"variance_traced": own}
+        return NOT_SUPPORTED, "the signals are constant: they do not vary per token", {"constant": True}
     rows = _rows(regonly, variant, size)
     if "signal" in rows:  # one row per signal and "all", their mean (ncn.analysis.regonly)
         rows = rows[rows["signal"] == "all"]
@@ -376,7 +376,7 @@ def homeostasis_claim(trace, regonly, runs, variant, size, cfg, static_trace=Non
             "gain band": (band_v, _side_why(band_v, frac, a["gain_min_fraction"], "above", "fraction CI"))}
     details = dict(variant=variant, size=size, gain_band=list(band), n_seeds=frac.n, activity=info,
                    reg_level_per_seed=levels, reg_bound=a["reg_bound"], legs={k: v for k, (v, _) in legs.items()})
-    if frac.n < MIN_SEEDS:
+    if frac.n < MIN_SEEDS and not info.get("constant"):  # constant signals are never active, on any seeds
         return _result(frac.mean, frac.low, frac.high, INCONCLUSIVE, f"{frac.n} seed(s): no interval over seeds; "
                        + _legs_reason(legs), **details)
     return _result(frac.mean, frac.low, frac.high, all_of(act_v, reg_v, band_v), _legs_reason(legs), **details)
