@@ -126,7 +126,8 @@ def test_baseline_ppl_claim_at_the_original_budget_compares_ppl():
     ("bpe", 520e6, False), ("gpt2", math.nan, False),
 ])
 def test_baseline_ppl_claim_is_not_applicable_off_its_premise(kind, tokens, applies):
-    res = claims.baseline_ppl_claim(_baseline_runs([6.0, 6.2, 6.1], tokens), "s", analysis_cfg(), {"tokenizer_kind": kind})
+    runs = _baseline_runs([6.0, 6.2, 6.1], tokens)
+    res = claims.baseline_ppl_claim(runs, "s", analysis_cfg(), {"tokenizer_kind": kind})
     if applies:
         assert verdict(res) == "supported" and not res["reason"].startswith("5.5 is")
     else:
@@ -141,6 +142,12 @@ def test_baseline_ppl_claim_thin_data_is_inconclusive():
 
 
 # -- synthetic traces -------------------------------------------------------------------------------------
+def _grid(values, n, layers) -> np.ndarray:
+    """A scalar, a per-position or a per-(position, layer) value as an (n, layers) array."""
+    a = np.asarray(values, dtype=float)
+    return np.broadcast_to(a.reshape(-1, 1) if a.ndim == 1 else a, (n, layers))
+
+
 def trace_frame(sentences, layers=2, variant="causal") -> pd.DataFrame:
     """Trace rows of sentences given as dicts: seed, sentence_id, kind, token_ids, and per position
     either `change` (|s(t) - s(t-1)| of every signal of every layer: the signals zigzag around 1
@@ -153,11 +160,8 @@ def trace_frame(sentences, layers=2, variant="causal") -> pd.DataFrame:
             level = 1.0 + np.cumsum([0.0] + [(-1) ** t * s["change"][t] for t in range(1, n)])
             sig = {k: np.repeat(level[:, None], layers, axis=1) for k in ("g", "beta", "gamma")}
         else:
-            sig = {k: np.broadcast_to(np.asarray(s.get(k, 1.0), dtype=float).reshape(-1, 1) if np.ndim(s.get(k, 1.0)) == 1
-                                      else np.asarray(s.get(k, 1.0), dtype=float), (n, layers)) for k in ("g", "beta", "gamma")}
-        extra = {k: np.broadcast_to(np.asarray(s[k], dtype=float).reshape(-1, 1) if np.ndim(s[k]) == 1
-                                    else np.asarray(s[k], dtype=float), (n, layers))
-                 for k in ("branch_ratio",) if k in s}
+            sig = {k: _grid(s.get(k, 1.0), n, layers) for k in ("g", "beta", "gamma")}
+        extra = {k: _grid(s[k], n, layers) for k in ("branch_ratio",) if k in s}
         for pos in range(n):
             for layer in range(layers):
                 rows.append({"variant": variant, "size": "s", "seed": s["seed"], "sentence_id": s["sentence_id"],
@@ -199,8 +203,8 @@ def test_layer_claim_planted_specialisation_is_supported():
     d = details(res)
     assert d["F"] == pytest.approx(1800.0, rel=1e-6) and d["p_value"] < 1e-5
     assert d["layer_means"] == pytest.approx([0.68, 0.71, 0.74]) and d["contrast_layers"] == [2, 0]
-    assert value(res) == pytest.approx(0.06) and ci(res) == pytest.approx((0.06 - T975_2 * 0.001, 0.06 + T975_2 * 0.001),
-                                                                           abs=1e-7)
+    assert value(res) == pytest.approx(0.06)
+    assert ci(res) == pytest.approx((0.06 - T975_2 * 0.001, 0.06 + T975_2 * 0.001), abs=1e-7)
     assert d["contrast_per_seed"] == pytest.approx([0.059, 0.062, 0.059])
     assert (d["n_seeds"], d["n_layers"]) == (3, 3) and verdict(res) == "supported"
 
@@ -371,8 +375,10 @@ def _regonly(ratios, seeds=SEEDS, variant="causal"):
 
 
 def _homeostasis(tmp_path, ratios, levels=(0.001, 0.002, 0.0015), gains=IN_BAND, seeds=SEEDS, **kw):
-    return claims.homeostasis_claim(_gain_trace(gains, seeds, kw.pop("constant", False)), kw.pop("regonly", _regonly(ratios, seeds)),
-                                    _reg_runs(tmp_path, levels, seeds), "causal", "s", analysis_cfg(), **kw)
+    trace = _gain_trace(gains, seeds, kw.pop("constant", False))
+    regonly = kw.pop("regonly") if "regonly" in kw else _regonly(ratios, seeds)
+    return claims.homeostasis_claim(trace, regonly, _reg_runs(tmp_path, levels, seeds), "causal", "s", analysis_cfg(),
+                                    **kw)
 
 
 def test_homeostasis_active_bounded_in_band_is_supported(tmp_path):
@@ -636,19 +642,21 @@ def _known(tmp_path, key, arm):
     elif key == "baseline_ppl":
         s = _setting(tmp_path, runs=_baseline_runs(([6.0, 6.2, 6.1] if planted else [5.0, 5.1, 5.2])[: len(seeds)]))
     elif key == "layer_specialisation":
-        s = _setting(tmp_path, traces={"causal": _layer_trace([0.68, 0.71, 0.74] if planted else [0.7] * 3, seeds=seeds)})
+        base = [0.68, 0.71, 0.74] if planted else [0.7] * 3
+        s = _setting(tmp_path, traces={"causal": _layer_trace(base, seeds=seeds)})
     elif key == "phasic_but":
         s = _setting(tmp_path, traces={"causal": _phasic_trace(seeds=seeds, constant=null)})
     elif key == "homeostasis":
         ratios = {0: 100.0, 1: 80.0, 2: 120.0} if planted else {0: 1.0, 1: 1.1, 2: 0.9}
-        s = _setting(tmp_path, traces={"causal": _gain_trace(IN_BAND, seeds)}, runs=_reg_runs(tmp_path, (0.001,) * 3, seeds),
-                     measures={"regonly": _regonly(ratios, seeds)})
+        s = _setting(tmp_path, traces={"causal": _gain_trace(IN_BAND, seeds)},
+                     runs=_reg_runs(tmp_path, (0.001,) * 3, seeds), measures={"regonly": _regonly(ratios, seeds)})
     elif key in ("gamma_gates", "block_skipping"):
         trace, skip = _gate_inputs(informative=planted, seeds=seeds)
         s = _setting(tmp_path, traces={"causal": trace}, measures={"skip_measure": skip})
     elif key == "asrun_leak":
-        s = _setting(tmp_path, runs=MISMATCH, measures={"leak_measure": _leak_table(([-0.2, -0.22, -0.19] if planted else
-                                                                            [0.001, 0.002, 0.0015])[: len(seeds)], seeds=seeds)})
+        benefit = [-0.2, -0.22, -0.19] if planted else [0.001, 0.002, 0.0015]
+        leak = _leak_table(benefit[: len(seeds)], seeds=seeds)
+        s = _setting(tmp_path, runs=MISMATCH, measures={"leak_measure": leak})
     else:
         raise KeyError(key)
     claim = next(c for c in claims.CLAIMS if c.key == key)
@@ -679,8 +687,10 @@ def test_claims_are_byte_identical_across_reruns(tmp_path):
         trace, skip = _gate_inputs(informative=True)
         traces = {"causal": _merge_traces(_layer_trace([0.68, 0.71, 0.74]), _phasic_trace(), trace)}
         runs = pd.concat([_ab_runs([10.0, 10.5, 9.8], [11.0, 11.6, 10.9]), MISMATCH], ignore_index=True)
-        s = _setting(tmp_path, traces=traces, runs=runs, measures={"skip_measure": skip, "leak_measure": _leak_table([-0.2, -0.22, -0.19])})
-        d = claims.nan_to_none({"claims": [claims.judge(i, c, s, "causal", []) for i, c in enumerate(claims.CLAIMS, 1)]})
+        measures = {"skip_measure": skip, "leak_measure": _leak_table([-0.2, -0.22, -0.19])}
+        s = _setting(tmp_path, traces=traces, runs=runs, measures=measures)
+        judged = [claims.judge(i, c, s, "causal", []) for i, c in enumerate(claims.CLAIMS, 1)]
+        d = claims.nan_to_none({"claims": judged})
         return json.dumps(d, sort_keys=True), claims.claims_tex(d), claims.claims_paragraphs(d)
 
     assert doc() == doc()

@@ -500,7 +500,8 @@ def skipping_claim(skip, variant, size, cfg):
                   gated_minus_random_ci=[r["vs_random"].low, r["vs_random"].high]) for r in grid]
     details = dict(variant=variant, size=size, tolerance_nats=tol, min_fraction=min_frac, by_eps=table)
     if not grid:
-        return _result(reason=f"no skip measurement of {variant}/{size} at eps > 0 ({MEASURES['skip_measure']})", **details)
+        return _result(reason=f"no skip measurement of {variant}/{size} at eps > 0 ({MEASURES['skip_measure']})",
+                       **details)
     if max(r["delta"].n for r in grid) < MIN_SEEDS:
         return _result(reason=f"{max(r['delta'].n for r in grid)} seed(s): no interval over seeds", **details)
     skipping = [r for r in grid if r["skip_frac"] >= min_frac]
@@ -737,7 +738,7 @@ def claims_tex(doc: dict) -> str:
     header = [r"\#", "Claim", "Origin", "Value", "Value [interval]", "Verdict"]
     rows = [[str(c["id"]), tables.escape(c["claim"]), tables.escape(c["origin"]), tables.escape(c["value_label"]),
              _value_ci(c), tables.escape(c["verdict"])] for c in doc["claims"]]
-    return tables.booktabs(header, rows, r"@{}r p{0.3\linewidth} p{0.1\linewidth} p{0.14\linewidth} l l@{}")
+    return tables.booktabs(header, rows, r"@{}r p{0.28\linewidth} p{0.13\linewidth} p{0.14\linewidth} l l@{}")
 
 
 def claims_paragraphs(doc: dict) -> str:
