@@ -57,7 +57,7 @@ def runs_table(rows) -> pd.DataFrame:
 def analysis_cfg(**over) -> dict:
     """The analysis settings the claims read, at their schema defaults unless overridden."""
     a = {"confidence": 0.95, "ppl_threshold": 5.5, "layer_effect_floor": 0.03, "gain_band": [0.9, 1.1],
-         "gain_min_fraction": 0.75, "activity_min_ratio": 2.0, "reg_bound": 0.03, "gate_eps": [0.05, 0.1, 0.2],
+         "gain_min_fraction": 0.75, "activity_min_ratio": 2.0, "reg_bound": 0.1, "gate_eps": [0.05, 0.1, 0.2],
          "gate_branch_ratio": 0.05, "gate_min_fraction": 0.01, "skip_tolerance_nats": 0.01,
          "skip_min_fraction": 0.01, "probe_word": "but", "control_sentences": ["c"] * 19}
     a.update(over)
@@ -324,6 +324,13 @@ def test_phasic_claim_uses_only_position_matched_controls():
     assert details(none)["legs"]["controls"] == "inconclusive" and verdict(none) == "inconclusive"
 
 
+def test_phasic_claim_controls_below_the_trace_resolution_place_nothing():
+    """Controls that all change by the same amount (to 7 digits) give a prediction interval of
+    width 0: a twist a rounding step above it is not a phasic response."""
+    flat = claims.phasic_claim(_phasic_trace(twist=(0.0300002,) * 3, controls=[0.03] * 19), 0.95)
+    assert details(flat)["legs"]["controls"] == "inconclusive" and "resolution" in flat["reason"]
+
+
 def test_phasic_claim_thin_data_is_inconclusive():
     one = claims.phasic_claim(_phasic_trace(seeds=(0,)), 0.95)
     assert verdict(one) == "inconclusive" and "1 seed" in one["reason"]
@@ -400,7 +407,7 @@ def test_the_regulariser_only_controller_fails_homeostasis(tmp_path):
 
 
 def test_homeostasis_unbounded_reg_or_gains_out_of_band_is_not_supported(tmp_path):
-    high = _homeostasis(tmp_path / "a", {0: 100.0, 1: 80.0, 2: 120.0}, levels=(0.1, 0.12, 0.11))
+    high = _homeostasis(tmp_path / "a", {0: 100.0, 1: 80.0, 2: 120.0}, levels=(0.2, 0.22, 0.21))
     assert details(high)["legs"]["L_reg bounded"] == "not supported" and verdict(high) == "not supported"
     out = {s: [1.0, 1.5, 1.5, 0.5] for s in SEEDS}  # a quarter in the band
     res = _homeostasis(tmp_path / "b", {0: 100.0, 1: 80.0, 2: 120.0}, gains=out)
@@ -558,6 +565,18 @@ def test_block_skipping_thin_or_nothing_skipped():
     assert verdict(nothing) == "not supported" and "skips" in nothing["reason"]
 
 
+def test_skipping_everything_is_no_choice_of_the_gate():
+    """At an eps above every gamma, the gate and the random control skip the same (all): that eps
+    is no evidence either way, in block skipping and in the gate's function leg."""
+    _, skip = _gate_inputs(informative=True, eps_grid=(0.0, 1.01))
+    assert set(skip.loc[skip["eps"] == 1.01, "skip_frac"]) == {1.0}
+    res = claims.skipping_claim(skip, "causal", "s", analysis_cfg(skip_tolerance_nats=10.0))
+    assert verdict(res) == "inconclusive" and "between" in res["reason"]  # no eps on the grid is a real choice
+    trace, _ = _gate_inputs(informative=True)
+    res = claims.gate_claim(trace, skip, "causal", "s", analysis_cfg(gate_eps=[1.01]))
+    assert details(res)["legs"]["function"] == "inconclusive" and "every evaluation" in res["reason"]
+
+
 # -- claim 7: the as-run leak: structure, benefit, and the mismatch kept apart -------------------------
 def _leak_table(benefit, structural=0.5, seeds=SEEDS):
     """leak_measure rows: asrun (benefit[seed] = loss with the true future - with another
@@ -604,8 +623,9 @@ def test_a_position_only_pool_shows_no_structural_leak():
     whatever the noise in the losses, nothing can leak."""
     res = claims.leak_claim(_leak_table([-0.2, -0.22, -0.19], structural=0.0), MISMATCH, "s", 0.95)
     assert verdict(res) == "not supported" and "structural" in res["reason"]
-    tiny = claims.leak_claim(_leak_table([-0.2, -0.22, -0.19], structural=1e-7), MISMATCH, "s", 0.95)
-    assert verdict(tiny) == "not supported"  # float32 rounding, not a path from the future
+    # a small but nonzero dependence is a path (a causal pool gives exactly 0): the benefit decides
+    tiny = claims.leak_claim(_leak_table([-0.2, -0.22, -0.19], structural=5e-7), MISMATCH, "s", 0.95)
+    assert verdict(tiny) == "supported"
 
 
 def test_leak_claim_thin_data_is_inconclusive():

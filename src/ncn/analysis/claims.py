@@ -25,7 +25,8 @@ refutes it). Every claim about trained models reads every seed; `reason` says wh
                          controls (seed-averaged; a prediction interval for one sentence); twist
                          minus minimal pair at the first differing token (t-CI over seeds);
                          partial Spearman of change with surprisal | position, log frequency
-                         (Fisher-z CI over seeds). Constant signals (static): not supported.
+                         (Fisher-z CI over seeds). Constant signals (static): not supported; a
+                         prediction interval narrower than TRACE_RESOLUTION: inconclusive.
  5 homeostasis           three legs: the signal variance over the reg-only control's, log10 CI
                          above log10(analysis.activity_min_ratio) (and above static's 0); L_reg /
                          reg_lambda over the second half of training, CI below analysis.reg_bound;
@@ -33,11 +34,12 @@ refutes it). Every claim about trained models reads every seed; `reason` says wh
  6 gamma_gates           two legs: the fraction of (layer, token) with gamma < max(gate_eps) AND a
                          branch ratio ||g gamma FFN|| / ||x|| < analysis.gate_branch_ratio, CI above
                          gate_min_fraction; skipping at that eps minus random skipping of as many,
-                         loss CI < 0 over seeds (nothing gated: not supported).
- 7 asrun_leak            structural max |dlogit| at positions <= t (a measurement: 0 means nothing
-                         can leak, not supported); benefit = loss(true future) - loss(another
+                         loss CI < 0 over seeds (nothing gated: not supported; all: inconclusive).
+ 7 asrun_leak            structural max |dlogit| at positions <= t (a measurement: exactly 0 means
+                         nothing can leak, not supported); benefit = loss(true future) - loss(another
                          window's future), CI < 0; the prefix-pool mismatch reported apart.
- 8 block_skipping        at the eps skipping the most (>= analysis.skip_min_fraction) whose loss
+ 8 block_skipping        at the eps skipping the most (at least analysis.skip_min_fraction, at most
+                         1 - it: skipping all is no choice of the gate's) whose loss
                          change CI stays <= analysis.skip_tolerance_nats: gated minus random skip
                          loss, CI < 0. Every skipping eps costing more than the tolerance: not
                          supported.
@@ -71,8 +73,9 @@ ORIGINAL_TOKENS = 520e6
 BUDGET_FACTOR = 2.0
 # Claims about trained models need an interval over seeds: fewer seeds are thin data.
 MIN_SEEDS = 2
-# |dlogit| at or below this is float32 rounding, not a path from the future (logits of order 10).
-STRUCTURAL_TOL = 1e-5
+# The traces hold signals of order 1 with 7 significant digits: a signal change below this is
+# rounding, and a prediction interval narrower than it cannot place the twist.
+TRACE_RESOLUTION = 1e-6
 # The measurement tables (ncn analyze leakprobe, skip, regonly): name (the claims rule's input and,
 # dashed, the option) -> the file under results/ the reasons quote, and the columns read.
 MEASURES = {"leak_measure": "tables/leak_measure.csv", "skip_measure": "tables/skip_measure.csv",
@@ -275,10 +278,11 @@ def _phasic_legs(per: dict, conf: float) -> tuple[dict, Interval, float]:
     pi = prediction_interval(controls, conf)
     excess = Interval(twist - pi.mean, twist - pi.high, twist - pi.low, pi.n, pi.sd)
     legs = {}
-    v = ci_verdict(excess.low, excess.high, 0.0, "above")
+    v = ci_verdict(excess.low, excess.high, 0.0, "above") if pi.half >= TRACE_RESOLUTION else INCONCLUSIVE
     unmatched = max(d["n_unmatched"] for d in per.values())
     legs["controls"] = (v, (f"twist {_f(twist)} vs the {round(conf * 100)}% prediction interval {_ci(pi)} of {pi.n} "
-                            f"position-matched controls ({unmatched} at another position left out)")
+                            f"position-matched controls ({unmatched} at another position left out"
+                            + ("; narrower than the trace's resolution" if pi.half < TRACE_RESOLUTION else "") + ")")
                         if finite(twist) else "no probe in the twist sentence")
     pair = _seed_interval({s: d["pair_diff"] for s, d in per.items()}, conf)
     v = ci_verdict(pair.low, pair.high, 0.0, "above")
@@ -416,11 +420,14 @@ def gate_claim(trace, skip, variant, size, cfg):
     rows = _skip_rows(skip, variant, size, eps)
     if rows.empty:
         f_v, d, skipped = INCONCLUSIVE, None, NAN
-        f_why = f"no skip measurement at eps = {eps:g} ({MEASURES['skip_measure']})"
+        f_why = (f"no skip measurement at eps = {eps:g} ({MEASURES['skip_measure']}, whose grid must hold "
+                 "max(analysis.gate_eps))")
     else:
         d, skipped = _gated_vs_random(rows, conf)
-        f_v = NOT_SUPPORTED if skipped == 0 else ci_verdict(d.low, d.high, 0.0, "below")
+        f_v = (NOT_SUPPORTED if skipped == 0 else INCONCLUSIVE if skipped == 1
+               else ci_verdict(d.low, d.high, 0.0, "below"))
         f_why = ("no gamma below eps: nothing is gated" if skipped == 0
+                 else "every evaluation is gated: random skipping of as many is the same" if skipped == 1
                  else _side_why(f_v, d, 0.0, "below", "gated - random loss CI"))
     legs = {"scale-aware closed fraction": (c_v, c_why), "function": (f_v, f_why)}
     details = dict(variant=variant, size=size, eps=eps, n_seeds=frac.n, skip_frac=skipped,
@@ -467,7 +474,7 @@ def leak_claim(leak, runs, size, conf):
                    prefix_pool_mismatch_per_seed=mm)
     if rows.empty:
         return _result(reason=f"no leak measurement of asrun at size {size} ({MEASURES['leak_measure']})", **details)
-    if structure.get("asrun", NAN) <= STRUCTURAL_TOL:
+    if structure.get("asrun", NAN) == 0.0:  # exactly: a causal pool gives 0, not a small number
         return _result(iv.mean, iv.low, iv.high, NOT_SUPPORTED, "structural: changing the tokens after t changes "
                        f"no logit at positions <= t (max |dlogit| {_f(structure.get('asrun'))}): nothing can leak",
                        **details)
@@ -504,9 +511,12 @@ def skipping_claim(skip, variant, size, cfg):
                        **details)
     if max(r["delta"].n for r in grid) < MIN_SEEDS:
         return _result(reason=f"{max(r['delta'].n for r in grid)} seed(s): no interval over seeds", **details)
-    skipping = [r for r in grid if r["skip_frac"] >= min_frac]
-    if not skipping:
-        return _result(verdict=NOT_SUPPORTED, reason=f"no eps skips {_f(min_frac)} of the FFN evaluations", **details)
+    # an eps that skips everything is no choice of the gate's: random skipping of as many is the same
+    skipping = [r for r in grid if min_frac <= r["skip_frac"] <= 1 - min_frac]
+    if not skipping:  # the gate never closes on this grid: refuted; it closes all or nothing: undecided
+        v = INCONCLUSIVE if any(r["skip_frac"] > 1 - min_frac for r in grid) else NOT_SUPPORTED
+        return _result(verdict=v, reason=f"no eps skips between {_f(min_frac)} and {_f(1 - min_frac)} of the FFN "
+                       "evaluations", **details)
     within = [r for r in skipping if finite(r["delta"].high) and r["delta"].high <= tol]
     if not within:
         v = NOT_SUPPORTED if all(r["delta"].low > tol for r in skipping) else INCONCLUSIVE
@@ -515,8 +525,8 @@ def skipping_claim(skip, variant, size, cfg):
     iv = best["vs_random"]
     v = ci_verdict(iv.low, iv.high, 0.0, "below")
     details.update(eps=best["eps"], skip_frac=best["skip_frac"], dloss=best["delta"].mean)
-    return _result(iv.mean, iv.low, iv.high, v, f"at eps = {best['eps']:g} ({_f(best['skip_frac'])} skipped, loss "
-                   f"change CI {_ci(best['delta'])} within {_f(tol)} nats): "
+    return _result(iv.mean, iv.low, iv.high, v, f"at eps = {best['eps']:g} ({_f(best['skip_frac'])} of the FFN "
+                   f"evaluations skipped, loss change CI {_ci(best['delta'])} within {_f(tol)} nats): "
                    + _side_why(v, iv, 0.0, "below", "gated - random CI"), **details)
 
 
