@@ -3,7 +3,8 @@
 # are the exact files each command reads, so a new run (or a retrained one) reruns the
 # aggregates that include it; `params: cfg=` lists the config values each command uses, so a
 # changed value reruns only what depends on it.
-from ncn.analysis.rules import claim_measure_options, claim_variants, largest_size, params_key, static_variants, trace_seed
+from ncn.analysis.rules import (TRACE_KEYS, claim_measure_options, claim_variants, largest_size, params_key,
+                                static_variants, trace_files)
 
 TABLES = f"{RES}/tables"
 FIGURES = f"{RES}/figures"
@@ -192,9 +193,10 @@ rule analysis_skip:
 rule analysis_claims:
     input:
         runs=RUNS_TABLE,
-        traces=traces(CLAIM_VARIANTS),
+        traces=trace_files(TRACE, CLAIM_VARIANTS, LARGEST, SEEDS),
         # the static variant's traces: the zero per-token variance homeostasis is judged against
-        static_traces=traces([v for v in static_variants(config) if v not in CLAIM_VARIANTS]),
+        static_traces=trace_files(TRACE, [v for v in static_variants(config) if v not in CLAIM_VARIANTS],
+                                  LARGEST, SEEDS),
         # the measurements of issue 12 (model-evaluating; see docs/architecture.md)
         leak_measure=rules.analysis_leakprobe.output.csv,
         skip_measure=rules.analysis_skip.output.measure if NCN_VARIANTS else [],
