@@ -386,18 +386,3 @@ def test_init_is_deterministic():
     a, b = make("causal", seed=5), make("causal", seed=5)
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n
-
-
-def test_bench_model_cli_writes_a_table(tmp_path, capsys):
-    from ncn.bench import main
-
-    out = tmp_path / "bench.csv"
-    rc = main(["model", "--out", str(out), "--steps", "1", "--warmup", "0", "--threads", "1", "--batch", "1",
-               "--seq-len", "8", "--d-model", "16", "--n-layer", "1", "--n-head", "2", "--d-ff", "32",
-               "--vocab", "32", "--variants", "causal", "static"])
-    assert rc == 0
-    lines = out.read_text().splitlines()
-    assert lines[0].startswith("variant,") and [line.split(",")[0] for line in lines[1:]] == ["none", "causal", "static"]
-    assert "× none" in capsys.readouterr().out
-    with pytest.raises(NCNError, match="steps"):
-        main(["model", "--steps", "0", "--out", str(out)])

@@ -1,125 +1,605 @@
-"""`ncn bench model`: forward+backward speed of every variant against the iso-parameter baseline.
+"""`ncn bench`: speed benchmarks. Tables, never asserts (see bench/README.md).
 
-The steps of the variants are interleaved (one step of each, round after round) and the median
-step time is reported, so a slow spell on a shared machine hits every variant alike rather than
-whichever happened to run then. A benchmark prints a table; it never asserts.
+  model    training-step and evaluation speed of every variant and of a textbook GPT of the same
+           shape (bench/reference_gpt.py), at d256/L6/T256 and at every size of a profile, with
+           the ratios to the reference and to `none`, and MFU against a GEMM peak measured in the
+           same rounds. Everything that is compared is interleaved: one step of each model (and
+           one GEMM) per round, medians over rounds, so a slow spell of a shared machine hits
+           every model alike.
+  startup  process start -> first training step and last step -> exit of a real `ncn train`
+           job (a subprocess), plus the import costs (`python -X importtime`).
+  stages   per-stage wall time of a Snakemake run from its `benchmark:` TSV files, and the
+           Snakemake overhead (the wall time in which no job ran).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from datetime import datetime
+from pathlib import Path
 
-import torch
-
-import ncn.model as M
-from ncn import variants
 from ncn.errors import NCNError
 from ncn.fileio import write_csv_rows
-from ncn.progress import bar
 
-COLUMNS = ["variant", "d_ff", "n_params", "step_s_median", "step_s_min", "tokens_per_s", "ratio_to_none",
-           "pool_impl", "threads", "steps", "batch", "seq_len", "d_model", "n_layer", "n_head", "vocab_size",
-           "torch"]
-
-
-def bench_configs(a) -> dict[str, M.ModelConfig]:
-    """Every NCN variant at the given size, plus the baseline ("none") = match_params of
-    variants.PRIMARY ("causal"), first."""
-    kw = dict(vocab_size=a.vocab, block_size=a.seq_len, n_layer=a.n_layer, n_head=a.n_head,
-              d_model=a.d_model, d_ff=a.d_ff, dropout=0.0)
-    cfgs = {v: M.ModelConfig(ncn=v, **kw) for v in variants.ncn_names(a.variants)}
-    return {variants.baseline(): M.match_params(M.ModelConfig(ncn=variants.PRIMARY, **kw)), **cfgs}
+ROOT = Path(__file__).resolve().parents[2]
+BASE_SHAPE = "d256/L6/T256"
+MODEL_COLUMNS = [
+    "shape", "variant", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch", "vocab_size", "n_params",
+    "step_s_median", "step_s_min", "tokens_per_s", "ratio_to_reference", "ratio_to_none",
+    "train_flops_per_token", "mfu", "eval_batch", "eval_tokens_per_s", "eval_ratio_to_reference", "eval_mfu",
+    "gemm_flops_per_s", "device", "dtype", "threads", "steps", "pool_impl", "torch", "peak_flops_per_s",
+]
 
 
-def train_step(model, idx, targets):
-    model.zero_grad(set_to_none=True)
-    out = model(idx, targets)
-    out.loss.backward()
+# ---- model: shapes and models -------------------------------------------------------------------
 
 
-def bench_model(a) -> list[dict]:
-    torch.set_num_threads(a.threads)
-    M.PREFIX_POOL_IMPL = a.pool_impl
-    cfgs = bench_configs(a)
-    torch.manual_seed(0)
-    models = {v: M.Transformer(c).train() for v, c in cfgs.items()}
-    idx = torch.randint(0, a.vocab, (a.batch, a.seq_len))
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    name: str
+    d_model: int
+    n_layer: int
+    n_head: int
+    d_ff: int
+    seq_len: int
+
+
+def parse_shape(spec: str, size_defs: dict) -> Shape:
+    """A size name of the config (s, m, paper18m, ...) or 'd256/L6/T256[/H8][/F1024]'
+    (default heads d/32, default d_ff 4d)."""
+    if spec in size_defs:
+        sd = size_defs[spec]
+        return Shape(spec, sd["d_model"], sd["n_layer"], sd["n_head"], sd["d_ff"], sd["block_size"])
+    parts = dict((p[0], p[1:]) for p in spec.split("/") if p)
+    if not {"d", "L", "T"} <= set(parts) or not all(v.isdigit() for v in parts.values()) or set(parts) - set("dLTHF"):
+        raise NCNError(f"--shapes: '{spec}' is neither a size of the config ({', '.join(size_defs)}) nor "
+                       f"d<d_model>/L<layers>/T<context>[/H<heads>][/F<d_ff>], e.g. {BASE_SHAPE}")
+    d = int(parts["d"])
+    return Shape(spec, d, int(parts["L"]), int(parts.get("H", max(1, d // 32))), int(parts.get("F", 4 * d)),
+                 int(parts["T"]))
+
+
+def reference_module():
+    """bench/reference_gpt.py (a file of the source checkout, not of the installed package)."""
+    path = ROOT / "bench" / "reference_gpt.py"
+    if not path.exists():
+        raise NCNError(f"{path} not found: the reference GPT lives in the repository's bench/ folder; run "
+                       "`ncn bench` from a source checkout (pip install -e .)")
+    spec = importlib.util.spec_from_file_location("ncn_bench_reference_gpt", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def variant_names() -> tuple[list[str], str, str]:
+    """(every variant, the baseline, the primary NCN whose iso-parameter twin the baseline is)."""
+    from ncn import variants as V
+
+    return list(V.names()), V.baseline(), V.PRIMARY
+
+
+def build_models(shape: Shape, a) -> dict:
+    """reference (with the baseline's d_ff), the baseline (match_params of the primary NCN: its
+    iso-parameter twin), then the other variants asked for."""
+    import ncn.model as M
+
+    _, base, primary = variant_names()
+    kw = dict(vocab_size=a.vocab, block_size=shape.seq_len, n_layer=shape.n_layer, n_head=shape.n_head,
+              d_model=shape.d_model, d_ff=shape.d_ff, dropout=0.0)
+    base_cfg = M.match_params(M.ModelConfig(ncn=primary, **kw))
+    ref = reference_module().ReferenceGPT(a.vocab, shape.seq_len, shape.n_layer, shape.n_head, shape.d_model,
+                                          base_cfg.d_ff)
+    models = {"reference": ref, base: M.Transformer(base_cfg)}
+    models.update({v: M.Transformer(M.ModelConfig(ncn=v, **kw)) for v in a.variants if v != base})
+    return models
+
+
+def loss_of(out):
+    return out[1] if isinstance(out, tuple) else out.loss  # the reference returns (logits, loss)
+
+
+def logits_of(out):
+    return out[0] if isinstance(out, tuple) else out.logits
+
+
+def flops_per_token(model, shape: Shape, train: bool) -> int:
+    """6·N + 12·L·d·T (training) or 2·N + 4·L·d·T (forward): N = parameters less the position
+    embedding (the tied token embedding counts once, as the head's matmul); the attention term
+    counts the full T×T scores and weighted sums (PaLM's convention). bench/README.md."""
+    n = sum(p.numel() for p in model.parameters()) - model.pos_emb.weight.numel()
+    attn = 4 * shape.n_layer * shape.d_model * shape.seq_len
+    return 6 * n + 3 * attn if train else 2 * n + attn
+
+
+# ---- model: timing ------------------------------------------------------------------------------
+
+
+def device_setup(a):
+    """(device, autocast context factory, synchronize) for --device/--dtype."""
+    import torch
+
+    dev = torch.device(a.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NCNError("--device cuda, but torch sees no CUDA device (use --device cpu)")
+    if a.dtype == "bf16":
+        autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16)  # noqa: E731
+    else:
+        autocast = contextlib.nullcontext
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    return dev, autocast, sync
+
+
+def timed(fn, sync) -> float:
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def gemm_closure(a, dev):
+    """One square matmul of --gemm-n in the benchmark's dtype: (closure, FLOPs per call)."""
+    import torch
+
+    n = a.gemm_n or (8192 if dev.type == "cuda" else 1024)
+    dt = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    x, y = torch.randn(n, n, device=dev, dtype=dt), torch.randn(n, n, device=dev, dtype=dt)
+    return (lambda: torch.mm(x, y)), 2 * n**3
+
+
+def interleave(closures: dict, rounds: int, warmup: int, sync, desc: str) -> dict[str, list[float]]:
+    """Run every closure once per round (in order), `warmup` untimed rounds first."""
+    from ncn.progress import bar
+
+    times: dict[str, list[float]] = {k: [] for k in closures}
+    for r in bar(range(warmup + rounds), desc=desc, leave=False):
+        for k, fn in closures.items():
+            t = timed(fn, sync)
+            if r >= warmup:
+                times[k].append(t)
+    return times
+
+
+def train_closures(models: dict, a, dev, autocast) -> dict:
+    import torch
+
+    idx = torch.randint(0, a.vocab, (a.batch, next(iter(models.values())).pos_emb.num_embeddings), device=dev)
     targets = torch.roll(idx, -1, dims=1)
-    for _ in range(a.warmup):
-        for model in models.values():
-            train_step(model, idx, targets)
-    times: dict[str, list[float]] = {v: [] for v in models}
-    for _ in bar(range(a.steps), desc="bench rounds"):
-        for v, model in models.items():
-            t0 = time.perf_counter()
-            train_step(model, idx, targets)
-            times[v].append(time.perf_counter() - t0)
-    base = statistics.median(times[variants.baseline()])
+
+    def make(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with autocast():
+                loss = loss_of(model(idx, targets))
+            loss.backward()
+            opt.step()
+        return step
+
+    return {k: make(m.train()) for k, m in models.items()}
+
+
+def eval_closures(models: dict, a, dev, autocast) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    T = next(iter(models.values())).pos_emb.num_embeddings
+    idx = torch.randint(0, a.vocab, (a.eval_batch, T), device=dev)
+    targets = torch.roll(idx, -1, dims=1)
+
+    def make(model):
+        def forward():
+            with torch.inference_mode(), autocast():
+                logits = logits_of(model(idx)).float()
+                F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), reduction="sum").item()
+        return forward
+
+    return {k: make(m.eval()) for k, m in models.items()}
+
+
+def bench_shape(shape: Shape, a) -> list[dict]:
+    """Rows of one shape: training steps (and one GEMM) interleaved, then evaluation forwards."""
+    import torch
+
+    import ncn.model as M
+
+    dev, autocast, sync = device_setup(a)
+    base = variant_names()[1]
+    torch.manual_seed(0)
+    models = {k: m.to(dev) for k, m in build_models(shape, a).items()}
+    gemm, gemm_flops = gemm_closure(a, dev)
+    train_t = interleave({**train_closures(models, a, dev, autocast), "_gemm": gemm}, a.steps, a.warmup, sync,
+                         f"train {shape.name}")
+    eval_t = interleave(eval_closures(models, a, dev, autocast), a.steps, a.warmup, sync, f"eval {shape.name}")
+    gemm = gemm_flops / statistics.median(train_t.pop("_gemm"))
+    peak = a.peak_flops or gemm
+    med = {k: statistics.median(v) for k, v in train_t.items()}
+    emed = {k: statistics.median(v) for k, v in eval_t.items()}
     rows = []
-    for v, model in models.items():
-        med = statistics.median(times[v])
+    for k, model in models.items():
+        tok_s, etok_s = a.batch * shape.seq_len / med[k], a.eval_batch * shape.seq_len / emed[k]
         rows.append(dict(
-            variant=v, d_ff=cfgs[v].d_ff, n_params=model.num_params(), step_s_median=round(med, 5),
-            step_s_min=round(min(times[v]), 5), tokens_per_s=round(a.batch * a.seq_len / med, 1),
-            ratio_to_none=round(med / base, 4), pool_impl=a.pool_impl, threads=a.threads, steps=a.steps,
-            batch=a.batch, seq_len=a.seq_len, d_model=a.d_model, n_layer=a.n_layer, n_head=a.n_head,
-            vocab_size=a.vocab, torch=torch.__version__,
+            shape=shape.name, variant=k, d_model=shape.d_model, n_layer=shape.n_layer, n_head=shape.n_head,
+            d_ff=getattr(model, "cfg", models[base].cfg).d_ff, seq_len=shape.seq_len,
+            batch=a.batch, vocab_size=a.vocab, n_params=sum(p.numel() for p in model.parameters()),
+            step_s_median=round(med[k], 5), step_s_min=round(min(train_t[k]), 5), tokens_per_s=round(tok_s, 1),
+            ratio_to_reference=round(med[k] / med["reference"], 4), ratio_to_none=round(med[k] / med[base], 4),
+            train_flops_per_token=flops_per_token(model, shape, True),
+            mfu=round(tok_s * flops_per_token(model, shape, True) / peak, 4), eval_batch=a.eval_batch,
+            eval_tokens_per_s=round(etok_s, 1), eval_ratio_to_reference=round(emed[k] / emed["reference"], 4),
+            eval_mfu=round(etok_s * flops_per_token(model, shape, False) / peak, 4),
+            gemm_flops_per_s=round(gemm), peak_flops_per_s=round(peak), device=dev.type, dtype=a.dtype,
+            threads=a.threads, steps=a.steps, pool_impl=M.PREFIX_POOL_IMPL, torch=torch.__version__,
         ))
     return rows
 
 
-def format_table(rows) -> str:
-    head = f"{'variant':<8} {'d_ff':>5} {'params':>9} {'step s':>8} {'tokens/s':>9} {'× none':>7}"
+def format_model_table(rows) -> str:
+    head = (f"{'shape':<14} {'variant':<9} {'params':>9} {'step s':>8} {'tokens/s':>9} {'× ref':>6} {'× none':>7} "
+            f"{'MFU':>6} {'eval tok/s':>10} {'eval MFU':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['variant']:<8} {r['d_ff']:>5} {r['n_params']:>9} {r['step_s_median']:>8.4f} "
-                     f"{r['tokens_per_s']:>9.0f} {r['ratio_to_none']:>7.3f}")
+        lines.append(f"{r['shape']:<14} {r['variant']:<9} {r['n_params']:>9} {r['step_s_median']:>8.4f} "
+                     f"{r['tokens_per_s']:>9.0f} {r['ratio_to_reference']:>6.3f} {r['ratio_to_none']:>7.3f} "
+                     f"{r['mfu']:>6.1%} {r['eval_tokens_per_s']:>10.0f} {r['eval_mfu']:>8.1%}")
     return "\n".join(lines)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ncn bench",
-        description="Speed benchmarks. 'model': forward+backward tokens/s of each NCN variant and its "
-        "step time relative to \"none\", the iso-parameter baseline of \"causal\" (match_params: same "
-        "depth/width, wider FFN). Steps are interleaved across variants; medians are reported. "
-        "Numbers on a shared machine vary with its load: compare ratios from one run.",
-    )
-    sub = p.add_subparsers(dest="what", required=True, metavar="what")
-    m = sub.add_parser("model", help="forward+backward speed per variant (default: d_model 256, 6 layers, "
-                       "8 heads, d_ff 1024, T 256, batch 16, vocab 4096, fp32 CPU)")
+def model_targets(rows) -> list[str]:
+    """The issue's speed targets, read off the table (printed, never asserted)."""
+    _, base, primary = variant_names()
+    out = []
+    for r in rows:
+        if r["variant"] == base:
+            out.append(f"{r['shape']}: {base} / reference {r['ratio_to_reference']:.3f} (target <= 1.00)")
+        if r["variant"] == primary:
+            out.append(f"{r['shape']}: {primary} / {base} {r['ratio_to_none']:.3f} (target <= 1.05)")
+    b = [r for r in rows if r["shape"] == BASE_SHAPE and r["variant"] == base]
+    if b:
+        out.append(f"{BASE_SHAPE}: training MFU of {base} {b[0]['mfu']:.1%} of {b[0]['peak_flops_per_s'] / 1e9:.1f} "
+                   f"GFLOP/s (the measured GEMM: {b[0]['gemm_flops_per_s'] / 1e9:.1f}; goal >= 60%)")
+    return out
+
+
+def main_model(a) -> int:
+    import torch
+
+    from ncn.config import load_config
+
+    for name in ("steps", "threads", "batch", "eval_batch"):
+        if getattr(a, name) < 1:
+            raise NCNError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    if a.warmup < 0:
+        raise NCNError(f"--warmup must be >= 0, got {a.warmup}")
+    import ncn.model as M
+
+    known = variant_names()[0]
+    a.variants = a.variants or known
+    bad = [v for v in a.variants if v not in known]
+    if bad:
+        raise NCNError(f"--variants: unknown {', '.join(bad)} (one of {', '.join(known)})")
+    torch.set_num_threads(a.threads)
+    M.PREFIX_POOL_IMPL = a.pool_impl
+    cfg = load_config(a.config)
+    shapes = [parse_shape(s, cfg["size_defs"]) for s in (a.shapes or [BASE_SHAPE, *cfg["sizes"]])]
+    rows = [r for shape in shapes for r in bench_shape(shape, a)]
+    print(f"{a.device} {a.dtype}, {a.threads} thread(s), batch {a.batch} (eval {a.eval_batch}), vocab {a.vocab}, "
+          f"pool {a.pool_impl}, median of {a.steps} interleaved rounds; reference = bench/reference_gpt.py")
+    print(format_model_table(rows))
+    print("\n".join(model_targets(rows)))
+    write_csv_rows(a.out, MODEL_COLUMNS, rows)
+    print(f"wrote {a.out}")
+    return 0
+
+
+# ---- startup: a real `ncn train` job, timed from outside and from inside -------------------------
+
+# Run as `python -c PROBE <ncn args>`: torch-level hooks stamp the first forward (step 1 begins)
+# and every optimizer step; the parent stamps the process start and its exit. Each stamp is
+# (wall, CPU seconds of the process): on a shared machine the CPU seconds are the steadier measure.
+# train.py is untouched.
+PROBE = r"""
+import atexit, json, sys, time
+now = lambda: (time.time(), time.process_time())
+T = {"interpreter": now()}
+import torch
+from torch.nn.modules.module import register_module_forward_pre_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook
+T["torch_imported"] = now()
+def _first(mod, args):
+    T["first_forward"] = now()
+    _h.remove()
+_h = register_module_forward_pre_hook(_first)
+def _step(opt, args, kwargs):
+    T.setdefault("first_step_done", now())
+    T["last_step_done"] = now()
+register_optimizer_step_post_hook(_step)
+atexit.register(lambda: print("NCN_BENCH_TIMES " + json.dumps({**T, "atexit": now()}), file=sys.stderr, flush=True))
+from ncn.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+PHASES = {  # name -> (from stamp, to stamp); "start" and "exit" are the parent's
+    "start_to_first_step": ("start", "first_forward"),
+    "interpreter_start": ("start", "interpreter"),
+    "import_torch": ("interpreter", "torch_imported"),
+    "torch_to_first_step": ("torch_imported", "first_forward"),
+    "first_step": ("first_forward", "first_step_done"),
+    "training": ("first_forward", "last_step_done"),
+    "last_step_to_exit": ("last_step_done", "exit"),
+    "last_step_to_atexit": ("last_step_done", "atexit"),
+    "total": ("start", "exit"),
+}
+STARTUP_COLUMNS = ["case", "what", "seconds_median", "seconds_min", "cpu_s_median", "repeats", "note"]
+
+
+def _env() -> dict:
+    src = str(ROOT / "src")
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": src + (os.pathsep + path if path else "")}
+
+
+def _ncn(*args: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "ncn.cli", *args], env=_env(), capture_output=True, text=True)
+    if r.returncode:
+        raise NCNError(f"`ncn {' '.join(args)}` failed ({r.returncode}): {r.stderr.strip()[-1500:]}")
+
+
+def startup_inputs(a, work: Path) -> tuple[dict[str, Path], Path]:
+    """({case: config JSON}, data folder): the config with MLflow on (a fresh store, created
+    untimed) and off; the data: --data, else built from the config (ncn data ...) in `work`."""
+    from ncn.config import load_config
+    from ncn.fileio import write_json
+
+    cfg = load_config(a.config)
+    cfg["mlflow"] = {**cfg["mlflow"], "enabled": True, "tracking_uri": f"sqlite:///{work / 'mlflow.db'}"}
+    cases = {"mlflow": work / "mlflow.json", "no_mlflow": work / "no_mlflow.json"}
+    write_json(cases["mlflow"], cfg)
+    write_json(cases["no_mlflow"], {**cfg, "mlflow": {**cfg["mlflow"], "enabled": False}})
+    _ncn("mlflow-init", "--config", str(cases["mlflow"]), "--out", str(work / "mlflow.ready"))
+    data = Path(a.data) if a.data else work / "data"
+    if not a.data:
+        c = str(cases["no_mlflow"])
+        _ncn("data", "fetch", "--config", c, "--out", str(data))
+        _ncn("data", "tokenizer", "--config", c, "--data", str(data), "--out", str(data / "tokenizer.json"))
+        _ncn("data", "tokenize", "--config", c, "--data", str(data), "--tokenizer", str(data / "tokenizer.json"),
+             "--out", str(data))
+    return cases, data
+
+
+def time_train_job(config: Path, data: Path, out: Path, a) -> dict[str, tuple[float, float]]:
+    """One `ncn train` subprocess -> {phase: (wall s, CPU s)} (PHASES)."""
+    import resource
+
+    from ncn.config import load_config
+
+    cfg = load_config(config)
+    size = a.size or cfg["sizes"][0]
+    variant = a.variant or variant_names()[2]
+    cmd = [sys.executable, "-c", PROBE, "train", "--config", str(config), "--variant", variant, "--size", size,
+           "--seed", "0", "--out", str(out), "--data", str(data), "--threads", str(a.threads)]
+    cpu = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_CHILDREN))  # noqa: E731
+    c0, t = cpu(), {"start": (time.time(), 0.0)}
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    t["exit"] = (time.time(), cpu() - c0)
+    stamps = [line for line in r.stderr.splitlines() if line.startswith("NCN_BENCH_TIMES ")]
+    if r.returncode or not stamps:
+        raise NCNError(f"the timed `ncn train` failed ({r.returncode}): {r.stderr.strip()[-1500:]}")
+    t.update(json.loads(stamps[-1].split(" ", 1)[1]))
+    return {k: (t[b][0] - t[f][0], t[b][1] - t[f][1]) for k, (f, b) in PHASES.items() if f in t and b in t}
+
+
+def import_costs(module: str, top: int = 8) -> tuple[float, list[tuple[str, float]]]:
+    """(wall seconds of `python -c "import module"`, [(package, seconds)]): -X importtime's self
+    times summed per top-level package (torch, numpy, mlflow, sqlalchemy, ...), largest first."""
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"], env=_env(),
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode:
+        raise NCNError(f"`import {module}` failed: {r.stderr.strip()[-800:]}")
+    per_package: dict[str, float] = {}
+    for line in r.stderr.splitlines():  # "import time:  self [us] | cumulative | name"
+        m = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
+        if m:
+            package = m.group(2).split(".")[0]
+            per_package[package] = per_package.get(package, 0.0) + int(m.group(1)) / 1e6
+    return wall, sorted(per_package.items(), key=lambda x: -x[1])[:top]
+
+
+def startup_rows(a, work: Path) -> list[dict]:
+    cases, data = startup_inputs(a, work)
+    runs: dict[str, list[dict]] = {c: [] for c in cases}
+    for i in range(a.repeats):  # the cases interleaved, a fresh run folder each time
+        for case, config in cases.items():
+            runs[case].append(time_train_job(config, data, work / "runs" / f"{case}{i}", a))
+    rows = []
+    for case, results in runs.items():
+        for what in PHASES:
+            xs = [r[what] for r in results if what in r]
+            if xs:
+                wall = [x[0] for x in xs]
+                rows.append(dict(case=case, what=what, seconds_median=round(statistics.median(wall), 3),
+                                 seconds_min=round(min(wall), 3),
+                                 cpu_s_median=round(statistics.median(x[1] for x in xs), 3), repeats=len(xs),
+                                 note=""))
+    for module in a.imports:
+        wall, top = import_costs(module)
+        rows.append(dict(case=f"import {module}", what="python -c (whole process)", seconds_median=round(wall, 3),
+                         seconds_min=round(wall, 3), cpu_s_median="", repeats=1,
+                         note="-X importtime: self time summed per package"))
+        rows += [dict(case=f"import {module}", what=name, seconds_median=round(s, 3), seconds_min=round(s, 3),
+                      cpu_s_median="", repeats=1, note="") for name, s in top]
+    return rows
+
+
+def main_startup(a) -> int:
+    if a.repeats < 1:
+        raise NCNError(f"--repeats must be at least 1, got {a.repeats}")
+    with tempfile.TemporaryDirectory(prefix="ncn-bench-startup-") as tmp:
+        rows = startup_rows(a, Path(tmp))
+    print(f"{'case':<22} {'what':<26} {'median s':>9} {'min s':>7} {'CPU s':>7}")
+    for r in rows:
+        print(f"{r['case']:<22} {r['what']:<26} {r['seconds_median']:>9.3f} {r['seconds_min']:>7.3f} "
+              f"{r['cpu_s_median']!s:>7}")
+    write_csv_rows(a.out, STARTUP_COLUMNS, rows)
+    print(f"wrote {a.out}")
+    return 0
+
+
+# ---- stages: a Snakemake run's benchmark files -> wall time per stage -----------------------------
+
+# first folder of results/benchmarks/<...>.tsv -> stage (anything else: "other")
+STAGE_OF = {"data": "data", "mlflow_init": "train", "train": "train", "evaluate": "evaluate",
+            "generate": "evaluate", "analysis": "analysis", "paper": "paper"}
+STAGES = ("data", "train", "evaluate", "analysis", "paper", "other")
+STAGE_COLUMNS = ["stage", "jobs", "job_s", "cpu_s", "busy_s", "max_rss_mb", "note"]
+
+
+def read_benchmarks(folder: Path, skip: str = "timing") -> list[dict]:
+    """One dict per TSV (its last row): stage, s, cpu_s, rss, end (the file's mtime: Snakemake
+    writes it when the job ends) and start = end - s."""
+    jobs = []
+    for path in sorted(folder.rglob("*.tsv")):
+        rel = path.relative_to(folder)
+        first = rel.parts[0].removesuffix(".tsv")
+        if first == skip:
+            continue
+        lines = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+        if len(lines) < 2 or lines[0][0] != "s":
+            raise NCNError(f"{path}: not a Snakemake benchmark file (expected a header starting with 's')")
+        row = dict(zip(lines[0], lines[-1]))
+        num = lambda k: float(row[k]) if row.get(k, "NA") not in ("NA", "-", "") else 0.0  # noqa: E731
+        end = path.stat().st_mtime
+        jobs.append(dict(stage=STAGE_OF.get(first, "other"), job=str(rel), s=num("s"), cpu_s=num("cpu_time"),
+                         rss=num("max_rss"), start=end - num("s"), end=end))
+    return jobs
+
+
+def union_seconds(intervals) -> float:
+    """Length of the union of [start, end] intervals."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            total += 0.0 if cur_e is None else cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    return total + (0.0 if cur_e is None else cur_e - cur_s)
+
+
+def snakemake_run_start(log_dir: Path) -> float | None:
+    """Start of the newest Snakemake run: the time in its log's name (.snakemake/log/
+    2026-11-30T080735.790707.snakemake.log, local time), or None."""
+    stamps = []
+    for p in Path(log_dir).glob("*.snakemake.log"):
+        with contextlib.suppress(ValueError):
+            stamps.append(datetime.strptime(p.name.split(".snakemake")[0], "%Y-%m-%dT%H%M%S.%f").timestamp())
+    return max(stamps) if stamps else None
+
+
+def stage_rows(jobs: list[dict], run_start: float | None) -> list[dict]:
+    rows = []
+    for stage in STAGES:
+        js = [j for j in jobs if j["stage"] == stage]
+        if js:
+            rows.append(dict(stage=stage, jobs=len(js), job_s=round(sum(j["s"] for j in js), 2),
+                             cpu_s=round(sum(j["cpu_s"] for j in js), 2),
+                             busy_s=round(union_seconds((j["start"], j["end"]) for j in js), 2),
+                             max_rss_mb=round(max(j["rss"] for j in js), 1), note=""))
+    this = [j for j in jobs if run_start is None or j["end"] >= run_start]
+    if not this:
+        return rows
+    start = min([j["start"] for j in this] + ([run_start] if run_start else []))
+    wall = max(j["end"] for j in this) - start
+    busy = union_seconds((j["start"], j["end"]) for j in this)
+    since = "the Snakemake log's start" if run_start else "the first job's start (no .snakemake/log found)"
+    rows.append(dict(stage="all_jobs", jobs=len(this), job_s=round(sum(j["s"] for j in this), 2),
+                     cpu_s=round(sum(j["cpu_s"] for j in this), 2), busy_s=round(busy, 2),
+                     max_rss_mb=round(max(j["rss"] for j in this), 1), note="jobs of the latest run"))
+    rows.append(dict(stage="snakemake_overhead", jobs="", job_s="", cpu_s="", busy_s=round(wall - busy, 2),
+                     max_rss_mb="", note="wall time in which no job ran (DAG, scheduling, gaps)"))
+    rows.append(dict(stage="wall", jobs="", job_s="", cpu_s="", busy_s=round(wall, 2), max_rss_mb="",
+                     note=f"from {since} to the last job's end"))
+    return rows
+
+
+def main_stages(a) -> int:
+    folder = Path(a.benchmarks)
+    if not folder.is_dir():
+        raise NCNError(f"--benchmarks {folder}: no such folder (a Snakemake run writes results/benchmarks/)")
+    jobs = read_benchmarks(folder)
+    if not jobs:
+        raise NCNError(f"--benchmarks {folder}: no benchmark .tsv files in it")
+    rows = stage_rows(jobs, snakemake_run_start(Path(a.snakemake_log)) if a.snakemake_log else None)
+    print(f"{'stage':<20} {'jobs':>5} {'job s':>9} {'busy s':>9}")
+    for r in rows:
+        print(f"{r['stage']:<20} {r['jobs']!s:>5} {r['job_s']!s:>9} {r['busy_s']!s:>9}")
+    write_csv_rows(a.out, STAGE_COLUMNS, rows)
+    print(f"wrote {a.out}")
+    return 0
+
+
+# ---- the command line ---------------------------------------------------------------------------
+
+
+def _model_parser(sub) -> None:
+    m = sub.add_parser("model", help="training and evaluation speed of every variant and of a textbook GPT")
     m.add_argument("--out", default="results/bench/model.csv", help="CSV to write (default: %(default)s)")
-    m.add_argument("--steps", type=int, default=10, help="timed rounds, one step per variant each (default: %(default)s)")
+    m.add_argument("--config", default=str(ROOT / "config" / "default.yaml"),
+                   help="profile whose sizes are timed (default: config/default.yaml)")
+    m.add_argument("--shapes", nargs="+", help=f"sizes of --config or d<d>/L<layers>/T<context>[/H<heads>]"
+                   f"[/F<d_ff>] (default: {BASE_SHAPE} and every size of --config)")
+    m.add_argument("--variants", nargs="+", help="variants to time (default: all); the baseline always is")
+    m.add_argument("--steps", type=int, default=10, help="timed rounds (default: %(default)s)")
     m.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
-    m.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: %(default)s)")
-    m.add_argument("--variants", nargs="+", default=list(variants.names()), choices=variants.names(),
-                   help=f"variants to time; \"{variants.baseline()}\" (the baseline) is always included")
-    m.add_argument("--pool-impl", default=M.PREFIX_POOL_IMPL, choices=["chunked", "sdpa"],
+    m.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    m.add_argument("--batch", type=int, default=16, help="training batch (default: %(default)s)")
+    m.add_argument("--eval-batch", type=int, default=64, help="evaluation batch (default: %(default)s)")
+    m.add_argument("--vocab", type=int, default=4096, help="vocabulary (default: %(default)s)")
+    m.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    m.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="fp32, or bf16 autocast")
+    m.add_argument("--gemm-n", type=int, help="side of the peak-FLOP/s matmul (default: 1024 CPU, 8192 CUDA)")
+    m.add_argument("--peak-flops", type=float, help="MFU against this FLOP/s (a datasheet peak) instead of the "
+                   "measured GEMM")
+    m.add_argument("--pool-impl", default="chunked", choices=["chunked", "sdpa"],
                    help="causal prefix pool: O(T·C) chunked prefix softmax or O(T²) SDPA (default: %(default)s)")
-    m.add_argument("--batch", type=int, default=16)
-    m.add_argument("--seq-len", type=int, default=256)
-    m.add_argument("--d-model", type=int, default=256)
-    m.add_argument("--n-layer", type=int, default=6)
-    m.add_argument("--n-head", type=int, default=8)
-    m.add_argument("--d-ff", type=int, default=1024)
-    m.add_argument("--vocab", type=int, default=4096)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ncn bench", description=__doc__.split("\n\n")[0] + " Tables, never asserts; "
+                                "compare ratios taken in one run (bench/README.md).")
+    sub = p.add_subparsers(dest="what", required=True, metavar="what")
+    _model_parser(sub)
+    s = sub.add_parser("startup", help="process start -> first step, last step -> exit of a smoke `ncn train`")
+    s.add_argument("--out", default="results/bench/startup.csv", help="CSV to write (default: %(default)s)")
+    s.add_argument("--config", default=str(ROOT / "config" / "smoke.yaml"), help="profile (default: config/smoke.yaml)")
+    s.add_argument("--data", help="tokenized data folder (default: built from --config in a temporary folder)")
+    s.add_argument("--size", help="size to train (default: the config's first)")
+    s.add_argument("--variant", help="variant to train (default: the primary NCN, causal)")
+    s.add_argument("--threads", type=int, default=1, help="torch threads of the job (default: %(default)s)")
+    s.add_argument("--repeats", type=int, default=3, help="jobs per case (default: %(default)s)")
+    s.add_argument("--imports", nargs="*", default=["ncn.train", "ncn.evaluate", "mlflow.tracking"],
+                   help="modules whose import cost to break down (default: %(default)s)")
+    g = sub.add_parser("stages", help="per-stage wall time of a Snakemake run from its benchmark files")
+    g.add_argument("--benchmarks", default="results/benchmarks", help="folder of benchmark TSVs (default: %(default)s)")
+    g.add_argument("--snakemake-log", default=".snakemake/log",
+                   help="Snakemake's log folder: the newest log names the run's start (default: %(default)s)")
+    g.add_argument("--out", default="results/timing/stages.csv", help="CSV to write (default: %(default)s)")
     return p
 
 
 def main(argv: list[str]) -> int:
     a = parser().parse_args(argv)
-    for name in ("steps", "threads", "batch", "seq_len"):
-        if getattr(a, name) < 1:
-            raise NCNError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
-    if a.warmup < 0:
-        raise NCNError(f"--warmup must be >= 0, got {a.warmup}")
-    rows = bench_model(a)
-    print(f"fp32 CPU, {a.threads} thread(s), batch {a.batch} × T {a.seq_len}, d_model {a.d_model}, "
-          f"{a.n_layer} layers, {a.n_head} heads, d_ff {a.d_ff}, vocab {a.vocab}, pool {a.pool_impl}, "
-          f"median of {a.steps} steps")
-    print(format_table(rows))
-    write_csv_rows(a.out, COLUMNS, rows)
-    print(f"wrote {a.out}")
-    return 0
+    return {"model": main_model, "startup": main_startup, "stages": main_stages}[a.what](a)

@@ -41,6 +41,26 @@ from ncn.errors import NCNError
 from ncn.fileio import write_json
 
 
+# Logits (elements) one forward pass may produce: eval.batch_size windows are forwarded several
+# batches at a time (a large batch) while the loss is still summed per batch of batch_size windows
+# in the same order. On the CPU a row's logits do not depend on the batch they are in, so
+# eval.json is bitwise what batch_size-window forwards give; on CUDA (bf16) it is equal up to
+# float rounding. The CPU budget keeps the logits cache-sized (bigger batches were not faster there).
+FORWARD_LOGITS = {"cpu": 1 << 22, "cuda": 1 << 28}
+
+
+def _forward_groups(batches: list[list[int]], per_forward: int) -> list[list[list[int]]]:
+    """Consecutive batches joined while they fit `per_forward` windows (and have equal lengths)."""
+    groups: list[list[list[int]]] = []
+    for b in batches:
+        last = groups[-1] if groups else None
+        if last and sum(map(len, last)) + len(b) <= per_forward and (b[0] < 0) == (last[0][0] < 0):
+            last.append(b)
+        else:
+            groups.append([b])
+    return groups
+
+
 def stream_ce(model, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device,
               max_tokens: int | None = None, causal_pool: bool | None = None, desc: str = "eval") -> tuple[float, int]:
     """(sum of token cross-entropies in nats, number of tokens scored) over the stream."""
@@ -53,22 +73,28 @@ def stream_ce(model, tokens: np.ndarray, block_size: int, batch_size: int, devic
     n_full, tail = divmod(n_pred, T)
     batches = [list(range(i, min(i + batch_size, n_full))) for i in range(0, n_full, batch_size)]
     if tail:
-        batches.append([n_full])  # the shorter last window, alone
+        batches.append([-1])  # the shorter last window (index n_full), alone
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    vocab = getattr(getattr(model, "cfg", None), "vocab_size", 1)
+    per_forward = max(batch_size, FORWARD_LOGITS["cuda" if cuda else "cpu"] // (T * vocab))
     total, count = 0.0, 0
     from ncn.progress import bar
 
-    with torch.no_grad(), autocast:
-        for windows in bar(batches, desc=desc, unit="batch"):
-            L = T if windows[0] < n_full else tail
+    with torch.inference_mode(), autocast:
+        for group in bar(_forward_groups(batches, per_forward), desc=desc, unit="forward"):
+            L = tail if group[0][0] < 0 else T
+            windows = [n_full if w < 0 else w for b in group for w in b]
             rows = np.stack([np.asarray(tokens[w * T : w * T + L + 1], dtype=np.int64) for w in windows])
             xy = torch.from_numpy(rows).to(device)
-            x, y = xy[:, :-1], xy[:, 1:]
             kw = {"causal_pool": True} if causal_pool else {}
-            logits = model(x, **kw).logits.float()
-            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").double().item()
-            count += y.numel()
+            logits = model(xy[:, :-1], **kw).logits.float()
+            y, start = xy[:, 1:], 0
+            for b in group:  # the loss per batch of batch_size windows, as one forward per batch gave it
+                lg, yb = logits[start : start + len(b)], y[start : start + len(b)]
+                total += F.cross_entropy(lg.reshape(-1, lg.size(-1)), yb.reshape(-1), reduction="sum").double().item()
+                count += yb.numel()
+                start += len(b)
     assert count == n_pred
     return total, count
 
@@ -100,13 +126,26 @@ def score_split(model, data_dir, meta: dict, split: str, cfg: dict, device: torc
 
 
 def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, threads: int = 1,
-             config_source: str = "--config") -> dict:
+             config_source: str = "--config", modulate: list[str] | None = None, kv_bits: str | None = None,
+             out_path: str | Path | None = None) -> dict:
+    """RUN/eval.json (logged to MLflow); with knobs (--modulate, --kv-bits: ncn.knobs,
+    ncn.kvquant; the cache fake-quantised) the same record goes to `out_path` only."""
+    from ncn import knobs
+    from ncn.kvquant import parse_kv_bits, resolve_kv_bits, set_fake_quant
+
     from ncn.data import load_meta
     from ncn.model import load_model
     from ncn.runs import (check_config_matches, check_data_matches, config_of, data_dir_of, pick_device,
                           require_finished)
 
     run_dir = Path(run_dir)
+    mods, kv_spec = knobs.parse(modulate), parse_kv_bits(kv_bits)
+    if (mods or kv_spec is not None) and (out_path is None or Path(out_path).resolve() == (run_dir / "eval.json").resolve()):
+        raise NCNError("--modulate/--kv-bits evaluate a changed model: write it elsewhere with --out FILE "
+                       "(RUN/eval.json holds the unmodified model's scores)")
+    if kv_spec is not None and not isinstance(kv_spec, (int, list)):
+        raise NCNError("ncn evaluate --kv-bits takes a width (8, 4, 16) or a per-layer list; beta:B is for ncn generate "
+                       "(ncn analyze kvcache compares the allocation policies)")
     metrics = require_finished(run_dir)
     cfg, config_source = config_of(run_dir, cfg, config_source)
     torch.set_num_threads(threads)
@@ -117,6 +156,8 @@ def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, th
     check_data_matches(payload, meta, run_dir / "model.pt", data_dir)
     check_config_matches(cfg, payload, run_dir / "model.pt", config_source)
     model.to(device).eval()
+    knobs.attach(model, mods)
+    set_fake_quant(model, resolve_kv_bits(kv_spec, model))
 
     out = {
         "variant": payload.get("variant", metrics.get("variant")), "size": payload.get("size", metrics.get("size")),
@@ -130,6 +171,10 @@ def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, th
         if key not in scored:
             scored[key] = score_split(model, data_dir, meta, split, cfg, device)
         out.update({f"{prefix}_{k}": v for k, v in scored[key].items()})
+    if out_path is not None:
+        out.update(modulate=knobs.describe(mods), kv_bits=resolve_kv_bits(kv_spec, model))
+        write_json(out_path, out)
+        return out
     write_json(run_dir / "eval.json", out)
     from ncn.tracking import log_eval
 
@@ -150,11 +195,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data", help="tokenized data folder (default: the one the run was trained on)")
     p.add_argument("--config", help="config for the eval section (default: the run's own config.json)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--modulate", action="append", metavar="SPEC",
+                   help="evaluate with knobs on the signals (as ncn generate --modulate); needs --out")
+    p.add_argument("--kv-bits", metavar="BITS", help="fake-quantise the keys and values: 8, 4, 16 or a per-layer "
+                   "list like 8,4,4,8; needs --out")
+    p.add_argument("--out", help="write the record here instead of RUN/eval.json (required with --modulate/--kv-bits)")
     a = p.parse_args(argv)
     from ncn.config import load_config
 
-    cfg = load_config(a.config) if a.config else None
-    out = evaluate(Path(a.run), a.data, cfg, a.threads, config_source=a.config or "--config")
+    cfg = load_config(a.config, stage="evaluate") if a.config else None
+    out = evaluate(Path(a.run), a.data, cfg, a.threads, config_source=a.config or "--config",
+                   modulate=a.modulate, kv_bits=a.kv_bits, out_path=a.out)
     for split, p in EVAL_SETS:
         print(f"{a.run}: {split:8s} loss {out[f'{p}_loss']:.4f}  ppl {out[f'{p}_ppl']:.2f}  "
               f"bpb {out[f'{p}_bpb']:.4f}  ({out[f'{p}_tokens']} tokens)")

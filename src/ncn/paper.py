@@ -39,7 +39,7 @@ from ncn.analysis.macros import (NA, Macros, Numbers, finite, fmt_bytes, fmt_cfg
                                  tex_path)
 from ncn.errors import NCNError
 from ncn.fileio import read_json, write_bytes, write_text
-from ncn.variants import baseline, names
+from ncn.variants import PRIMARY, baseline, names
 
 VARIANTS = names()  # the registry's order, for every per-variant macro and table column
 
@@ -57,10 +57,13 @@ LISTING_WIDTH = 96  # characters per line of the \footnotesize config listing on
 _GENERATED_USE = re.compile(r"\\(gentable|genfigure|input)\s*(?:\[[^\]]*\])?\s*\{([^}]*)\}")
 
 
-def generated_inputs(paper_dir: str | os.PathLike = "paper", prefix: str = "results/") -> list[str]:
+def generated_inputs(paper_dir: str | os.PathLike = "paper", prefix: str = "results/",
+                     results: str | None = None) -> list[str]:
     """Every file under `prefix` that paper/**/*.tex uses through \\gentable{}, \\genfigure{} or
     \\input{} (comments ignored), sorted: the paper rule's generated inputs. A use without a file
-    extension gets TeX's ".tex" (\\input, \\gentable); a figure must name its extension."""
+    extension gets TeX's ".tex" (\\input, \\gentable); a figure must name its extension. The tex
+    names `results/...` (latexmk runs where results/ is the profile's folder); `results` maps
+    that prefix onto the profile's folder, e.g. "results/smoke/"."""
     found = set()
     for tex in sorted(Path(paper_dir).rglob("*.tex")):
         body = re.sub(r"(?<!\\)%.*", "", tex.read_text(encoding="utf-8"))
@@ -72,7 +75,7 @@ def generated_inputs(paper_dir: str | os.PathLike = "paper", prefix: str = "resu
                 if command == "genfigure":
                     raise NCNError(f"{tex}: \\genfigure{{{arg}}} names no file extension; write {arg}.pdf")
                 arg += ".tex"
-            found.add(arg)
+            found.add(arg if results is None else results + arg[len(prefix):])
     return sorted(found)
 
 
@@ -139,18 +142,12 @@ class Sources:
 
 
 def git_info(cwd: Path) -> tuple[str, str]:
-    """(short commit, "clean" | "modified"), or ("unknown", "unknown") outside a git checkout."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True,
-                                text=True, timeout=20)
-        if commit.returncode != 0:
-            return "unknown", "unknown"
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, timeout=20)
-        state = "unknown" if status.returncode else ("modified" if status.stdout.strip() else "clean")
-        return commit.stdout.strip(), state
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown", "unknown"
+    """(short commit, "clean" | "modified"), or ("unknown", "unknown") outside a git checkout: the
+    commit MLflow records too (ncn.provenance), shortened to 12 digits."""
+    from ncn.provenance import UNKNOWN, git_commit, git_state
+
+    commit = git_commit(cwd)
+    return (commit[:12], git_state(cwd)) if commit != UNKNOWN else (UNKNOWN, UNKNOWN)
 
 
 def cpu_model() -> str:
@@ -325,9 +322,9 @@ def parameter_counts(s: Sources) -> dict:
     for variant in VARIANTS:
         m[macro_name("params", variant, "largest")] = fmt_int(pl[variant][0]) if pl else NA
         m[macro_name("params", variant, "largest", "human")] = fmt_human(pl[variant][0]) if pl else NA
-    m["DffBaselineLargest"] = fmt_int(pl["none"][1]) if pl else NA
+    m["DffBaselineLargest"] = fmt_int(pl[baseline()][1]) if pl else NA
     m["DffLargest"] = fmt_int(s.cfg["size_defs"][largest]["d_ff"])
-    m["ParamsVsOriginal"] = fmt_sig(pl[primary_ncn(s.cfg) or "causal"][0] / ORIGINAL_PARAMS, 2) if pl else NA
+    m["ParamsVsOriginal"] = fmt_sig(pl[primary_ncn(s.cfg) or PRIMARY][0] / ORIGINAL_PARAMS, 2) if pl else NA
     return {"parameter counts (per size; Largest = the largest size)": m}
 
 
@@ -336,7 +333,7 @@ def wall_time(s: Sources) -> dict:
     big = s.big
     return {"training wall time (sum over runs; differs between reruns)": {
         "WallTimeTotal": fmt_duration(wall), "WallTimeTotalSeconds": fmt_int(wall),
-        "TokensPerSecondBaselineLargest": fmt_int(big.loc[big["variant"] == "none", "tokens_per_s"].mean()),
+        "TokensPerSecondBaselineLargest": fmt_int(big.loc[big["variant"] == baseline(), "tokens_per_s"].mean()),
     }}
 
 
@@ -451,7 +448,7 @@ def cmd_numbers(a) -> int:
     if not Path(a.claims).exists():
         raise NCNError(f"{a.claims} not found: the paper reports the claims' verdicts; run 'ncn analyze claims' "
                        "(or 'snakemake --cores all') first")
-    cfg = load_config(a.config)
+    cfg = load_config(a.config, stage="paper.numbers")
     tables = {name: read_table(getattr(a, name)) for name in ("ab", "leak", "skip", "skip_timing")}
     s = Sources(cfg, Path(a.repo), _read_json(a.claims), load_runs(a.runs, a.runs_timing),
                 _read_json(a.manifest), _read_json(a.meta), tables)

@@ -211,7 +211,9 @@ class Run:
             **self.identity, "profile": self.cfg["profile"], "data_dir": str(Path(self.data_dir).resolve()),
             "tokenizer_sha256": self.meta.get("tokenizer_sha256"), "model_config": dataclasses.asdict(self.mcfg),
             "train": dataclasses.asdict(self.tc), "steps": self.steps, "tokens_per_step": self.tokens_per_step,
-            "config": self.cfg,
+            # provenance: the whole resolved config (a stage slice keeps it in .resolved), so a
+            # later `ncn evaluate --run` without --config finds every section it reads
+            "config": getattr(self.cfg, "resolved", self.cfg),
         }
 
     def fingerprint(self) -> str:
@@ -722,6 +724,6 @@ def main(argv: list[str]) -> int:
     if a.threads < 1:
         raise NCNError(f"--threads must be at least 1, got {a.threads}")
     setup_logging()
-    cfg = load_config(a.config)
+    cfg = load_config(a.config, stage="train")
     train(cfg, a.variant, a.size, a.seed, Path(a.out), Path(a.data), threads=a.threads, config_source=a.config)
     return 0

@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
     if a.command == "fetch":
         from ncn.data.sources import fetch
 
-        m = fetch(load_config(a.config), a.out)
+        m = fetch(load_config(a.config, stage="data.fetch"), a.out)
         for split in ("train", "heldout", "valid"):
             e = m[split]
             stories = e["stories"] if e["stories"] is not None else "unknown (one stream)"
@@ -84,14 +84,14 @@ def main(argv: list[str]) -> int:
     elif a.command == "tokenizer":
         from ncn.data import tokenizer
 
-        cfg = load_config(a.config)
+        cfg = load_config(a.config, stage="data.tokenizer")
         tok = tokenizer.build(cfg, a.data)
         tokenizer.save(tok, a.out)
         print(f"{cfg['tokenizer']['kind']} tokenizer: {tok.get_vocab_size()} tokens -> {a.out}", file=sys.stderr)
     elif a.command == "tokenize":
         from ncn.data.tokenize import tokenize
 
-        tokenize(load_config(a.config), a.data, a.tokenizer, a.out, dtype=a.dtype, batch_size=a.batch_size)
+        tokenize(load_config(a.config, stage="data.tokenize"), a.data, a.tokenizer, a.out, dtype=a.dtype, batch_size=a.batch_size)
     else:
         from ncn.data.meta import load_meta
 

@@ -1,0 +1,143 @@
+"""The pieces of bench/gpu_smoke.sh that are not `ncn bench model` or the CLI. Each runs on any
+device (--device cpu with tiny sizes is the plumbing check where no GPU exists).
+
+    python bench/gpu_checks.py train    --device cuda [--steps 300] [--d-model 256 ...]
+    python bench/gpu_checks.py generate --device cuda [--new 96]
+
+train     the same training steps eager and under torch.compile (same init, same batches):
+          tokens/s of each (compile time apart), the losses' largest difference, and that the
+          controller's signals and the loss are fp32 under bf16 autocast.
+generate  greedy generation with the KV cache vs without, past block_size (the sliding
+          window): identical tokens and close logits for every variant that caches.
+Prints one line per check and exits 1 if any FAILs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+
+import torch
+
+import ncn.model as M
+
+
+def sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_cfg(a, variant: str) -> M.ModelConfig:
+    return M.ModelConfig(vocab_size=a.vocab, block_size=a.seq_len, n_layer=a.n_layer, n_head=a.n_head,
+                         d_model=a.d_model, d_ff=4 * a.d_model, ncn=variant)
+
+
+def run_steps(model, batches, dev, bf16: bool) -> tuple[list[float], list[float]]:
+    """(losses, step seconds) of AdamW steps over `batches` under bf16 autocast (or fp32)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=dev.type == "cuda")
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    losses, times = [], []
+    for x, y in batches:
+        sync(dev)
+        t0 = time.perf_counter()
+        with autocast():
+            loss = model(x, y).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        times.append(time.perf_counter() - t0)
+    return losses, times
+
+
+def check_train(a, dev) -> list[tuple[str, bool, str]]:
+    torch.manual_seed(0)
+    batches = [(x, torch.roll(x, -1, 1)) for x in torch.randint(0, a.vocab, (a.steps, a.batch, a.seq_len), device=dev)]
+    init = M.Transformer(model_cfg(a, "causal")).to(dev).state_dict()
+    results, checks = {}, []
+    for mode in ("eager", "compiled") if a.compile else ("eager",):
+        model = M.Transformer(model_cfg(a, "causal")).to(dev)
+        model.load_state_dict(init)
+        fn = torch.compile(model) if mode == "compiled" else model
+        losses, times = run_steps(fn, batches, dev, a.bf16)
+        results[mode] = losses
+        tok_s = a.batch * a.seq_len / statistics.median(times[5:] or times)
+        note = f"first step (compile) {times[0]:.1f} s" if mode == "compiled" else f"first step {times[0]:.2f} s"
+        ok = all(map(lambda v: v == v and abs(v) < 1e4, losses))
+        checks.append((f"train {mode}: {a.steps} steps, tokens/s {tok_s:,.0f}, final loss {losses[-1]:.4f}", ok, note))
+    if not a.compile:
+        return checks + check_autocast_dtypes(a, dev)
+    diff = max(abs(p - q) for p, q in zip(results["eager"], results["compiled"]))
+    tol = 0.05 if a.bf16 else 1e-3
+    checks.append((f"train compiled vs eager: largest loss difference {diff:.2e} (tolerance {tol})", diff < tol, ""))
+    return checks + check_autocast_dtypes(a, dev)
+
+
+def check_autocast_dtypes(a, dev) -> list[tuple[str, bool, str]]:
+    """The controller's signals and the loss are fp32 under bf16 autocast (issue 14)."""
+    model = M.Transformer(model_cfg(a, "causal")).to(dev)
+    x = torch.randint(0, a.vocab, (2, a.seq_len), device=dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+        out = model(x, torch.roll(x, -1, 1), return_signals=True)
+    return [(f"bf16 autocast: signals {out.signals.dtype}, loss {out.loss.dtype}, ce {out.ce.dtype}",
+             out.signals.dtype == out.loss.dtype == torch.float32, "signals and loss must be fp32")]
+
+
+def check_generate(a, dev) -> list[tuple[str, bool, str]]:
+    checks = []
+    for variant in a.variants:
+        torch.manual_seed(0)
+        model = M.Transformer(model_cfg(a, variant)).to(dev).eval()
+        prompt = torch.randint(0, a.vocab, (a.gen_batch, a.prompt), device=dev)
+        out, t = {}, {}
+        for cached in (True, False):
+            sync(dev)
+            t0 = time.perf_counter()
+            out[cached] = model.generate(prompt, a.new, temperature=0, use_cache=cached, return_logits=True)
+            sync(dev)
+            t[cached] = time.perf_counter() - t0
+        same = torch.equal(out[True][0], out[False][0])
+        diff = (out[True][1] - out[False][1]).abs().max().item()
+        speed = f"{a.new * a.gen_batch / t[True]:,.0f} vs {a.new * a.gen_batch / t[False]:,.0f} tokens/s"
+        checks.append((f"generate {variant}: cached == uncached tokens: {same}, logits max diff {diff:.1e}, {speed}",
+                       same and diff < 1e-3, f"{a.prompt}+{a.new} tokens past block_size {a.seq_len}"))
+    return checks
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=["train", "generate"])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--fp32", dest="bf16", action="store_false", help="train in fp32 (default: bf16 autocast)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="eager only (torch.compile on a "
+                   "CPU takes minutes)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--n-layer", type=int, default=6)
+    p.add_argument("--n-head", type=int, default=8)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--variants", nargs="+", default=["none", "causal", "tonic", "static"])
+    p.add_argument("--gen-batch", type=int, default=4)
+    p.add_argument("--prompt", type=int, default=16)
+    p.add_argument("--new", type=int, default=96, help="new tokens (prompt + new > --seq-len exercises the slide)")
+    return p
+
+
+def main() -> int:
+    a = parser().parse_args()
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    checks = check_train(a, dev) if a.what == "train" else check_generate(a, dev)
+    for text, ok, note in checks:
+        print(f"{'ok  ' if ok else 'FAIL'} {text}" + (f"  ({note})" if note else ""), flush=True)
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

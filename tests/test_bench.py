@@ -1,0 +1,167 @@
+"""`ncn bench`: the tables' plumbing and the arithmetic behind them (never a speed assert)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ncn import bench
+from ncn.errors import NCNError
+
+torch.set_num_threads(1)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---- model --------------------------------------------------------------------------------------
+
+
+def test_bench_model_writes_reference_and_variants(tmp_path, capsys):
+    out = tmp_path / "model.csv"
+    rc = bench.main(["model", "--out", str(out), "--shapes", "d16/L1/T8/H2/F32", "--steps", "1", "--warmup", "0",
+                     "--threads", "1", "--batch", "1", "--eval-batch", "2", "--vocab", "32", "--gemm-n", "64",
+                     "--variants", "causal", "static"])
+    assert rc == 0
+    rows = read_csv(out)
+    assert [r["variant"] for r in rows] == ["reference", "none", "causal", "static"]
+    assert set(bench.MODEL_COLUMNS) == set(rows[0])
+    by = {r["variant"]: r for r in rows}
+    assert float(by["reference"]["ratio_to_reference"]) == 1.0 and float(by["none"]["ratio_to_none"]) == 1.0
+    assert by["reference"]["d_ff"] == by["none"]["d_ff"] != "32"  # the baseline's (iso-parameter) d_ff
+    for r in rows:
+        assert float(r["tokens_per_s"]) > 0 and float(r["eval_tokens_per_s"]) > 0 and float(r["mfu"]) > 0
+    text = capsys.readouterr().out
+    assert "× ref" in text and "causal / none" in text
+    with pytest.raises(NCNError, match="steps"):
+        bench.main(["model", "--steps", "0", "--out", str(out)])
+    with pytest.raises(NCNError, match="bogus"):
+        bench.main(["model", "--variants", "bogus", "--out", str(out)])
+
+
+def test_parse_shape_sizes_and_specs():
+    sd = {"s": {"d_model": 64, "n_layer": 2, "n_head": 2, "d_ff": 256, "block_size": 128}}
+    assert bench.parse_shape("s", sd) == bench.Shape("s", 64, 2, 2, 256, 128)
+    assert bench.parse_shape("d256/L6/T256", sd) == bench.Shape("d256/L6/T256", 256, 6, 8, 1024, 256)
+    assert bench.parse_shape("d64/L2/T32/H4/F100", sd) == bench.Shape("d64/L2/T32/H4/F100", 64, 2, 4, 100, 32)
+    for bad in ("xl", "d64/L2", "d64/L2/T32/Q3", "dx/L2/T3"):
+        with pytest.raises(NCNError, match="--shapes"):
+            bench.parse_shape(bad, sd)
+
+
+def test_flops_per_token_known_answer():
+    ref = bench.reference_module().ReferenceGPT(vocab_size=50, block_size=16, n_layer=2, n_head=2, d_model=8, d_ff=32)
+    shape = bench.Shape("x", 8, 2, 2, 32, 16)
+    n = sum(p.numel() for p in ref.parameters()) - 16 * 8  # less the position embedding
+    assert bench.flops_per_token(ref, shape, train=True) == 6 * n + 12 * 2 * 8 * 16
+    assert bench.flops_per_token(ref, shape, train=False) == 2 * n + 4 * 2 * 8 * 16
+
+
+def test_reference_gpt_is_causal_and_tied():
+    torch.manual_seed(0)
+    ref = bench.reference_module().ReferenceGPT(vocab_size=40, block_size=12, n_layer=2, n_head=2, d_model=16, d_ff=64)
+    idx = torch.randint(0, 40, (2, 12))
+    logits, loss = ref(idx, torch.roll(idx, -1, 1))
+    assert logits.shape == (2, 12, 40) and abs(loss.item() - torch.log(torch.tensor(40.0)).item()) < 0.2
+    changed = idx.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % 40
+    assert torch.equal(ref(changed)[0][:, :7], logits[:, :7])  # no position sees a later token
+    assert not torch.equal(ref(changed)[0][:, 7:], logits[:, 7:])
+    assert sum(p.numel() for p in ref.parameters()) == ref.num_params()  # one tensor for embedding and head
+
+
+# ---- stages -------------------------------------------------------------------------------------
+
+
+def write_tsv(folder, rel, seconds, end, cpu=1.0):
+    path = folder / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+                    f"{seconds}\t0:00:00\t100.0\t200.0\t0\t0\t0\t0\t0\t{cpu}\n")
+    os.utime(path, (end, end))
+
+
+def test_union_seconds():
+    assert bench.union_seconds([]) == 0.0
+    assert bench.union_seconds([(0, 10), (5, 15), (20, 25)]) == 20.0
+    assert bench.union_seconds([(0, 10), (2, 3)]) == 10.0
+
+
+def test_stages_planted_overhead(tmp_path):
+    """data 0-10, two parallel train jobs 10-30 and 15-35, paper 40-45, run started at -5:
+    wall 50, jobs busy 40 of it, so 10 s of Snakemake overhead (5 before the first job, 5 in a gap)."""
+    t0 = 1_700_000_000.0
+    b = tmp_path / "benchmarks"
+    write_tsv(b, "data/fetch.tsv", 10, t0 + 10)
+    write_tsv(b, "train/causal/s/seed0.tsv", 20, t0 + 30)
+    write_tsv(b, "train/none/s/seed0.tsv", 20, t0 + 35)
+    write_tsv(b, "paper/latexmk.tsv", 5, t0 + 45)
+    write_tsv(b, "timing/stages.tsv", 1, t0 + 99)  # the timing rule's own file: ignored
+    rows = {r["stage"]: r for r in bench.stage_rows(bench.read_benchmarks(b), run_start=t0 - 5)}
+    assert rows["train"]["jobs"] == 2 and rows["train"]["job_s"] == 40 and rows["train"]["busy_s"] == 25
+    assert rows["all_jobs"]["busy_s"] == 40 and rows["wall"]["busy_s"] == 50
+    assert rows["snakemake_overhead"]["busy_s"] == pytest.approx(10)
+    assert "evaluate" not in rows and "other" not in rows
+
+
+def test_stages_no_overhead_and_old_jobs(tmp_path):
+    """Back-to-back jobs leave no overhead; a job that ended before the run started (an earlier
+    run's output) counts in its stage but not in this run's wall."""
+    t0 = 1_700_000_000.0
+    b = tmp_path / "benchmarks"
+    write_tsv(b, "data/fetch.tsv", 10, t0 - 1000)
+    write_tsv(b, "evaluate/causal/s/seed0.tsv", 10, t0 + 10)
+    write_tsv(b, "analysis/ab.tsv", 10, t0 + 20)
+    rows = {r["stage"]: r for r in bench.stage_rows(bench.read_benchmarks(b), run_start=t0)}
+    assert rows["data"]["jobs"] == 1 and rows["all_jobs"]["jobs"] == 2
+    assert rows["wall"]["busy_s"] == pytest.approx(20) and rows["snakemake_overhead"]["busy_s"] == pytest.approx(0)
+
+
+def test_stages_cli_and_snakemake_log(tmp_path, capsys):
+    b = tmp_path / "benchmarks"
+    write_tsv(b, "train/x.tsv", 3, 1_700_000_100.0)
+    logs = tmp_path / "log"
+    logs.mkdir()
+    (logs / "2023-11-14T221000.000000.snakemake.log").write_text("")
+    (logs / "not-a-log.txt").write_text("")
+    start = bench.snakemake_run_start(logs)
+    assert start is not None and abs(start - 1699999800.0) < 24 * 3600  # local time: within a day
+    out = tmp_path / "timing" / "stages.csv"
+    assert bench.main(["stages", "--benchmarks", str(b), "--snakemake-log", str(tmp_path / "none"),
+                       "--out", str(out)]) == 0
+    assert [r["stage"] for r in read_csv(out)] == ["train", "all_jobs", "snakemake_overhead", "wall"]
+    with pytest.raises(NCNError, match="no such folder"):
+        bench.main(["stages", "--benchmarks", str(tmp_path / "missing"), "--out", str(out)])
+    (b / "train" / "bad.tsv").write_text("hello\n1\n")
+    with pytest.raises(NCNError, match="not a Snakemake benchmark"):
+        bench.main(["stages", "--benchmarks", str(b), "--out", str(out)])
+
+
+# ---- startup ------------------------------------------------------------------------------------
+
+
+def test_import_costs_names_the_packages():
+    wall, top = bench.import_costs("json")
+    assert wall > 0 and "json" in dict(top)
+
+
+def test_probe_stamps_steps_and_exit(tmp_path):
+    """The probe's hooks see a forward and optimizer steps in any torch program, and print at exit."""
+    code = bench.PROBE.replace("from ncn.cli import main\nsys.exit(main(sys.argv[1:]))",
+                               "m = torch.nn.Linear(2, 2); o = torch.optim.SGD(m.parameters(), 0.1)\n"
+                               "for _ in range(3): m(torch.ones(1, 2)).sum().backward(); o.step()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    line = [x for x in r.stderr.splitlines() if x.startswith("NCN_BENCH_TIMES ")][-1]
+    import json
+
+    t = json.loads(line.split(" ", 1)[1])
+    assert t["interpreter"][0] <= t["torch_imported"][0] <= t["first_forward"][0] <= t["first_step_done"][0]
+    assert t["first_step_done"][0] <= t["last_step_done"][0] <= t["atexit"][0]
