@@ -63,13 +63,14 @@ def test_claims_are_objects_in_the_published_order():
     """The paper's prose names claims by number (\\ClaimSevenVerdict): a reorder must be deliberate."""
     assert [c.key for c in claims.CLAIMS] == ["ab_beats_baseline", "baseline_ppl", "layer_specialisation",
                                              "phasic_but", "homeostasis", "gamma_gates", "asrun_leak",
-                                             "block_skipping"]
+                                             "block_skipping", "control_steers"]
     for c in claims.CLAIMS:
         assert c.text and c.value_label and c.origin in claims.ORIGINS
         assert all(callable(f) for f in (c.statistic, c.null, c.control, c.threshold, c.compute))
-    assert {c.key: c.subject for c in claims.CLAIMS if c.subject} == {"baseline_ppl": "none", "asrun_leak": "asrun"}
+    assert {c.key: c.subject for c in claims.CLAIMS if c.subject} == {"baseline_ppl": "none", "asrun_leak": "asrun",
+                                                                      "control_steers": "control"}
     assert {c.key: c.origin for c in claims.CLAIMS if c.origin != "original"} == {
-        "asrun_leak": "replication", "block_skipping": "original, future work"}
+        "asrun_leak": "replication", "control_steers": "original, promise", "block_skipping": "original, future work"}
 
 
 def _runs(tmp_path: Path, effect: float, seeds=(0, 1, 2)) -> pd.DataFrame:
@@ -107,7 +108,9 @@ def _compute(tmp_path, runs):
 
 def test_compute_judges_every_claim_object_planted_effect(tmp_path):
     by = _compute(tmp_path, _runs(tmp_path, effect=-0.5))
-    assert [c["id"] for c in by.values()] == list(range(1, 9))
+    assert [c["id"] for c in by.values()] == list(range(1, 10))
+    # no control measurements given: the control claim cannot decide
+    assert by["control_steers"]["verdict"] == "inconclusive" and by["control_steers"]["variant"] == "control"
     assert by["ab_beats_baseline"]["verdict"] == "supported" and by["ab_beats_baseline"]["variant"] == "causal"
     assert "PPL(causal) - PPL(none)" in by["ab_beats_baseline"]["statistic"]
     assert by["ab_beats_baseline"]["threshold"].startswith("supported if the CI lies below 0")
@@ -161,6 +164,6 @@ def test_claims_numbers_are_one_macro_set_per_claim():
                        "value": -0.25, "ci_low": -0.5 if i == 1 else None, "ci_high": -0.1 if i == 1 else None,
                        "verdict": "supported" if i == 1 else "inconclusive"} for i, c in enumerate(claims.CLAIMS, 1)]}
     (group, m), = claims.numbers(doc, {}).items()
-    assert m["ClaimsTotal"] == "8" and m["ClaimsSupported"] == "1" and m["ClaimsInconclusive"] == "7"
+    assert m["ClaimsTotal"] == "9" and m["ClaimsSupported"] == "1" and m["ClaimsInconclusive"] == "8"
     assert m["ClaimOneCI"].endswith("[$-$0.500, $-$0.100]") and m["ClaimTwoCI"] == "no interval"
     assert m["ClaimSevenStatistic"] == r"s\_1" and m["ClaimOneValue"] == "$-$0.250"

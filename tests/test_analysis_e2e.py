@@ -255,7 +255,7 @@ def test_ab_and_leak_numbers(tree):
 def test_claims_json(tree):
     doc = json.loads((tree["res"] / "claims.json").read_text())
     assert doc["profile"] == "smoke" and doc["size"] == "s" and doc["ncn_variant"] == "causal"
-    assert [c["id"] for c in doc["claims"]] == list(range(1, 9))
+    assert [c["id"] for c in doc["claims"]] == list(range(1, 10))
     for c in doc["claims"]:
         assert {"id", "key", "claim", "origin", "statistic", "null", "control", "value", "ci_low", "ci_high",
                 "threshold", "verdict", "reason", "details"} <= set(c)
@@ -267,7 +267,7 @@ def test_claims_json(tree):
     tex = (tree["res"] / "tables" / "claims.tex").read_text()
     assert "\\begin{tabular}" in tex and tex.count("\\\\") == 9
     text = (tree["res"] / "tables" / "claims_text.tex").read_text()
-    assert text.count("\\paragraph{") == 8 and "Null hypothesis" in text
+    assert text.count("\\paragraph{") == 9 and "Null hypothesis" in text
 
 
 def test_skip_table(tree):

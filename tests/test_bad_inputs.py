@@ -88,6 +88,10 @@ CASES = [
     Case("generate-top-k", "top-k below 1", ("generate", "--run", RUN, "--prompt", "Tim", "--top-k", "0"),
          "--top-k must be >= 1"),
     Case("generate-empty-prompt", "empty prompt", ("generate", "--run", RUN, "--prompt", ""), "--prompt is empty"),
+    Case("generate-control-syntax", "control value other than 0 or 1", ("generate", "--run", RUN, "--prompt", "Tim", "--control",
+                                                             "dialogue=yes"), "--control: dialogue must be 0 or 1"),
+    Case("generate-control-plain", "control for a variant without control input",
+         ("generate", "--run", RUN, "--prompt", "Tim", "--control", "dialogue=1"), "takes no control input"),
     Case("generate-overwrite", "hand call asks to replace the pipeline's samples.json",
          ("generate", "--run", RUN, "--prompt", "Tim", "--out", f"{RUN}/samples.json"), "is the pipeline's samples file"),
     # -- tokenizer / vocabulary vs checkpoint --------------------------------------------------------

@@ -643,9 +643,16 @@ def test_leak_claim_thin_data_is_inconclusive():
 # -- every claim of the registry, both ways -----------------------------------------------------------------
 def _setting(tmp_path, **kw):
     cfg = {**analysis_cfg(), "variants": ["none", "asrun", "causal", "static"], "sizes": ["s"],
-           "size_defs": {"s": {"d_model": 8, "n_layer": 2, "d_ff": 16}}, "profile": "test"}
+           "size_defs": {"s": {"d_model": 8, "n_layer": 2, "d_ff": 16}}, "profile": "test", "control": {"sizes": None}}
     return claims.Setting(kw.pop("runs", runs_table([])), kw.pop("traces", {}), cfg, kw.pop("meta", GPT2), "s",
-                          kw.pop("measures", {}))
+                          kw.pop("measures", {}), kw.pop("control", None))
+
+
+def _control_runs(gaps, steers):
+    """ncn analyze control's per-run table: the flipped label's loss gap and the steer per seed."""
+    return pd.DataFrame({"variant": "control", "size": "s", "seed": range(len(gaps)), "loss_gap": gaps,
+                         "steer": steers, "frac_on": [0.5 + x / 2 for x in steers], "frac_random": 0.5,
+                         "frac_off": [0.5 - x / 2 for x in steers], "base_rate": 0.5})
 
 
 def _merge_traces(*frames):
@@ -677,6 +684,9 @@ def _known(tmp_path, key, arm):
         benefit = [-0.2, -0.22, -0.19] if planted else [0.001, 0.002, 0.0015]
         leak = _leak_table(benefit[: len(seeds)], seeds=seeds)
         s = _setting(tmp_path, runs=MISMATCH, measures={"leak_measure": leak})
+    elif key == "control_steers":
+        gaps, steers = ([0.05, 0.06, 0.055], [0.3, 0.35, 0.32]) if planted else ([0.0] * 3, [0.3, 0.35, 0.32])
+        s = _setting(tmp_path, control=_control_runs(gaps[: len(seeds)], steers[: len(seeds)]))
     else:
         raise KeyError(key)
     claim = next(c for c in claims.CLAIMS if c.key == key)

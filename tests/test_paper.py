@@ -52,7 +52,7 @@ def fake_claims(claims_value: float) -> dict:
     """claims.compute's document with made-up values; claims 3, 5 and 6 have no interval, claim 2
     is not applicable (no value), as can happen there."""
     verdicts = ["supported", "not applicable", "inconclusive", "supported", "not supported", "inconclusive",
-                "supported", "not supported"]
+                "supported", "not supported", "inconclusive"]
     claims = []
     for i, c in enumerate(claims_stage.CLAIMS, start=1):
         no_ci = i in (2, 3, 5, 6)
@@ -140,6 +140,8 @@ def make_fake_results(root: Path, claims_value: float = -0.3127, edit_eval=None)
                 "--timing", str(res / "timing" / "skip_wall.csv"), outputs=("csv", "tex", "pdf", "png"))
         analyze("claims", *table, "--data", "-", "--json", str(res / "claims.json"), "--paragraphs",
                 str(tdir / "claims_text.tex"), outputs=("tex",))
+        # no control runs: the control analysis still writes its (empty) tables and figure
+        analyze("control", "--runs-csv", str(tdir / "control_runs.csv"), outputs=("csv", "tex", "pdf", "png"))
     claims = json.loads((res / "claims.json").read_text())
     # A table far wider than the text: \gentable must scale it down (no overfull box).
     wide = tables.booktabs([f"column{i}" for i in range(24)], [[f"{i * 1.2345:.4f}" for i in range(24)]], "r" * 24)
@@ -210,11 +212,12 @@ def test_numbers_from_fake_results(tmp_path):
     assert len(re.findall(r"\\newcommand", text)) == len(macros)
     m = macro_values(out)
     assert m["Profile"] == "smoke" and m["GitCommit"] == "unknown"  # tmp_path is no git checkout
-    assert m["ClaimsTotal"] == "8" and m["ClaimsSupported"] == "3" and m["ClaimsInconclusive"] == "2"
+    assert m["ClaimsTotal"] == "9" and m["ClaimsSupported"] == "3" and m["ClaimsInconclusive"] == "3"
     assert m["ClaimsNotApplicable"] == "1" and m["ClaimsNotSupported"] == "2"
-    # the original's six claims apart from its future work (8) and this replication's finding (7)
+    # the original's six claims apart from its future work (8), its promise (9) and our finding (7)
     assert (m["ClaimsOriginalTotal"], m["ClaimsOriginalSupported"], m["ClaimsOriginalNotApplicable"]) == ("6", "2", "1")
     assert (m["ClaimsReplicationTotal"], m["ClaimsReplicationSupported"]) == ("1", "1")
+    assert (m["ClaimsPromiseTotal"], m["ClaimsPromiseInconclusive"]) == ("1", "1")
     assert (m["ClaimsFutureWorkTotal"], m["ClaimsFutureWorkNotSupported"]) == ("1", "1")
     assert m["ClaimOneValue"] == "$-$0.313" and m["ClaimOneVerdict"] == "supported"
     assert m["ClaimTwoVerdict"] == "not applicable" and m["ClaimTwoValue"] == "n/a"

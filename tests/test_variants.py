@@ -27,7 +27,7 @@ def test_schema_enums_equal_the_registry():
 
 
 def test_registry_is_well_formed():
-    assert list(REGISTRY) == ["none", "asrun", "causal", "tonic", "static"]  # the tables' order
+    assert list(REGISTRY) == ["none", "asrun", "causal", "tonic", "static", "control"]  # the tables' order
     assert [v for v, s in REGISTRY.items() if s.is_baseline] == [variants.baseline()] == ["none"]
     assert [v for v, s in REGISTRY.items() if s.sees_future] == ["asrun"]
     assert variants.PRIMARY in variants.ncn_names()
@@ -35,7 +35,8 @@ def test_registry_is_well_formed():
         assert re.fullmatch(r"[a-z][a-z0-9_]*", name), name  # safe in wildcard_constraints and file names
         assert re.fullmatch(r"#[0-9a-f]{6}", s.colour) and s.label and s.description, name
     assert len({s.colour for s in REGISTRY.values()}) == len(REGISTRY)
-    assert variants.spoken_list() == "none, asrun, causal, tonic or static"
+    assert variants.spoken_list() == "none, asrun, causal, tonic, static or control"
+    assert variants.control_names() == ["control"] and variants.control_names(["causal", "none"]) == []
 
 
 def test_helpers():
@@ -53,6 +54,7 @@ def test_helpers():
     (dict(init="random"), "init"),
     (dict(pool="prefix", static=True), "static"),
     (dict(positions=True), "need a pool"),
+    (dict(control=True), "need a pool"),
 ])
 def test_inconsistent_flags_are_refused(kw, culprit):
     with pytest.raises(NCNError, match=culprit):

@@ -141,7 +141,7 @@ def test_dry_run_lists_every_training_job(repo_copy, name):
     r = snakemake(repo_copy, *args)
     assert r.returncode == 0, r.stdout[-3000:]
     counts = job_counts(r.stdout)
-    runs = len(cfg["variants"]) * len(cfg["sizes"]) * len(cfg["seeds"])
+    runs = len(cfg["variants"]) * len(cfg["sizes"]) * len(cfg["seeds"]) + len(control_runs(cfg))
     assert counts.get("train") == runs, counts
     assert counts.get("evaluate") == runs, counts
     assert counts.get("fetch_data") == 1, counts
@@ -175,7 +175,7 @@ def test_slurm_profile_dry_runs_and_asks_for_gpus(repo_copy):
     assert r.returncode == 0, r.stdout[-3000:]
     trains = [b for b in r.stdout.split("\n\n") if "rule train:" in b]
     assert trains and all(re.search(r"\bgpu=1\b", b) and "mem_mb=" in b and "runtime=" in b for b in trains)
-    assert job_counts(r.stdout).get("train") == 45
+    assert job_counts(r.stdout).get("train") == 45 + len(control_runs(load_profile("default")))
 
 
 def test_rule_params_read_as_key_value_pairs():
@@ -231,6 +231,13 @@ def smoke_runs(cfg):
     return [(v, s, n) for v in cfg["variants"] for s in cfg["sizes"] for n in cfg["seeds"]]
 
 
+def control_runs(cfg):
+    """The runs of the control variant (ncn.analysis.rules.control_runs): trained, evaluated, tracked."""
+    from ncn.analysis.rules import control_runs as runs
+
+    return runs(cfg)
+
+
 @pytest.mark.slow
 def test_smoke_makes_every_output(smoke):
     from ncn.analysis.rules import largest_size
@@ -264,6 +271,13 @@ def test_smoke_makes_every_output(smoke):
         for kind in ("train", "evaluate"):
             assert (res / "logs" / kind / v / s / f"seed{n}.log").exists()
             assert (res / "benchmarks" / kind / v / s / f"seed{n}.tsv").exists()
+    # the control variant: labels beside the tokens, its runs evaluated on them, one measurement per run
+    assert control_runs(cfg) and all((data / f).stat().st_size > 0 for f in ("train.label.bin", "labels.json"))
+    for v, s, n in control_runs(cfg):
+        assert json.loads((res / "runs" / v / s / f"seed{n}" / "eval.json").read_text())[
+            "heldout_control"] == "true story labels"
+    measured = (res / "tables" / "control_runs.csv").read_text().splitlines()
+    assert len(measured) == 1 + len(control_runs(cfg))
 
 
 @pytest.mark.slow
@@ -281,7 +295,7 @@ def test_smoke_records_a_pipeline_run_with_nested_training_and_evaluation_runs(s
     # the session's first invocation (other tests may have added theirs since)
     pipeline = min(by_stage["pipeline"], key=lambda r: r.info.start_time)
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id]
-    expected = sorted(f"{v}-{s}-s{n}" for v, s, n in smoke_runs(smoke["cfg"]))
+    expected = sorted(f"{v}-{s}-s{n}" for v, s, n in smoke_runs(smoke["cfg"]) + control_runs(smoke["cfg"]))
     assert sorted(r.info.run_name for r in nested if r.data.tags["ncn.stage"] == "train") == expected
     assert sorted(r.info.run_name for r in nested if r.data.tags["ncn.stage"] == "evaluate") == [f"{n}-eval" for n in expected]
     assert {r.info.status for r in nested + [pipeline]} == {"FINISHED"}
@@ -332,7 +346,7 @@ def _dry_run_with(smoke, tmp_path, edit) -> dict[str, int]:
 @pytest.mark.slow
 def test_changed_lr_reruns_only_training_and_what_follows(smoke, tmp_path):
     counts = _dry_run_with(smoke, tmp_path, lambda c: c["train"].update(lr=c["train"]["lr"] / 2))
-    n_runs = len(smoke_runs(smoke["cfg"]))
+    n_runs = len(smoke_runs(smoke["cfg"]) + control_runs(smoke["cfg"]))
     assert counts["train"] == n_runs and counts["evaluate"] == n_runs
     assert not DATA_RULES & set(counts), counts
 
@@ -340,7 +354,7 @@ def test_changed_lr_reruns_only_training_and_what_follows(smoke, tmp_path):
 @pytest.mark.slow
 def test_changed_eval_setting_reruns_no_training(smoke, tmp_path):
     counts = _dry_run_with(smoke, tmp_path, lambda c: c["eval"].update(max_tokens=c["eval"]["max_tokens"] // 2))
-    assert counts["evaluate"] == len(smoke_runs(smoke["cfg"]))
+    assert counts["evaluate"] == len(smoke_runs(smoke["cfg"]) + control_runs(smoke["cfg"]))
     assert "train" not in counts and not DATA_RULES & set(counts), counts
 
 

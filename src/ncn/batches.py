@@ -61,3 +61,11 @@ def get_windows(tokens: np.ndarray, idx: torch.Tensor, block_size: int) -> tuple
     rows = np.stack([np.asarray(tokens[k * T : k * T + T + 1], dtype=np.int64) for k in idx.tolist()])
     w = torch.from_numpy(rows)
     return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+
+def get_controls(labels: np.ndarray, idx: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The per-token label bits (B, T) int64 of the inputs of the windows `idx` (ncn.data.labels:
+    each token's own story label, so a window spanning two stories gets both)."""
+    T = block_size
+    rows = np.stack([np.asarray(labels[k * T : k * T + T], dtype=np.int64) for k in idx.tolist()])
+    return torch.from_numpy(rows)

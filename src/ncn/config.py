@@ -84,6 +84,10 @@ def validate(cfg: dict, source: str = "config") -> dict:
     for name, sd in cfg["size_defs"].items():
         if sd["d_model"] % sd["n_head"]:
             raise NCNError(f"{source}: size_defs.{name}: d_model {sd['d_model']} is not divisible by n_head {sd['n_head']}")
+    for size in cfg["control"]["sizes"] or []:
+        if size not in cfg["size_defs"]:
+            raise NCNError(f"{source}: unknown size '{size}' in 'control.sizes' (defined in size_defs: "
+                           f"{', '.join(cfg['size_defs'])})")
     if cfg["train"]["tokens"] is None and cfg["train"]["epochs"] is None:
         raise NCNError(f"{source}: set train.tokens or train.epochs")
     a = cfg["analysis"]
@@ -203,11 +207,11 @@ def train_settings(cfg: dict, size: str) -> TrainConfig:
 def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
     """The ModelConfig of (variant, size). The baseline (the variant whose spec has no signals)
     is matched in parameter count to the `ncn_reference` variant by changing d_ff only
-    (model.match_params)."""
+    (model.match_params). A variant with control reads one control channel per story label."""
     from ncn.model import ModelConfig, match_params
     from ncn.variants import spec
 
-    is_baseline = spec(variant).is_baseline  # names the registered variants if `variant` is not one
+    sp = spec(variant)  # names the registered variants if `variant` is not one
     sd = size_def(cfg, size)
     m = cfg["model"]
     kw = dict(
@@ -224,7 +228,11 @@ def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
         beta_max=m["beta_max"],
         gate_init=m["gate_init"],
     )
-    if is_baseline:
+    if sp.control:  # one channel per story label the data stage stores (ncn.control)
+        from ncn.control import LABELS
+
+        kw["control_dim"] = len(LABELS)
+    if sp.is_baseline:
         return match_params(ModelConfig(ncn=cfg["ncn_reference"], **kw), ncn=variant)
     return ModelConfig(ncn=variant, **kw)
 

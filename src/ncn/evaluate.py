@@ -62,8 +62,11 @@ def _forward_groups(batches: list[list[int]], per_forward: int) -> list[list[lis
 
 
 def stream_ce(model, tokens: np.ndarray, block_size: int, batch_size: int, device: torch.device,
-              max_tokens: int | None = None, causal_pool: bool | None = None, desc: str = "eval") -> tuple[float, int]:
-    """(sum of token cross-entropies in nats, number of tokens scored) over the stream."""
+              max_tokens: int | None = None, causal_pool: bool | None = None, desc: str = "eval",
+              labels: np.ndarray | None = None) -> tuple[float, int]:
+    """(sum of token cross-entropies in nats, number of tokens scored) over the stream. labels: the
+    per-token label bits beside `tokens` (ncn.data.labels), fed as the control vector of each input
+    token (a model with control; without labels such a model gets c = 0, no signal)."""
     n_pred = len(tokens) - 1
     if n_pred < 1:
         raise NCNError("the validation stream has fewer than 2 tokens; nothing to evaluate")
@@ -88,6 +91,11 @@ def stream_ce(model, tokens: np.ndarray, block_size: int, batch_size: int, devic
             rows = np.stack([np.asarray(tokens[w * T : w * T + L + 1], dtype=np.int64) for w in windows])
             xy = torch.from_numpy(rows).to(device)
             kw = {"causal_pool": True} if causal_pool else {}
+            if labels is not None:
+                from ncn.control import bits_to_vector
+
+                bits = np.stack([np.asarray(labels[w * T : w * T + L], dtype=np.int64) for w in windows])
+                kw["control"] = bits_to_vector(torch.from_numpy(bits), model.cfg.control_dim).to(device)
             logits = model(xy[:, :-1], **kw).logits.float()
             y, start = xy[:, 1:], 0
             for b in group:  # the loss per batch of batch_size windows, as one forward per batch gave it
@@ -110,19 +118,26 @@ EVAL_SETS = (("valid", "val"), ("heldout", "heldout"))
 
 
 def score_split(model, data_dir, meta: dict, split: str, cfg: dict, device: torch.device) -> dict:
-    """loss, ppl, bpb, tokens, bytes, ce_sum_nats, loss_prefix_pool (asrun; else None) on one split."""
+    """loss, ppl, bpb, tokens, bytes, ce_sum_nats, loss_prefix_pool (asrun; else None) on one split.
+    A model with control reads the split's true story labels where the data stage stored them
+    (ncn.data.labels.LABEL_SPLITS), else c = 0; `control` says which."""
     from ncn.data import open_split
+    from ncn.data.labels import LABEL_SPLITS, open_labels
 
     tokens = open_split(data_dir, split, meta)
     bs, T, cap = cfg["eval"]["batch_size"], model.cfg.block_size, cfg["eval"]["max_tokens"]
-    ce, n = stream_ce(model, tokens, T, bs, device, cap, desc=f"eval {split}")
+    labels = open_labels(data_dir, split, meta) if model.cfg.control_dim and split in LABEL_SPLITS else None
+    ce, n = stream_ce(model, tokens, T, bs, device, cap, desc=f"eval {split}", labels=labels)
     bpb, nbytes = bits_per_byte(ce, n, len(tokens) - 1, int(meta[split]["bytes"]))
     prefix = None
     if model.cfg.spec.sees_future:
         ce_p, _ = stream_ce(model, tokens, T, bs, device, cap, causal_pool=True, desc=f"eval {split} prefix pool")
         prefix = ce_p / n
-    return {"loss": ce / n, "ppl": math.exp(ce / n), "bpb": bpb, "tokens": n, "bytes": nbytes,
-            "ce_sum_nats": ce, "loss_prefix_pool": prefix}
+    out = {"loss": ce / n, "ppl": math.exp(ce / n), "bpb": bpb, "tokens": n, "bytes": nbytes,
+           "ce_sum_nats": ce, "loss_prefix_pool": prefix}
+    if model.cfg.control_dim:
+        out["control"] = "true story labels" if labels is not None else "none (c = 0: no story labels)"
+    return out
 
 
 def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, threads: int = 1,
@@ -165,9 +180,11 @@ def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, th
         "n_params": model.num_params(), "n_params_non_embedding": model.num_params(non_embedding=True),
         "max_tokens": cfg["eval"]["max_tokens"], "device": device.type,
     }
-    scored: dict[str, dict] = {}  # by text hash: with val_split train_tail both sets are one text
-    for split, prefix in EVAL_SETS:
-        key = meta[split].get("text_sha256") or split
+    from ncn.data.labels import LABEL_SPLITS
+
+    scored: dict[tuple, dict] = {}  # by text hash: with val_split train_tail both sets are one text
+    for split, prefix in EVAL_SETS:  # (scored apart when a model with control reads labels on one only)
+        key = (meta[split].get("text_sha256") or split, bool(model.cfg.control_dim) and split in LABEL_SPLITS)
         if key not in scored:
             scored[key] = score_split(model, data_dir, meta, split, cfg, device)
         out.update({f"{prefix}_{k}": v for k, v in scored[key].items()})

@@ -7,7 +7,8 @@ split a UTF-8 character; its bytes are held back until the character is complete
 
 Settings: --prompt (repeatable), --num-samples, --max-new-tokens, --temperature (0 = greedy),
 --top-k (`none`: no cut) and --seed; each defaults to the `generate` section of the run's own
-config (or --config). Sample j of prompt i uses a torch.Generator seeded with seed + i·N + j
+config (or --config). --control NAME=VALUE (e.g. dialogue=1; ncn.control) sets the external
+control vector of a run whose variant takes control (without it such a run gets c = 0, no signal). Sample j of prompt i uses a torch.Generator seeded with seed + i·N + j
 (N = --num-samples), so a sample is reproducible on one machine whatever else is asked.
 Sampling uses the model's KV cache; `--kv-bits 8|4|16|8,4,...|beta:B` compresses it for real
 (ncn.kvquant: int8, int4 packed two per byte, fp16, per layer, or β-guided bits per layer) and
@@ -33,10 +34,12 @@ from pathlib import Path
 
 import torch
 
+from ncn.control import LABELS
 from ncn.errors import NCNError
 from ncn.fileio import write_json
 from ncn.knobs import GRAMMAR
 from ncn.kvquant import KV_BITS_HELP
+from ncn.variants import control_names
 
 SEPARATOR = "-" * 15  # between samples on stdout, as nanoGPT's sample.py
 FROM_CONFIG = "from config"  # top_k not given (None means: no top-k cut)
@@ -51,6 +54,7 @@ class Sampling:
     top_k: int | None
     seed: int
     source: str  # where the prompts came from, for messages: "--prompt" or "generate.prompts"
+    control: dict | None = None  # --control values (ncn.control.parse_control), or None
 
     def where(self, i: int) -> str:
         """Prompt i as a message names it: "--prompt", or "generate.prompts[i]"."""
@@ -59,13 +63,17 @@ class Sampling:
 
 def sampling(g: dict, prompts: list[str] | None = None, num_samples: int | None = None,
              max_new_tokens: int | None = None, temperature: float | None = None, top_k=FROM_CONFIG,
-             seed: int | None = None) -> Sampling:
-    """The config's generate section `g` overridden by the given values (top_k None = no cut), checked."""
+             seed: int | None = None, control: str | None = None) -> Sampling:
+    """The config's generate section `g` overridden by the given values (top_k None = no cut), checked.
+    control: the --control text (NAME=VALUE[,...])."""
+    from ncn.control import parse_control
+
     pick = lambda x, key: g[key] if x is None else x  # noqa: E731
     s = Sampling(list(prompts) if prompts is not None else list(g["prompts"]), 1 if num_samples is None else num_samples,
                  pick(max_new_tokens, "max_new_tokens"), float(pick(temperature, "temperature")),
                  g["top_k"] if top_k is FROM_CONFIG else top_k, pick(seed, "seed"),
-                 "--prompt" if prompts is not None else "generate.prompts")
+                 "--prompt" if prompts is not None else "generate.prompts",
+                 None if control is None else parse_control(control))
     if not math.isfinite(s.temperature) or s.temperature < 0:
         raise NCNError(f"--temperature must be a finite number >= 0 (0 = greedy), got {s.temperature}")
     if s.top_k is not None and s.top_k < 1:
@@ -124,10 +132,15 @@ def sample(model, ids: list[int], s: Sampling, generator: torch.Generator, on_to
                 on_token(streamed[-1])
 
     idx = torch.tensor([ids], dtype=torch.long, device=model.tok_emb.weight.device)
+    control = None
+    if s.control is not None:
+        from ncn.control import vector
+
+        control = torch.tensor([vector(s.control)], device=idx.device)
     handle = model.tok_emb.register_forward_pre_hook(hook)
     try:
         out = model.generate(idx, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, use_cache=True,
-                             generator=generator, cache_factory=cache_factory)
+                             generator=generator, cache_factory=cache_factory, control=control)
     finally:
         handle.remove()
     new = out[0, len(ids):].tolist()
@@ -236,7 +249,7 @@ def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, th
              config_source: str = "--config", out: str | Path | None = None, stdout=None,
              modulate: list[str] | None = None, kv_bits: str | None = None, **settings) -> dict:
     """Stream samples of a finished run to stdout; returns (and with `out`, writes) the JSON record.
-    settings: prompts, num_samples, max_new_tokens, temperature, top_k, seed (see `sampling`);
+    settings: prompts, num_samples, max_new_tokens, temperature, top_k, seed, control (see `sampling`);
     modulate: --modulate specs (ncn.knobs); kv_bits: --kv-bits (ncn.kvquant)."""
     from ncn import knobs
     from ncn.kvquant import parse_kv_bits
@@ -251,6 +264,9 @@ def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, th
     torch.set_num_threads(threads)
     model, payload, tok, eot = load_run(run_dir, cfg, data, config_source)
     knobs.attach(model, mods)
+    if s.control is not None and not model.cfg.control_dim:
+        raise NCNError(f"--control: run {run_dir} (variant '{model.cfg.ncn}') takes no control input; sample "
+                       f"a run of a variant with control ({', '.join(control_names())})")
     stdout = sys.stdout if stdout is None else stdout
     encoded = [_encode(tok, eot, p, s.where(i), model.cfg.block_size) for i, p in enumerate(s.prompts)]
     factory, kv_rec = compression(model, kv_spec, encoded)
@@ -272,6 +288,7 @@ def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, th
         "temperature": s.temperature, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
         "num_samples": s.num_samples, "generate_seed": s.seed, "kv_cache": not model.cfg.spec.sees_future,
         "modulate": knobs.describe(mods), **kv_rec,
+        **({"control": s.control} if s.control is not None else {}),
         "device": model.tok_emb.weight.device.type, "samples": samples,
         "tokens_per_s": round(sum(x["new_tokens"] for x in samples) / max(secs, 1e-9), 1),
     }
@@ -312,6 +329,8 @@ def main(argv: list[str]) -> int:
                    f"beta@l3=0.5,gamma@*=0.8, g@l0-2=+0.1, gamma@l1:=1 (repeatable, applied in order; for "
                    f"'none' beta scales the queries). Grammar: {GRAMMAR}")
     p.add_argument("--kv-bits", metavar="BITS", help=KV_BITS_HELP)
+    p.add_argument("--control", metavar="NAME=VALUE", help="external control of a run whose variant takes it, "
+                   "e.g. dialogue=1 (stories with dialogue) or dialogue=0; labels: " + ", ".join(LABELS))
     p.add_argument("--out", help="also write the samples as JSON to this file")
     p.add_argument("--config", help="config for the generate section (default: the run's own config.json)")
     p.add_argument("--data", help="folder with tokenizer.json and meta.json (default: the run's)")
@@ -323,7 +342,7 @@ def main(argv: list[str]) -> int:
     result = generate(Path(a.run), cfg, a.data, a.threads, config_source=a.config or "--config", out=a.out,
                       prompts=a.prompt, num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
                       temperature=a.temperature, top_k=getattr(a, "top_k", FROM_CONFIG), seed=a.seed,
-                      modulate=a.modulate, kv_bits=a.kv_bits)
+                      modulate=a.modulate, kv_bits=a.kv_bits, control=a.control)
     if result["kv_bits"] is not None:
         print(f"ncn generate: KV cache at {','.join(map(str, result['kv_bits']))} bits per layer: "
               f"{result['kv_cache_bytes']} bytes per sequence of {result['kv_cache_bytes_uncompressed']} "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 from ncn.errors import NCNError
@@ -43,12 +43,12 @@ def save_pretrained(model, folder: str | Path, card: dict, tokenizer: str | Path
         save_file(tensors, tmp, metadata={"format": "pt"})
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     config = {"model_type": MODEL_TYPE, "architectures": [type(model).__name__], "torch_dtype": dtype,
-              "ncn_version": ncn.__version__, **asdict(model.cfg)}
+              "ncn_version": ncn.__version__, **model.cfg.as_dict()}
     write_text(folder / CONFIG, json.dumps(config, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         with atomic_path(folder / TOKENIZER) as tmp:
             shutil.copyfile(tokenizer, tmp)
-    write_text(folder / CARD, render_card(card, asdict(model.cfg), has_tokenizer=tokenizer is not None))
+    write_text(folder / CARD, render_card(card, model.cfg.as_dict(), has_tokenizer=tokenizer is not None))
     return folder
 
 

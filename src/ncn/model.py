@@ -27,6 +27,8 @@ nanoGPT's `bias` flag); the model reads only the flags, through `ModelConfig.spe
              β ≈ softplus(0)+0.01 ≈ 0.703, γ ≈ 0.5, g ≈ 1; "target": the output bias starts at
              g = 1, β = 1, γ = gate_init.
   static     learned per-layer constants instead of a controller ("static").
+  control    the controller also reads an external control vector (`control_dim`, ncn.control),
+             added to its pooled vector: "control" = causal + a per-story label.
 No controller and no constants is the plain Transformer, the iso-parameter baseline ("none":
 see `match_params`).
 
@@ -74,6 +76,15 @@ class ModelConfig:
     reg_lambda: float = 0.01
     beta_max: float = 4.0
     gate_init: float = 0.95
+    control_dim: int = 0  # external control vector into the controller's input (ncn.control); 0 = off
+
+    def as_dict(self) -> dict:
+        """The fields, control_dim left out while it is 0 (off): what model.pt, config.json and the
+        checkpoint fingerprint record, so a plain variant's records are those of before control."""
+        d = asdict(self)
+        if not d["control_dim"]:
+            del d["control_dim"]
+        return d
 
     @property
     def spec(self) -> VariantSpec:
@@ -88,6 +99,9 @@ class ModelConfig:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_ff", "ncn_hidden", "ncn_heads"):
             if int(getattr(self, name)) < 1:
                 raise NCNError(f"ModelConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if int(self.control_dim) < 0 or (self.control_dim and not sp.controller):
+            raise NCNError(f"ModelConfig.control_dim {self.control_dim}: the control vector enters the NCN "
+                           f"controller's input; it must be >= 0, and 0 for variant '{self.ncn}' (no controller)")
         if self.d_model % self.n_head:
             raise NCNError(f"ModelConfig: d_model {self.d_model} is not divisible by n_head {self.n_head}")
         if sp.controller and self.d_model % self.ncn_heads:
@@ -234,7 +248,14 @@ def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None
 
 
 class NCNController(nn.Module):
-    """Pool → (+ own embedding) → RMSNorm → Linear → tanh → Linear → raw z (B, T, n_layer, 3)."""
+    """Pool → (+ own embedding) (+ control) → RMSNorm → Linear → tanh → Linear → raw z (B, T, n_layer, 3).
+
+    With control_dim > 0, an external control vector c (B, T, control_dim) or (B, control_dim)
+    adds c @ control to the pooled vector: the only way it reaches the model, so it can act on the
+    text only through the signals. `control` starts at zero and is a bare Parameter (no init draw
+    from the RNG), so a fresh model with control has exactly the plain variant's weights and
+    outputs; c = 0 (or no c) computes exactly what the plain variant computes.
+    """
 
     def __init__(self, cfg: ModelConfig, per_token: bool):
         super().__init__()
@@ -243,23 +264,37 @@ class NCNController(nn.Module):
         self.norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
         self.fc1 = nn.Linear(cfg.d_model, cfg.ncn_hidden)
         self.fc2 = nn.Linear(cfg.ncn_hidden, 3 * cfg.n_layer)
+        self.control = nn.Parameter(torch.zeros(cfg.control_dim, cfg.d_model)) if cfg.control_dim else None
 
-    def head(self, pooled, e):
+    def head(self, pooled, e, control=None):
         u = pooled + e if self.per_token else pooled
+        if control is not None:
+            u = u + self._control_term(control)
         z = self.fc2(torch.tanh(self.fc1(self.norm(u))))
         return z.view(*z.shape[:2], self.n_layer, 3)
 
-    def forward(self, e, causal: bool):
-        return self.head(self.pool(e, causal), e)
+    def _control_term(self, c):
+        """c (B, T, k) per token or (B, k) per sequence -> (B, T or 1, d)."""
+        if self.control is None:
+            raise NCNError("this model takes no control input (control_dim 0); train a variant with control")
+        if c.dim() == 2:
+            c = c.unsqueeze(1)
+        if c.dim() != 3 or c.size(-1) != self.control.size(0):
+            raise NCNError(f"control must be (B, T, {self.control.size(0)}) or (B, {self.control.size(0)}), "
+                           f"got {tuple(c.shape)}")
+        return c.to(self.control.dtype) @ self.control
 
-    def forward_cached(self, e, cache: "KVCache"):
+    def forward(self, e, causal: bool, control=None):
+        return self.head(self.pool(e, causal), e, control)
+
+    def forward_cached(self, e, cache: "KVCache", control=None):
         if cache.pool_state is None:  # prefill: the parallel path, then remember the sums
-            z = self.forward(e, causal=True)
+            z = self.forward(e, causal=True, control=control)
             cache.pool_state = self.pool.prefix_state(e)
             return z
         assert e.size(1) == 1, "after the prefill, the cache advances one token at a time"
         pooled, cache.pool_state = self.pool.step(e, cache.pool_state)
-        return self.head(pooled, e)
+        return self.head(pooled, e, control)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,19 +451,22 @@ class Transformer(nn.Module):
         return n
 
     # -- signals -----------------------------------------------------------------------------
-    def _raw_signals(self, tok, emb, causal_pool=None, cache=None):
-        """Raw z from the token embeddings `tok` and token+position embeddings `emb`:
-        (B, T, n_layer, 3), or (1, 1, n_layer, 3) for static constants, or None for the baseline."""
+    def _raw_signals(self, tok, emb, causal_pool=None, cache=None, control=None):
+        """Raw z from the token embeddings `tok` and token+position embeddings `emb` (and the
+        control vector, ncn.control): (B, T, n_layer, 3), or (1, 1, n_layer, 3) for static
+        constants, or None for the baseline."""
         sp = self.cfg.spec
+        if control is not None and self.controller is None:
+            raise NCNError(f"variant '{self.cfg.ncn}' has no NCN controller to take a control input")
         if sp.static:
             return self.static_z.view(1, 1, self.cfg.n_layer, 3)
         if self.controller is None:
             return None
         e = emb if sp.positions else tok  # without positions: content only
         if cache is not None:
-            return self.controller.forward_cached(e, cache)
+            return self.controller.forward_cached(e, cache, control)
         causal = sp.pool == "prefix" or bool(causal_pool)
-        return self.controller(e, causal=causal)
+        return self.controller(e, causal=causal, control=control)
 
     def _reg(self, signals):
         if signals is None:
@@ -436,16 +474,18 @@ class Transformer(nn.Module):
         return self.cfg.reg_lambda * ((signals - 1.0) ** 2).mean(dim=(0, 1, 2)).sum()
 
     # -- forward -----------------------------------------------------------------------------
-    def forward(self, idx, targets=None, return_signals=False, causal_pool=None, skip_eps=None) -> ModelOutput:
+    def forward(self, idx, targets=None, return_signals=False, causal_pool=None, skip_eps=None,
+                control=None) -> ModelOutput:
         """idx (B, T) token ids. causal_pool=True makes a "window" pool (asrun) pool over the prefix
         only (the leak audit). skip_eps=e skips a token's FFN in a layer where its γ < e (static
-        constants: the whole layer)."""
+        constants: the whole layer). control: the external control vector (B, T, control_dim) or
+        (B, control_dim) of a model with control_dim > 0 (None: no signal, c = 0)."""
         B, T = idx.shape
         if T > self.cfg.block_size:
             raise NCNError(f"sequence length {T} exceeds the model's block_size {self.cfg.block_size}")
         tok = self.tok_emb(idx)
         emb = tok + self.pos_emb(torch.arange(T, device=idx.device))
-        z = self._raw_signals(tok, emb, causal_pool)
+        z = self._raw_signals(tok, emb, causal_pool, control=control)
         signals = None if z is None else signal_map(z, self.cfg.beta_max)
         if self.modulate is not None:
             signals = self.modulate(signals)
@@ -467,12 +507,12 @@ class Transformer(nn.Module):
         skip_frac = None if skip_eps is None else n_skipped / (self.cfg.n_layer * B * T)
         return ModelOutput(logits, loss, ce, reg, signals if return_signals else None, skip_frac)
 
-    def _forward_cached(self, idx, cache: KVCache) -> torch.Tensor:
+    def _forward_cached(self, idx, cache: KVCache, control=None) -> torch.Tensor:
         """Logits (B, T, vocab) of `idx` appended to the cache (prefill, then one token a step)."""
         T, start = idx.size(1), cache.length
         tok = self.tok_emb(idx)
         x = tok + self.pos_emb(torch.arange(start, start + T, device=idx.device))
-        z = self._raw_signals(tok, x, cache=cache)
+        z = self._raw_signals(tok, x, cache=cache, control=control)
         signals = None if z is None else signal_map(z, self.cfg.beta_max)
         if self.modulate is not None:
             signals = self.modulate(signals)
@@ -494,6 +534,7 @@ class Transformer(nn.Module):
         generator: torch.Generator | None = None,
         return_logits: bool = False,
         cache_factory=None,
+        control: torch.Tensor | None = None,
     ):
         """Append `max_new_tokens` sampled tokens to idx (B, T). temperature=0 is greedy.
 
@@ -506,6 +547,7 @@ class Transformer(nn.Module):
         return_logits=True also returns the (B, max_new_tokens, vocab) next-token logits.
         cache_factory(cfg, batch, device, dtype) makes the cache instead of KVCache (a compressed
         one: ncn.kvquant.QuantKVCache).
+        control (B, control_dim): one external control vector per sequence, held for every step.
         """
         was_training = self.training
         self.eval()
@@ -517,11 +559,11 @@ class Transformer(nn.Module):
                 if cache is None or idx.size(1) > bs:
                     w = self.tok_emb.weight
                     cache = (cache_factory or KVCache)(self.cfg, idx.size(0), w.device, w.dtype)
-                    logits = self._forward_cached(idx[:, -bs:], cache)[:, -1]
+                    logits = self._forward_cached(idx[:, -bs:], cache, control)[:, -1]
                 else:
-                    logits = self._forward_cached(idx[:, -1:], cache)[:, -1]
+                    logits = self._forward_cached(idx[:, -1:], cache, control)[:, -1]
             else:
-                logits = self(idx[:, -bs:]).logits[:, -1]
+                logits = self(idx[:, -bs:], control=control).logits[:, -1]
             steps.append(logits)
             idx = torch.cat((idx, sample_next(logits, temperature, top_k, generator)), dim=1)
         self.train(was_training)
@@ -615,4 +657,4 @@ def load_model(path, map_location="cpu"):
 
 def model_payload(model: Transformer, **extra) -> dict:
     """The dict `load_model` reads: model_config + state_dict (+ run metadata in `extra`)."""
-    return {"model_config": asdict(model.cfg), "state_dict": model.state_dict(), **extra}
+    return {"model_config": model.cfg.as_dict(), "state_dict": model.state_dict(), **extra}

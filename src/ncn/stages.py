@@ -43,7 +43,8 @@ READS: dict[str, tuple[str, ...]] = {
     "analyze.knobs": ("analysis.knob_scales", "analysis.knob_max_tokens", "analysis.knob_prompts",
                       "analysis.knob_samples", "analysis.knob_new_tokens", "analysis.confidence", "eval", "generate", "train.device",
                       *_LAYOUT),
-    "analyze.claims": ("analysis", "profile", "tokenizer", "model", *_LAYOUT),
+    "analyze.control": ("analysis.confidence", "control", "eval", "train.device", "generate", *_LAYOUT),
+    "analyze.claims": ("analysis", "profile", "tokenizer", "model", "ncn_reference", "control", *_LAYOUT),
     # the paper: its config listing shows every key, so it reads them all
     "paper.numbers": ("*",),
 }

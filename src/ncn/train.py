@@ -61,7 +61,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ncn.batches import WindowOrder, get_windows, n_windows
+from ncn.batches import WindowOrder, get_controls, get_windows, n_windows
 from ncn.checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from ncn.config import TrainConfig, load_config, model_config, size_def, train_settings
 from ncn.data import load_meta, open_split
@@ -192,6 +192,7 @@ class Run:
     n_win: int  # training windows (ncn.batches)
     dist: Dist = dataclasses.field(default_factory=Dist)
     device: torch.device = torch.device("cpu")
+    labels: np.ndarray | None = None  # per-token story labels (ncn.data.labels) of a variant with control
 
     @property
     def tokens_per_step(self) -> int:
@@ -209,7 +210,7 @@ class Run:
         """config.json: the resolved settings and the data folder used."""
         return {
             **self.identity, "profile": self.cfg["profile"], "data_dir": str(Path(self.data_dir).resolve()),
-            "tokenizer_sha256": self.meta.get("tokenizer_sha256"), "model_config": dataclasses.asdict(self.mcfg),
+            "tokenizer_sha256": self.meta.get("tokenizer_sha256"), "model_config": self.mcfg.as_dict(),
             "train": dataclasses.asdict(self.tc), "steps": self.steps, "tokens_per_step": self.tokens_per_step,
             # provenance: the whole resolved config (a stage slice keeps it in .resolved), so a
             # later `ncn evaluate --run` without --config finds every section it reads
@@ -221,7 +222,7 @@ class Run:
         train = {k: v for k, v in dataclasses.asdict(self.tc).items() if k not in _NOT_IN_FINGERPRINT}
         return hashlib.sha256(json.dumps({
             **self.identity, "state_version": TrainState.VERSION,
-            "model_config": dataclasses.asdict(self.mcfg), "steps": self.steps,
+            "model_config": self.mcfg.as_dict(), "steps": self.steps,
             "n_train": self.n_train, "tokenizer_sha256": self.meta.get("tokenizer_sha256"), "train": train,
         }, sort_keys=True).encode()).hexdigest()
 
@@ -300,7 +301,7 @@ def _check_finished_settings(cfg: dict, variant: str, size: str, run_dir: Path, 
     if rc is None or "model_config" not in rc or "train" not in rc:
         return
     size_def(cfg, size)  # names the defined sizes if `size` is not one
-    want_model = dataclasses.asdict(model_config(cfg, variant, size, int(rc["model_config"]["vocab_size"])))
+    want_model = model_config(cfg, variant, size, int(rc["model_config"]["vocab_size"])).as_dict()
     want_train = {k: v for k, v in dataclasses.asdict(train_settings(cfg, size)).items()
                   if k not in _NOT_IN_FINGERPRINT}
     have_train = {k: v for k, v in rc["train"].items() if k not in _NOT_IN_FINGERPRINT}
@@ -353,8 +354,13 @@ def _plan(cfg: dict, identity: dict, run_dir: Path, data_dir: Path, threads: int
     if ga % world:
         raise NCNError(f"train.grad_accum {ga} is not divisible by the {world} DDP processes; "
                        f"each process runs grad_accum/N micro-batches of the same global batch")
+    labels = None
+    if mcfg.control_dim:
+        from ncn.data.labels import open_labels
+
+        labels = open_labels(data_dir, "train", meta)
     return Run(cfg=cfg, tc=tc, mcfg=mcfg, meta=meta, tokens=tokens, identity=identity, run_dir=run_dir,
-               data_dir=data_dir, threads=threads, steps=steps, n_train=n_train, n_win=n_win)
+               data_dir=data_dir, threads=threads, steps=steps, n_train=n_train, n_win=n_win, labels=labels)
 
 
 def train(cfg: dict, variant: str, size: str, seed: int, run_dir: Path, data_dir: Path, threads: int = 1,
@@ -484,12 +490,27 @@ def _loop(run: Run, state: TrainState, model: nn.Module, out: TrainLog) -> None:
         out.close()
 
 
-def draw_batch(run: Run, order: WindowOrder, step: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets of micro-batch m of `step`: the data cursor ((step-1)*ga + m)*mb of the
-    window order, micro_batch windows from there."""
+def window_indices(run: Run, order: WindowOrder, step: int, m: int) -> torch.Tensor:
+    """The windows of micro-batch m of `step`: the data cursor ((step-1)*ga + m)*mb of the window
+    order, micro_batch windows from there."""
     mb = run.tc.micro_batch
-    pos = ((step - 1) * run.tc.grad_accum + m) * mb
-    return get_windows(run.tokens, order.indices(pos, mb), run.mcfg.block_size)
+    return order.indices(((step - 1) * run.tc.grad_accum + m) * mb, mb)
+
+
+def draw_batch(run: Run, order: WindowOrder, step: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of micro-batch m of `step` (window_indices)."""
+    return get_windows(run.tokens, window_indices(run, order, step, m), run.mcfg.block_size)
+
+
+def draw_control(run: Run, order: WindowOrder, step: int, m: int) -> torch.Tensor | None:
+    """The control vectors (micro_batch, T, control_dim) of draw_batch's inputs: each token's own
+    story label (ncn.control); None for a variant without control."""
+    if run.labels is None:
+        return None
+    from ncn.control import bits_to_vector
+
+    bits = get_controls(run.labels, window_indices(run, order, step, m), run.mcfg.block_size)
+    return bits_to_vector(bits, run.mcfg.control_dim)
 
 
 def batch_digest(x: torch.Tensor, y: torch.Tensor) -> bytes:
@@ -508,13 +529,15 @@ def _forward_backward(run: Run, model: nn.Module, order: WindowOrder, step: int,
     stats, fed = {}, torch.zeros(run.tc.grad_accum, 32, dtype=torch.int64)
     for j, m in enumerate(local):
         x, y = draw_batch(run, order, step, m)
+        c = draw_control(run, order, step, m)
         fed[m] = torch.tensor(list(batch_digest(x, y)))
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        c = c.to(run.device, non_blocking=True) if c is not None else None
         last = j == len(local) - 1
         sync = model.no_sync() if run.dist.world > 1 and not last else contextlib.nullcontext()
         with sync:
             with _autocast(run.device):
-                out = model(x, y, return_signals=want_signals and m == 0)
+                out = model(x, y, return_signals=want_signals and m == 0, control=c)
             loss = out.loss
             if poison:
                 loss = loss * float("nan")
@@ -664,7 +687,7 @@ def _finish(run: Run, state: TrainState, out: TrainLog) -> dict:
     steps, tps, identity = run.steps, run.tokens_per_step, run.identity
     cuda = run.device.type == "cuda"
     with atomic_path(run.run_dir / "model.pt") as tmp:
-        torch.save({"model_config": dataclasses.asdict(run.mcfg), "state_dict": state.model.state_dict(),
+        torch.save({"model_config": run.mcfg.as_dict(), "state_dict": state.model.state_dict(),
                     **identity, "tokenizer_sha256": run.meta.get("tokenizer_sha256"), "step": steps,
                     "tokens": steps * tps}, tmp)
     write_csv_rows(run.run_dir / "train_log.csv", run.columns, state.rows)

@@ -14,6 +14,9 @@ The flags (see ncn.model for the mechanisms):
   init       "zeroed": every NCN bias starts at 0 (as the original ran: β ≈ 0.703, γ ≈ 0.5);
              "target": the signals start at g = 1, β = 1, γ = gate_init.
   static     learned per-layer constants instead of a controller (requires pool "none").
+  control    the controller also reads an external control vector (ncn.control: per-story labels
+             from the text), added to its pooled vector; the config gives it
+             ModelConfig.control_dim = the number of labels (requires a pool).
 A variant with neither a controller nor static constants is the baseline: the plain Transformer,
 matched in parameter count to the config's `ncn_reference` (model.match_params).
 """
@@ -35,6 +38,7 @@ class VariantSpec:
     per_token: bool = False
     init: str = "target"
     static: bool = False
+    control: bool = False
     label: str = ""
     colour: str = "#000000"
     description: str = ""
@@ -46,8 +50,8 @@ class VariantSpec:
             raise NCNError(f"VariantSpec.init must be one of {', '.join(INITS)}, got '{self.init}'")
         if self.static and self.pool != "none":
             raise NCNError("VariantSpec: static constants replace the controller; set pool='none'")
-        if self.pool == "none" and (self.positions or self.per_token):
-            raise NCNError("VariantSpec: positions/per_token describe the controller's input; they need a pool")
+        if self.pool == "none" and (self.positions or self.per_token or self.control):
+            raise NCNError("VariantSpec: positions/per_token/control describe the controller's input; they need a pool")
 
     @property
     def controller(self) -> bool:
@@ -82,6 +86,11 @@ REGISTRY: dict[str, VariantSpec] = {
     "static": VariantSpec(
         static=True, init="target", label="static", colour="#e7298a",
         description="context-free: learned per-layer constants, initialised as causal"),
+    "control": VariantSpec(
+        pool="prefix", positions=True, per_token=True, init="target", control=True, label="causal + control",
+        colour="#a6761d",
+        description="causal, and its controller also reads a per-story label (the story contains dialogue): "
+                    "external control through the signals alone"),
 }
 
 # "The NCN" of the claims, the benchmark's baseline reference and the schema's ncn_reference
@@ -104,6 +113,11 @@ def spec(name: str) -> VariantSpec:
 def ncn_names(variants=None) -> list[str]:
     """The variants with signals (every one but the baseline), of `variants` or of the registry."""
     return [v for v in (names() if variants is None else variants) if not spec(v).is_baseline]
+
+
+def control_names(variants=None) -> list[str]:
+    """The variants whose controller takes an external control vector (spec.control)."""
+    return [v for v in (names() if variants is None else variants) if spec(v).control]
 
 
 def baseline() -> str:

@@ -203,6 +203,8 @@ rule analysis_claims:
         # claim 5 (the level of L_reg) reads the train logs of these runs
         logs=[f"{d}/train_log.csv" for d in run_dirs(CLAIM_VARIANTS, [LARGEST])] if CLAIM_VARIANTS else [],
         meta=rules.tokenize.output.meta,
+        # the control claim reads the control runs' measurements (control.smk)
+        control=rules.analysis_control.output.runs,
     output:
         json=report_item(f"{RES}/claims.json"),
         tex=f"{TABLES}/claims.tex",
@@ -222,7 +224,7 @@ rule analysis_claims:
         CONDA_ENV
     shell:
         "ncn analyze claims --runs-table {input.runs} --traces {input.traces} {input.static_traces}"
-        " {params.measures} --config {params.config} --data {params.data}"
+        " {params.measures} --config {params.config} --data {params.data} --control {input.control}"
         " --json {output.json} --tex {output.tex} --paragraphs {output.paragraphs} > {log} 2>&1"
 
 

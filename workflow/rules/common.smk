@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ncn.stages import trigger as stage_trigger
 from ncn.fileio import write_json
-from ncn.variants import names as variant_names, ncn_names
+from ncn.variants import names as variant_names, ncn_names, spec as variant_spec
 
 # The config is validated (defaults filled) in the Snakefile before this file is included.
 
@@ -124,6 +124,16 @@ def run_dirs(variants=None, sizes=None, seeds=None):
         size=sizes or SIZES,
         seed=seeds if seeds is not None else SEEDS,
     )
+
+
+# The per-token story labels beside the tokens (`ncn data labels`; made in control.smk):
+# what a run of a variant with control trains and is evaluated on.
+LABEL_FILES = [f"{DATA}/train.label.bin", f"{DATA}/heldout.label.bin", f"{DATA}/labels.json"]
+
+
+def label_inputs(w):
+    """input helper: the story labels for a run of a variant with control (ncn.control), else none."""
+    return LABEL_FILES if variant_spec(w.variant).control else []
 
 
 wildcard_constraints:

@@ -9,6 +9,7 @@ rule evaluate:
         valid=rules.tokenize.output.valid,
         heldout=rules.tokenize.output.heldout,
         meta=rules.tokenize.output.meta,
+        labels=label_inputs,  # a variant with control is evaluated with the true story labels
     output:
         f"{RUN}/eval.json",
     params:

@@ -16,6 +16,7 @@ rule train:
         train=rules.tokenize.output.train,
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
+        labels=label_inputs,  # a variant with control trains on the story labels
     output:
         model=f"{RUN}/model.pt",
         metrics=f"{RUN}/metrics.json",

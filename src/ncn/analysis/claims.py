@@ -1,8 +1,8 @@
 """One measured verdict per claim: results/claims.json, the claims table and one paragraph per claim.
 
 The claims are one registry, CLAIMS, of `Claim` objects: key, text, origin ("original": a claim
-of the original write-up; "original, future work": what it proposed without testing;
-"replication": a finding of this replication), the statistic, the null hypothesis, the control,
+of the original write-up; "original, promise": a capability it promises; "original, future work":
+what it proposed without testing; "replication": a finding of this replication), the statistic, the null hypothesis, the control,
 the decision rule (`threshold`) and the verdict function (`compute`). claims.json, the paper's
 claims table and its paragraphs (test, null, control, result) are all generated from it, and the
 paper tallies the verdicts by origin. A new claim is one entry in CLAIMS.
@@ -43,6 +43,9 @@ refutes it). Every claim about trained models reads every seed; `reason` says wh
                          change CI stays <= analysis.skip_tolerance_nats: gated minus random skip
                          loss, CI < 0. Every skipping eps costing more than the tolerance: not
                          supported.
+ 9 control_steers       (ncn.analysis.control) the control variant at its largest size: stories
+                         with the label under label=1 minus label=0, and held-out loss with the
+                         flipped minus the true label, paired over seeds; both CIs > 0.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import options, tables
+from ncn.analysis import control, options, tables
 from ncn.analysis.macros import finite, fmt_sig, macro_name, tex_escape
 from ncn.analysis.runs import SIGNALS, largest_size, load_runs_table, per_seed, primary_ncn, read_train_log
 from ncn.analysis.stats import (INCONCLUSIVE, NOT_APPLICABLE, NOT_SUPPORTED, SUPPORTED, VERDICTS, Interval, all_of,
@@ -63,10 +66,10 @@ from ncn.analysis.stats import (INCONCLUSIVE, NOT_APPLICABLE, NOT_SUPPORTED, SUP
                                 paired_differences, partial_spearman, prediction_interval, t_interval)
 from ncn.errors import NCNError
 from ncn.fileio import write_json
-from ncn.variants import spec
+from ncn.variants import control_names, spec
 
 NAN = math.nan
-ORIGINS = ("original", "original, future work", "replication")
+ORIGINS = ("original", control.CLAIM_ORIGIN, "original, future work", "replication")
 # The original's budget: one epoch of TinyStories, about 520M GPT-2 tokens (its README). Claim 2
 # speaks of that budget: it applies within a factor BUDGET_FACTOR of it.
 ORIGINAL_TOKENS = 520e6
@@ -542,6 +545,7 @@ class Setting:
     meta: dict
     size: str
     measures: dict = field(default_factory=dict)
+    control: pd.DataFrame | None = None  # the control runs' measurements (ncn.analysis.control)
 
     @property
     def a(self) -> dict:
@@ -586,6 +590,15 @@ class Claim:
     threshold: Callable[[Setting], str]
     compute: Callable[[Setting, str], dict]
     subject: str | None = None
+
+
+def _reason_up(res: dict) -> dict:
+    """A result whose reason sits in its details (ncn.analysis.control's) with the reason on top,
+    as every claim's: the verdict's legs when it gives none."""
+    d = res["details"]
+    why = d.pop("reason", "") or "; ".join(f"{k[len('verdict_'):]}: {v}" for k, v in d.items()
+                                           if k.startswith("verdict_"))
+    return {**res, "reason": why}
 
 
 def _skip_eps_note(s: Setting) -> str:
@@ -693,6 +706,16 @@ CLAIMS = [
           threshold=lambda s: ("supported if an eps stays within the tolerance and its CI lies below 0; not supported "
                                "if the CI lies at or above 0, or every eps that skips costs more than the tolerance"),
           compute=lambda s, v: skipping_claim(s.measure("skip_measure"), v, s.size, s.cfg)),
+    Claim(key="control_steers", text=control.CLAIM_TEXT, origin=control.CLAIM_ORIGIN,
+          value_label=f"steer ({control.LABEL}=1 - {control.LABEL}=0)",
+          statistic=lambda s, v: control.claim_statistic(s.cfg),
+          null=lambda s: (f"the {control.LABEL} signal changes neither the generated stories nor the held-out loss "
+                          "(both differences 0)"),
+          control=lambda s: (f"the same model with {control.LABEL}=0 (generation) and with the flipped label "
+                             "(held-out loss), paired by seed"),
+          threshold=lambda s: "supported if both CIs lie above 0; not supported if either lies at or below 0",
+          compute=lambda s, v: _reason_up(control.control_claim(s.control, s.cfg)),
+          subject=(control_names() or ["control"])[0]),
 ]
 
 
@@ -713,8 +736,9 @@ def judge(i: int, claim: Claim, s: Setting, ncn: str | None, also: list[str]) ->
             "null": claim.null(s), "control": claim.control(s), "threshold": claim.threshold(s), **res}
 
 
-def compute(runs: pd.DataFrame, traces: dict, cfg: dict, meta: dict, measures: dict | None = None) -> dict:
-    s = Setting(runs, traces, cfg, meta, largest_size(cfg), dict(measures or {}))
+def compute(runs: pd.DataFrame, traces: dict, cfg: dict, meta: dict, measures: dict | None = None,
+            control_runs: pd.DataFrame | None = None) -> dict:
+    s = Setting(runs, traces, cfg, meta, largest_size(cfg), dict(measures or {}), control_runs)
     ncn = primary_ncn(cfg)
     also = [v for v in cfg["variants"] if v != ncn and (spec(v).sees_future or spec(v).static)]
     claims = [judge(i, claim, s, ncn, also) for i, claim in enumerate(CLAIMS, start=1)]
@@ -775,6 +799,8 @@ def add_arguments(p) -> None:
                        help=f"results/{path} (without it, the claims that read it are inconclusive)")
     options.add_config(p)
     options.add_data(p)
+    p.add_argument("--control", help="the control runs' table ('ncn analyze control --runs-csv'); missing: "
+                   "the control claim is inconclusive")
     p.add_argument("--json", required=True, help="output claims JSON (results/claims.json)")
     options.add_table(p, csv=False)
     p.add_argument("--paragraphs", required=True,
@@ -814,7 +840,8 @@ def main(args, cfg: dict) -> None:
 
     runs, traces = load_runs_table(args.runs_table), read_traces(args.traces)
     measures = {name: read_measure(getattr(args, name), name) for name in MEASURES}
-    doc = nan_to_none(compute(runs, traces, cfg, load_meta(args.data), measures))
+    ctl = control.read_runs(args.control) if getattr(args, "control", None) else None
+    doc = nan_to_none(compute(runs, traces, cfg, load_meta(args.data), measures, ctl))
     write_json(args.json, doc)
     tables.write_tex(args.tex, claims_tex(doc))
     tables.write_tex(args.paragraphs, claims_paragraphs(doc))
@@ -823,7 +850,8 @@ def main(args, cfg: dict) -> None:
 
 
 # -- the prose's macros ---------------------------------------------------------------------------------------
-ORIGIN_STEMS = {"original": "Original", "original, future work": "FutureWork", "replication": "Replication"}
+ORIGIN_STEMS = {"original": "Original", control.CLAIM_ORIGIN: "Promise", "original, future work": "FutureWork",
+                "replication": "Replication"}
 VERDICT_STEMS = {"supported": "Supported", "not supported": "NotSupported", "inconclusive": "Inconclusive",
                  "not applicable": "NotApplicable"}
 

@@ -14,8 +14,9 @@ Typical order (what workflow/rules/analysis.smk runs):
   ncn analyze skip      --run RUN... --config C --data D --csv ... --timing ... --tex ... --pdf ... --png ...
   ncn analyze kvcache   --run RUN... --config C --data D --csv ... --summary ... --tex ... --pdf ... --png ...
   ncn analyze knobs     --run RUN... --config C --data D --csv ... --summary ... --tex ... --pdf ... --png ...
+  ncn analyze control   --run RUN... --config C --data D --runs-csv ... --csv ... --tex ... --pdf ... --png ...
   ncn analyze claims    --runs-table T --traces CSV... [--leak-measure CSV --skip-measure CSV --regonly CSV]
-                        --config C --data D --json results/claims.json --tex ... --paragraphs ...
+                        --config C --data D [--control CSV] --json ... --tex ... --paragraphs ...
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ ANALYSES: dict[str, tuple[str, str]] = {
                 "beta-guided vs oracle vs random bits per layer at equal memory"),
     "knobs": ("ncn.analysis.knobs", "beta scale knobs (global, per layer) vs next-token entropy, held-out loss and "
               "the distinct-2/3 and repetition of samples; the baseline's queries alike"),
+    "control": ("ncn.analysis.control", "external control: held-out loss with the true vs flipped story label, "
+                "and stories with dialogue sampled under dialogue=1/0/a random label"),
     "claims": ("ncn.analysis.claims", "one measured verdict per claim: claims.json, a LaTeX table and one "
                "paragraph per claim"),
 }

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from ncn.analysis.runs import largest_size, ncn_variants, primary_ncn
-from ncn.variants import spec
+from ncn.variants import control_names, spec
 
-__all__ = ["trace_seed", "claim_variants", "largest_size", "primary_ncn"]
+__all__ = ["trace_seed", "claim_variants", "control_runs", "largest_size", "primary_ncn"]
 
 
 def trace_seed(config: dict) -> int:
@@ -22,11 +22,19 @@ def claim_variants(config: dict) -> list[str]:
     return list(dict.fromkeys([v for v in [primary_ncn(config)] if v] + [v for v in ncn if spec(v).sees_future]))
 
 
+def control_runs(config: dict) -> list[tuple[str, str, int]]:
+    """(variant, size, seed) of every run of a variant with control (ncn.variants.control_names) at
+    control.sizes (absent or null: every size in `sizes`) on every seed, in that order. Works on a
+    raw profile too (defaults not filled)."""
+    sizes = (config.get("control") or {}).get("sizes")
+    sizes = config["sizes"] if sizes is None else sizes
+    return [(v, s, n) for v in control_names() for s in sizes for n in config["seeds"]]
+
+
 def static_variants(config: dict) -> list[str]:
     """The configured context-free variants (learned constants, no controller): their signals
     cannot vary per token, the zero the homeostasis claim judges activity against."""
     return [v for v in config["variants"] if spec(v).static]
-
 
 
 CLAIM_MEASURES = ("leak_measure", "skip_measure", "regonly")

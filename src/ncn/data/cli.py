@@ -1,4 +1,4 @@
-"""`ncn data fetch|tokenizer|tokenize|check`: the data stage of the pipeline."""
+"""`ncn data fetch|tokenizer|tokenize|labels|check`: the data stage of the pipeline."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ The data stage, in three steps that Snakemake runs in order:
              <|endoftext|> between stories) and meta.json (dtype, vocab_size, eot_id,
              token/byte/story counts per split, the tokenizer's sha256)
 
-and `check`, which verifies a tokenized folder the way training and evaluation do.
+then `labels` (for the control variant): one uint8 per token of train.bin and heldout.bin, the
+label bits of its story (ncn.control.LABELS: "dialogue" = the story contains a double quotation
+mark) -> train.label.bin, heldout.label.bin, labels.json; and `check`, which verifies a
+tokenized folder the way training and evaluation do.
 """
 
 
@@ -40,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ncn data", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{fetch,tokenizer,tokenize,check}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{fetch,tokenizer,tokenize,labels,check}")
 
     f = sub.add_parser("fetch", help="find TinyStories; write train.txt, heldout.txt, valid.txt, manifest.json")
     f.add_argument("--config", required=True, help="pipeline config (YAML or the resolved JSON)")
@@ -63,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         help="token dtype; auto: uint16 when the vocab has at most 65536 tokens, else uint32 (default auto)",
     )
     k.add_argument("--batch-size", type=_positive, default=512, help="stories per encode_batch call (default 512)")
+
+    lb = sub.add_parser("labels", help="per-token story labels (the story contains dialogue) beside train.bin "
+                        "and heldout.bin, for the control variant")
+    lb.add_argument("--data", required=True, help="tokenized folder with the texts (train.txt, heldout.txt) and meta.json")
+    lb.add_argument("--out", help="output folder for the .label.bin files and labels.json (default: --data)")
 
     c = sub.add_parser("check", help="verify meta.json against the .bin files and the tokenizer; print it")
     c.add_argument("--data", required=True, help="tokenized folder (with meta.json)")
@@ -92,6 +100,14 @@ def main(argv: list[str]) -> int:
         from ncn.data.tokenize import tokenize
 
         tokenize(load_config(a.config, stage="data.tokenize"), a.data, a.tokenizer, a.out, dtype=a.dtype, batch_size=a.batch_size)
+    elif a.command == "labels":
+        from ncn.data.labels import write_labels
+
+        doc = write_labels(a.data, a.out)
+        for split in ("train", "heldout"):
+            rates = ", ".join(f"{n} {r:.3f}" for n, r in doc[split]["base_rate"].items())
+            print(f"{split}: {doc[split]['stories']:,} stories, {doc[split]['tokens']:,} tokens; base rate {rates}",
+                  file=sys.stderr)
     else:
         from ncn.data.meta import load_meta
 
