@@ -12,7 +12,7 @@ import time
 import pytest
 
 # Files whose bytes two smoke runs from scratch must reproduce (tests/test_faults.py).
-REPRODUCIBLE_GLOBS = ("results/smoke/tables/*.csv", "results/smoke/claims.json")
+REPRODUCIBLE_GLOBS = ("results/smoke/tables/*.csv", "results/smoke/claims.json", "results/smoke/tables/claims*.tex")
 
 
 @pytest.fixture(scope="session")

@@ -60,18 +60,23 @@ def test_a_rule_named_png_is_written_where_named(tmp_path):
 
 
 def test_claims_are_objects_in_the_published_order():
+    """The paper's prose names claims by number (\\ClaimSevenVerdict): a reorder must be deliberate."""
     assert [c.key for c in claims.CLAIMS] == ["ab_beats_baseline", "baseline_ppl", "layer_specialisation",
                                              "phasic_but", "homeostasis", "gamma_gates", "asrun_leak",
-                                             "control_steers"]
+                                             "block_skipping", "control_steers"]
     for c in claims.CLAIMS:
-        assert c.text and callable(c.statistic) and callable(c.threshold) and callable(c.compute)
+        assert c.text and c.value_label and c.origin in claims.ORIGINS
+        assert all(callable(f) for f in (c.statistic, c.null, c.control, c.threshold, c.compute))
     assert {c.key: c.subject for c in claims.CLAIMS if c.subject} == {"baseline_ppl": "none", "asrun_leak": "asrun",
                                                                       "control_steers": "control"}
+    assert {c.key: c.origin for c in claims.CLAIMS if c.origin != "original"} == {
+        "asrun_leak": "replication", "control_steers": "original, promise", "block_skipping": "original, future work"}
 
 
 def _runs(tmp_path: Path, effect: float, seeds=(0, 1, 2)) -> pd.DataFrame:
     """none/asrun/causal at size "s": causal's PPL = none's + effect (+ per-seed noise); asrun's
-    loss with full pooling 0.1 below its prefix-only loss (a planted leak); train logs with beta."""
+    loss with full pooling 0.1 below its prefix-only loss (a prefix-pool mismatch, no measure of
+    leak); train logs with L_reg."""
     rows = []
     noise = {0: 0.0, 1: 0.01, 2: -0.012}
     for v in ("none", "asrun", "causal"):
@@ -103,37 +108,55 @@ def _compute(tmp_path, runs):
 
 def test_compute_judges_every_claim_object_planted_effect(tmp_path):
     by = _compute(tmp_path, _runs(tmp_path, effect=-0.5))
-    assert [c["id"] for c in by.values()] == list(range(1, 9))
+    assert [c["id"] for c in by.values()] == list(range(1, 10))
     # no control measurements given: the control claim cannot decide
     assert by["control_steers"]["verdict"] == "inconclusive" and by["control_steers"]["variant"] == "control"
     assert by["ab_beats_baseline"]["verdict"] == "supported" and by["ab_beats_baseline"]["variant"] == "causal"
     assert "PPL(causal) - PPL(none)" in by["ab_beats_baseline"]["statistic"]
-    assert by["ab_beats_baseline"]["threshold"] == "CI entirely below 0"
-    assert by["asrun_leak"]["verdict"] == "supported" and by["asrun_leak"]["variant"] == "asrun"
-    assert by["layer_specialisation"]["verdict"] == "supported"  # layer 1 sits 0.5 above layer 0 in every seed
-    # asrun is judged beside the NCN on the per-NCN claims only
+    assert by["ab_beats_baseline"]["threshold"].startswith("supported if the CI lies below 0")
+    for c in by.values():  # every entry carries the registry's words and a reason
+        assert c["origin"] in claims.ORIGINS and c["null"] and c["control"] and c["reason"] and c["value_label"]
+    # asrun and static are judged beside the NCN on the per-NCN claims only
     assert "asrun" in by["ab_beats_baseline"]["details"]["also"]
     assert "also" not in by["baseline_ppl"]["details"] and "also" not in by["asrun_leak"]["details"]
-    # no traces given: the trace-based claims cannot decide
-    for key in ("phasic_but", "homeostasis", "gamma_gates"):
-        assert by[key]["verdict"] == "inconclusive" and by[key]["details"]["reason"] == "no trace"
-    # bpe tokenizer and no GPT-2 vocabulary: the 5.5 PPL threshold cannot be converted
-    assert by["baseline_ppl"]["verdict"] == "inconclusive" and "not computable" in by["baseline_ppl"]["threshold"]
+    # no traces and no measurements given: the claims that read them cannot decide, and say why
+    for key in ("layer_specialisation", "phasic_but", "homeostasis", "gamma_gates"):
+        assert by[key]["verdict"] == "inconclusive" and by[key]["reason"] == "no trace"
+    assert by["asrun_leak"]["verdict"] == "inconclusive" and "leak_measure.csv" in by["asrun_leak"]["reason"]
+    assert by["block_skipping"]["verdict"] == "inconclusive" and "skip_measure.csv" in by["block_skipping"]["reason"]
+    # a bpe tokenizer: the 5.5 GPT-2 perplexity does not apply
+    assert by["baseline_ppl"]["verdict"] == "not applicable" and "bpe" in by["baseline_ppl"]["reason"]
 
 
 def test_compute_no_effect_and_thin_data(tmp_path):
     assert _compute(tmp_path / "a", _runs(tmp_path / "a", effect=0.0))["ab_beats_baseline"]["verdict"] != "supported"
     thin = _compute(tmp_path / "b", _runs(tmp_path / "b", effect=-0.5, seeds=(0,)))
     assert thin["ab_beats_baseline"]["verdict"] == "inconclusive"  # one seed: no interval
-    assert thin["asrun_leak"]["verdict"] == "inconclusive"
 
 
 def test_no_ncn_variant_is_inconclusive_for_the_ncn_claims(tmp_path):
     runs = _runs(tmp_path, effect=-0.5)
     doc = claims.compute(runs[runs["variant"] == "none"], {}, _cfg(tmp_path, ["none"]), {"tokenizer_kind": "bpe"}, None)
     by = {c["key"]: c for c in doc["claims"]}
-    assert doc["ncn_variant"] is None and by["ab_beats_baseline"]["details"]["reason"] == "no NCN variant trained"
+    assert doc["ncn_variant"] is None and by["ab_beats_baseline"]["reason"] == "no NCN variant trained"
     assert by["ab_beats_baseline"]["verdict"] == "inconclusive"
+
+
+def test_the_claims_rule_passes_options_the_command_takes():
+    """rules.claim_measure_options turns the rule's measurement inputs into options that
+    `ncn analyze claims` parses, one per measurement that is there."""
+    from types import SimpleNamespace
+
+    from ncn.analysis.rules import CLAIM_MEASURES, claim_measure_options
+
+    assert set(CLAIM_MEASURES) == set(claims.MEASURES)
+    inputs = SimpleNamespace(leak_measure="L.csv", skip_measure=[], regonly="R.csv")
+    opts = claim_measure_options(inputs).split()
+    assert opts == ["--leak-measure", "L.csv", "--regonly", "R.csv"]
+    base = ["claims", "--runs-table", "r.csv", "--config", "c.json", "--data", "d", "--json", "j", "--tex", "t",
+            "--paragraphs", "p"]
+    args = analysis_cli.parser("claims").parse_args(base + opts)
+    assert (args.leak_measure, args.skip_measure, args.regonly) == ("L.csv", None, "R.csv")
 
 
 def test_claims_numbers_are_one_macro_set_per_claim():
@@ -141,6 +164,6 @@ def test_claims_numbers_are_one_macro_set_per_claim():
                        "value": -0.25, "ci_low": -0.5 if i == 1 else None, "ci_high": -0.1 if i == 1 else None,
                        "verdict": "supported" if i == 1 else "inconclusive"} for i, c in enumerate(claims.CLAIMS, 1)]}
     (group, m), = claims.numbers(doc, {}).items()
-    assert m["ClaimsTotal"] == "8" and m["ClaimsSupported"] == "1" and m["ClaimsInconclusive"] == "7"
+    assert m["ClaimsTotal"] == "9" and m["ClaimsSupported"] == "1" and m["ClaimsInconclusive"] == "8"
     assert m["ClaimOneCI"].endswith("[$-$0.500, $-$0.100]") and m["ClaimTwoCI"] == "no interval"
     assert m["ClaimSevenStatistic"] == r"s\_1" and m["ClaimOneValue"] == "$-$0.250"

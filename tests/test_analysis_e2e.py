@@ -175,9 +175,8 @@ def _all(tree: dict, rerun: bool = False) -> None:
            "--config", c, "--data", str(tree["data"]), *outputs(tab / "skip", "csv", "tex"),
            "--measure-csv", str(tab / "skip_measure.csv"),
            *outputs(fig / "skip_tradeoff", "pdf", "png"), "--timing", str(res / "timing" / "skip_wall.csv"), "--repeats", "2")
-    # one seed per variant: what claims.read_traces accepts until the claims read every seed
-    ok("claims", *table, "--traces", *first_seed, "--data", str(tree["data"]), "--json", str(res / "claims.json"),
-       *outputs(tab / "claims", "tex"))
+    ok("claims", *table, "--traces", *traces, "--data", str(tree["data"]), "--json", str(res / "claims.json"),
+       *outputs(tab / "claims", "tex"), "--paragraphs", str(tab / "claims_text.tex"))
 
 
 def outputs(stem: Path, *exts: str, prefix: str = "") -> list[str]:
@@ -189,7 +188,7 @@ EXPECTED = (["tables/runs.csv", "claims.json"]
             + [f"traces/{v}_s_seed{s}.csv" for v in VARIANTS[1:] for s in SEEDS]
             + [f"tables/{t}.{e}" for t in ("ab", "scaling", "skip", "leak") for e in ("csv", "tex")]
             + [f"tables/{t}.csv" for t in ("leak_measure", "skip_measure", "regonly")]
-            + ["tables/claims.tex"]
+            + ["tables/claims.tex", "tables/claims_text.tex"]
             + [f"figures/{f}.{e}" for f in ("loss_curves", "scaling", "brainscan", "brainscan_dev", "skip_tradeoff")
                for e in ("pdf", "png")])
 
@@ -277,19 +276,19 @@ def test_ab_and_leak_numbers(tree):
 def test_claims_json(tree):
     doc = json.loads((tree["res"] / "claims.json").read_text())
     assert doc["profile"] == "smoke" and doc["size"] == "s" and doc["ncn_variant"] == "causal"
-    assert [c["id"] for c in doc["claims"]] == list(range(1, 9))
+    assert [c["id"] for c in doc["claims"]] == list(range(1, 10))
     for c in doc["claims"]:
-        assert {"id", "key", "claim", "statistic", "value", "ci_low", "ci_high", "threshold", "verdict",
-                "details"} <= set(c)
-        assert c["verdict"] in ("supported", "not supported", "inconclusive")
+        assert {"id", "key", "claim", "origin", "statistic", "null", "control", "value", "ci_low", "ci_high",
+                "threshold", "verdict", "reason", "details"} <= set(c)
+        assert c["verdict"] in ("supported", "not supported", "inconclusive", "not applicable")
     by = {c["id"]: c for c in doc["claims"]}
     assert by[1]["verdict"] == "supported"  # hand-made: causal better in both seeds
-    assert by[7]["verdict"] == "supported" and by[7]["value"] == pytest.approx(-0.0505)
-    assert by[2]["verdict"] == "inconclusive"  # bpe tokenizer and no GPT-2 vocab to convert the threshold
-    assert by[3]["details"]["n_layers"] == 3 and by[3]["details"]["n_seeds"] == 2
+    assert by[2]["verdict"] == "not applicable"  # a bpe tokenizer: 5.5 is a GPT-2 perplexity
     assert "asrun" in by[1]["details"]["also"]
     tex = (tree["res"] / "tables" / "claims.tex").read_text()
-    assert "\\begin{tabular}" in tex and tex.count("\\\\") == 9
+    assert "\\begin{tabular}" in tex and tex.count("\\\\") == 10  # header + 9 claims
+    text = (tree["res"] / "tables" / "claims_text.tex").read_text()
+    assert text.count("\\paragraph{") == 9 and "Null hypothesis" in text
 
 
 def test_skip_table(tree):

@@ -13,6 +13,7 @@ import torch
 
 from ncn.analysis import claims, stats, tables
 from ncn.analysis.scaling import fit_power_law
+from scipy.stats import f as sps_f
 from ncn.errors import NCNError
 
 torch.set_num_threads(1)
@@ -99,6 +100,77 @@ def test_nan_to_none_is_strict_json():
     json.dumps(obj, allow_nan=False)
 
 
+
+# -- the statistics of the claims (issue 12) ----------------------------------------------------------
+def test_prediction_interval_is_wider_than_the_mean_ci_by_sqrt_n_plus_one():
+    pi, ci = stats.prediction_interval([1, 2, 3]), stats.t_interval([1, 2, 3])
+    assert pi.mean == 2 and pi.half == pytest.approx(4.302653 * math.sqrt(4 / 3), abs=1e-6)
+    assert pi.half / ci.half == pytest.approx(math.sqrt(3 + 1))
+    assert not stats.prediction_interval([1.0]).defined
+
+
+def _anova_by_regression(mat):
+    """F of the column effect from two least-squares fits (rows + columns vs rows only)."""
+    b, k = mat.shape
+    y = mat.ravel()
+    rows = np.kron(np.eye(b), np.ones((k, 1)))
+    cols = np.kron(np.ones((b, 1)), np.eye(k))[:, 1:]
+    full, reduced = np.hstack([rows, cols]), rows
+    rss = [float(((y - x @ np.linalg.lstsq(x, y, rcond=None)[0]) ** 2).sum()) for x in (full, reduced)]
+    df_res = b * k - b - (k - 1)
+    return ((rss[1] - rss[0]) / (k - 1)) / (rss[0] / df_res)
+
+
+def test_blocked_anova_matches_the_regression_f():
+    rng = np.random.default_rng(0)
+    mat = rng.normal(size=(4, 3)) + np.array([0.0, 0.5, 1.0]) + rng.normal(size=(4, 1)) * 5
+    F, p = stats.blocked_anova(mat)
+    assert F == pytest.approx(_anova_by_regression(mat), rel=1e-9)
+    assert p == pytest.approx(float(sps_f.sf(F, 2, 6)))
+    # block offsets do not change it; the one-way ANOVA would drown in them
+    assert stats.blocked_anova(mat + np.arange(4)[:, None] * 100)[0] == pytest.approx(F, rel=1e-6)
+    assert all(math.isnan(x) for x in stats.blocked_anova(mat[:1]))
+    assert stats.blocked_anova([[1, 2], [2, 3]]) == (math.inf, 0.0)  # additive exactly: no residual
+    assert all(math.isnan(x) for x in stats.blocked_anova([[1, 1], [2, 2]]))  # no column effect, no residual
+
+
+def test_friedman_matches_scipy_and_handles_two_columns():
+    from scipy.stats import friedmanchisquare
+
+    mat = np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 4.0, 3.0], [1.0, 3.0, 2.0, 4.0]])
+    q, p = stats.friedman(mat)
+    ref = friedmanchisquare(*mat.T)
+    assert q == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    # three seeds ranking the same layers in the same order, k = 4: Q = 9 (the smallest p, 0.029)
+    assert stats.friedman([[1, 2, 3, 4]] * 3)[0] == pytest.approx(9.0)
+    assert stats.friedman([[1, 2], [1, 3], [0, 5]])[0] == pytest.approx(3.0)  # k = 2: Q = 3, p = 0.083
+    assert all(math.isnan(x) for x in stats.friedman([[1, 1], [2, 2]]))  # every row tied
+
+
+def test_partial_spearman_matches_the_first_order_formula():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=60)
+    x, y = z + rng.normal(size=60), z + rng.normal(size=60)
+    rho, p, n = stats.partial_spearman(x, y, [z])
+    r = lambda a, b: stats.spearman(a, b)[0]  # noqa: E731
+    by_hand = (r(x, y) - r(x, z) * r(y, z)) / math.sqrt((1 - r(x, z) ** 2) * (1 - r(y, z) ** 2))
+    assert n == 60 and rho == pytest.approx(by_hand, abs=1e-9) and 0 < p < 1
+    assert stats.spearman(x, y)[0] > 0.3 and abs(rho) < stats.spearman(x, y)[0]  # z explained most of it
+    assert stats.partial_spearman(x, y, [])[0] == pytest.approx(stats.spearman(x, y)[0])
+    assert math.isnan(stats.partial_spearman([1, 2, 3], [1, 2, 3], [[1, 2, 3]])[0])  # no df left
+    assert math.isnan(stats.partial_spearman(z, y, [z])[0])  # x is its covariate
+
+
+def test_fisher_interval_and_all_of():
+    iv = stats.fisher_interval([0.5, 0.5, 0.5])
+    assert iv.mean == pytest.approx(0.5) and iv.low == pytest.approx(0.5)
+    iv = stats.fisher_interval([0.2, 0.5, 0.8])
+    z = np.arctanh([0.2, 0.5, 0.8])
+    assert iv.mean == pytest.approx(math.tanh(z.mean())) and iv.low < 0.2
+    S, N, I, A = "supported", "not supported", "inconclusive", "not applicable"
+    assert stats.all_of(S, S) == S and stats.all_of(S, I) == I and stats.all_of(S, N, I) == N
+    assert stats.all_of(S, A) == A and stats.all_of(N, A) == N and stats.all_of() == I
+
 # -- the lexical control (claim 4) on a hand-made trace ----------------------------------------------
 def _sentence(sid, kind, values, probe_pos, layers=2, surprisal=None):
     """One sentence: every signal of every layer takes values[pos] (+ layer offset)."""
@@ -120,55 +192,52 @@ def test_token_changes_by_hand():
     # |Δ| is the same for every layer and signal, so the mean is |Δ| itself
     assert list(ch["change"]) == pytest.approx([0.2, 0.3, 0.0])
     assert list(ch["probe"]) == [0, 1, 0]
-    twist, controls = claims.lexical_control(ch)
-    assert twist == pytest.approx(0.3) and len(controls) == 0
+    twist, pos, controls, unmatched = claims.twist_and_controls(ch)
+    assert twist == pytest.approx(0.3) and pos == 3 and len(controls) == 0 and unmatched == 0
 
 
-def _claim4_trace(n_controls, twist_jump, seed=0):
-    rng = np.random.default_rng(seed)
-    rows = _sentence(0, "trace", [1, 1, 1, 1 + twist_jump, 1], probe_pos=3,
-                     surprisal=[np.nan, 1, 1, 1 + 10 * twist_jump, 1])
-    for k in range(n_controls):
-        j = float(rng.uniform(0.01, 0.05))
-        rows += _sentence(1 + k, "control", [1, 1, 1, 1 + j, 1], probe_pos=3, surprisal=[np.nan, 1, 1, 1 + 10 * j, 1])
-    return pd.DataFrame(rows)
+def test_twist_and_controls_keep_only_position_matched_controls():
+    rows = _sentence(0, "trace", [1, 1, 1, 1.3, 1], 3)
+    rows += _sentence(1, "control", [1, 1, 1, 1.1, 1], 3)  # probe at 3, as the twist's
+    rows += _sentence(2, "control", [1, 1, 1.5, 1, 1], 2)  # probe at 2: left out
+    rows += _sentence(3, "valid", [1, 1, 1, 1, 1], -1)
+    twist, pos, controls, unmatched = claims.twist_and_controls(claims.token_changes(pd.DataFrame(rows)))
+    assert (twist, pos, unmatched) == (pytest.approx(0.3), 3, 1)
+    assert controls.to_dict() == {1: pytest.approx(0.1)}
 
 
-def test_phasic_claim_verdicts():
-    res = claims.phasic_claim(_claim4_trace(19, 0.3), 0.95)
-    d = res["details"]
-    assert d["n_controls"] == 19 and d["rank_p"] == pytest.approx(0.05)
-    assert d["twist_change"] == pytest.approx(0.3)
-    assert res["value"] == pytest.approx(0.3 - d["control_mean"])
-    assert d["spearman_rho"] > 0 and res["verdict"] == "supported"
-    # the twist no larger than the controls: not supported
-    assert claims.phasic_claim(_claim4_trace(19, 0.02), 0.95)["verdict"] == "not supported"
-    # 18 controls cannot reach p ≤ 0.05: inconclusive, whatever the numbers
-    res = claims.phasic_claim(_claim4_trace(18, 0.3), 0.95)
-    assert res["verdict"] == "inconclusive" and "18 control" in res["details"]["reason"]
+def test_pair_difference_at_the_first_differing_token():
+    twist = _sentence(0, "trace", [1, 1, 1, 1.3, 1], 3)
+    pair = _sentence(1, "pair", [1, 1, 1, 1.1, 1.2], -1)
+    for r in pair:
+        r["token_id"] = r["pos"] + (100 if r["pos"] >= 3 else 0)  # the same prefix, then other tokens
+    df = pd.DataFrame(twist + pair)
+    d, n = claims.pair_difference(df, claims.token_changes(df))
+    assert n == 1 and d == pytest.approx(0.3 - 0.1)  # at position 3, not at 4 (0.3 vs 0.1 at 4 too)
 
 
-def test_gate_and_homeostasis_thresholds(tmp_path):
-    cfg = {"analysis": {"gate_eps": [0.05, 0.1, 0.2], "gate_min_fraction": 0.25, "gain_band": [0.99, 1.05],
-                        "gain_min_fraction": 0.75, "reg_move_rel": 0.1}}
-    trace = pd.DataFrame({"pos": [0, 1, 2, 3, 4], "gamma": [0.0, 0.05, 0.15, 0.5, 0.9],
-                          "g": [5.0, 0.99, 1.05, 1.0, 1.06]})
-    res = claims.gate_claim(trace, cfg)  # BOS excluded; γ < 0.2 for 2 of 4 (0.05 is not < 0.05)
-    assert res["details"]["fraction_below"] == {"0.05": 0.0, "0.1": 0.25, "0.2": 0.5}
-    assert res["value"] == 0.5 and res["verdict"] == "supported"
-    cfg["analysis"]["gate_min_fraction"] = 0.5000001
-    assert claims.gate_claim(trace, cfg)["verdict"] == "not supported"
-
-    run = tmp_path / "run"
-    run.mkdir()
-    pd.DataFrame({"step": [1, 2, 3], "tokens": [1, 2, 3], "loss": 1.0, "ce": 1.0, "reg": [1.0, 1.05, 1.1000001]}
-                 ).to_csv(run / "train_log.csv", index=False)
-    runs = pd.DataFrame({"variant": ["causal"], "size": ["s"], "seed": [0], "run_dir": [str(run)]})
-    res = claims.homeostasis_claim(trace, runs, "causal", "s", cfg)
-    assert res["value"] == 0.75  # band inclusive at both ends: 0.99, 1.05, 1.0 in; 1.06 out
-    assert res["details"]["reg_moved"] and res["verdict"] == "supported"
-    cfg["analysis"]["reg_move_rel"] = 0.2
-    assert claims.homeostasis_claim(trace, runs, "causal", "s", cfg)["verdict"] == "not supported"
+def test_gate_and_skipping_read_the_measurement_at_the_gate_eps():
+    cfg = {"analysis": {"confidence": 0.95, "gate_eps": [0.05, 0.2], "gate_branch_ratio": 0.05,
+                        "gate_min_fraction": 0.25, "skip_tolerance_nats": 0.01, "skip_min_fraction": 0.01}}
+    rows = []
+    for seed in range(3):
+        # gamma < 0.2 on 2 of 4 real tokens; of those, the branch is small on one: closed 0.25 < 0.2?
+        for pos, (gam, ratio) in enumerate([(0.0, 0.0), (0.05, 0.01), (0.15, 0.2), (0.5, 0.01), (0.9, 0.3)]):
+            rows.append({"seed": seed, "pos": pos, "layer": 0, "gamma": gam, "branch_ratio": ratio})
+    trace = pd.DataFrame(rows)
+    assert claims.closed_fractions(trace, 0.2, 0.05) == {0: 0.25, 1: 0.25, 2: 0.25}  # BOS excluded
+    skip = pd.DataFrame([{"variant": "causal", "size": "s", "seed": s, "eps": e, "loss_dense": 3.0,
+                          "loss_skip": 3.0 + 0.001 * e, "loss_random": 3.0 + 0.1 * e + 0.001 * s, "skip_frac": e}
+                         for s in range(3) for e in (0.05, 0.2, 0.3)])
+    res = claims.gate_claim(trace, skip, "causal", "s", cfg)
+    assert res["details"]["eps"] == 0.2 and res["details"]["skip_frac"] == pytest.approx(0.2)
+    assert res["details"]["gated_minus_random"] == pytest.approx(0.0002 - 0.02 - 0.001)
+    # the fraction 0.25 sits on the floor 0.25: not above it, a refuted leg
+    assert res["value"] == 0.25 and res["verdict"] == "not supported"
+    cfg["analysis"]["gate_min_fraction"] = 0.2499
+    assert claims.gate_claim(trace, skip, "causal", "s", cfg)["verdict"] == "supported"
+    res = claims.skipping_claim(skip, "causal", "s", cfg)  # every eps within 0.01 nats: the most skipping, 0.3
+    assert res["details"]["eps"] == 0.3 and res["value"] == pytest.approx(0.0003 - 0.03 - 0.001)
 
 
 # -- scaling, tables --------------------------------------------------------------------------------

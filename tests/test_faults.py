@@ -11,7 +11,8 @@
   metrics.json is written last, so a killed job never has all its outputs and Snakemake reruns it.
   The test checks exactly this sequence, and that the resumed run ends with the metrics, log and
   weights of an uninterrupted run (timing keys aside: ncn.train.TIMING_KEYS).
-* Two smoke runs from scratch give byte-identical results/smoke/tables/*.csv and results/smoke/claims.json.
+* Two smoke runs from scratch give byte-identical results/smoke/tables/*.csv, results/smoke/claims.json
+  and the claims table and paragraphs (results/smoke/tables/claims*.tex).
   (A training job killed by itself under a live Snakemake is tests/test_workflow.py's; a corrupt
   checkpoint, MLflow down and parallel jobs on one store are tests/test_train.py's and
   tests/test_tracking.py's.)

@@ -51,18 +51,20 @@ def fake_skip_table(run, *_):
 
 
 def fake_claims(claims_value: float) -> dict:
-    """claims.compute's document with made-up values; claims 3, 5 and 6 have no interval, as there."""
-    verdicts = ["supported", "not supported", "inconclusive", "supported", "not supported", "inconclusive",
-                "supported"]
+    """claims.compute's document with made-up values; claims 3, 5 and 6 have no interval, claim 2
+    is not applicable (no value), as can happen there."""
+    verdicts = ["supported", "not applicable", "inconclusive", "supported", "not supported", "inconclusive",
+                "supported", "not supported", "inconclusive"]
     claims = []
-    for i, key in enumerate((c.key for c in claims_stage.CLAIMS), start=1):
-        no_ci = i in (3, 5, 6)
+    for i, c in enumerate(claims_stage.CLAIMS, start=1):
+        no_ci = i in (2, 3, 5, 6)
         claims.append({
-            "id": i, "key": key, "claim": f"claim {key} (with 50% of a_b & c)", "variant": "causal", "size": "s",
-            "statistic": f"statistic of {key}", "threshold": "CI entirely below 0" if i == 1 else "p < 0.05",
-            "value": claims_value if i == 1 else 0.1 * i, "ci_low": math.nan if no_ci else -0.5,
-            "ci_high": math.nan if no_ci else -0.1 if i == 1 else 0.25, "verdict": verdicts[i - 1] if i <= 7 else "inconclusive",
-            "details": {}})
+            "id": i, "key": c.key, "claim": f"claim {c.key} (with 50% of a_b & c)", "origin": c.origin,
+            "variant": "causal", "size": "s", "value_label": "dPPL", "statistic": f"statistic of {c.key}",
+            "null": "no effect", "control": "a control", "threshold": "CI entirely below 0" if i == 1 else "p < 0.05",
+            "value": math.nan if i == 2 else claims_value if i == 1 else 0.1 * i,
+            "ci_low": math.nan if no_ci else -0.5, "ci_high": math.nan if no_ci else -0.1 if i == 1 else 0.25,
+            "verdict": verdicts[i - 1], "reason": f"the reason of {c.key}", "details": {}})
     return {"profile": "smoke", "size": "s", "ncn_variant": "causal", "confidence": 0.95, "tokenizer_kind": "bpe",
             "claims": claims}
 
@@ -140,7 +142,8 @@ def make_fake_results(root: Path, claims_value: float = -0.3127, edit_eval=None)
         analyze("skip", "--run", *[f"{v}:{seed}" for v in ("causal", "asrun") for seed in (0, 1)], "--data", "-",
                 "--timing", str(res / "timing" / "skip_wall.csv"), "--measure-csv", str(tdir / "skip_measure.csv"),
                 outputs=("csv", "tex", "pdf", "png"))
-        analyze("claims", *table, "--data", "-", "--json", str(res / "claims.json"), outputs=("tex",))
+        analyze("claims", *table, "--data", "-", "--json", str(res / "claims.json"), "--paragraphs",
+                str(tdir / "claims_text.tex"), outputs=("tex",))
         # no control runs: the control analysis still writes its (empty) tables and figure
         analyze("control", "--runs-csv", str(tdir / "control_runs.csv"), outputs=("csv", "tex", "pdf", "png"))
     claims = json.loads((res / "claims.json").read_text())
@@ -213,11 +216,16 @@ def test_numbers_from_fake_results(tmp_path):
     assert len(re.findall(r"\\newcommand", text)) == len(macros)
     m = macro_values(out)
     assert m["Profile"] == "smoke" and m["GitCommit"] == "unknown"  # tmp_path is no git checkout
-    extra = len(claims_stage.CLAIMS) - 7  # claims beyond the original's seven: inconclusive in the fake
-    assert m["ClaimsTotal"] == str(7 + extra) and m["ClaimsSupported"] == "3"
-    assert m["ClaimsInconclusive"] == str(2 + extra)
+    assert m["ClaimsTotal"] == "9" and m["ClaimsSupported"] == "3" and m["ClaimsInconclusive"] == "3"
+    assert m["ClaimsNotApplicable"] == "1" and m["ClaimsNotSupported"] == "2"
+    # the original's six claims apart from its future work (8), its promise (9) and our finding (7)
+    assert (m["ClaimsOriginalTotal"], m["ClaimsOriginalSupported"], m["ClaimsOriginalNotApplicable"]) == ("6", "2", "1")
+    assert (m["ClaimsReplicationTotal"], m["ClaimsReplicationSupported"]) == ("1", "1")
+    assert (m["ClaimsPromiseTotal"], m["ClaimsPromiseInconclusive"]) == ("1", "1")
+    assert (m["ClaimsFutureWorkTotal"], m["ClaimsFutureWorkNotSupported"]) == ("1", "1")
     assert m["ClaimOneValue"] == "$-$0.313" and m["ClaimOneVerdict"] == "supported"
-    assert m["ClaimTwoVerdict"] == "not supported"
+    assert m["ClaimTwoVerdict"] == "not applicable" and m["ClaimTwoValue"] == "n/a"
+    assert m["ClaimSevenOrigin"] == "replication" and m["ClaimTwoReason"] == r"the reason of baseline\_ppl"
     assert m["ClaimOneText"] == r"claim ab\_beats\_baseline (with 50\% of a\_b \& c)"
     # Largest size is "s"; causal - none = -0.1 + 0.003 per seed pair: paired CI has zero width.
     loss = {v: [b - 0.2 + 0.01 * s + 0.003 * len(v) for s in (0, 1)] for v, b in (("none", 3.10), ("causal", 3.00))}
@@ -397,6 +405,14 @@ def test_the_lint_catches_a_number():
     assert hardcoded_numbers(r"as reported, 1.5082 \citep{ncn} at [width=0.5\linewidth] % 42") == []
     assert hardcoded_numbers(r"$g = 2\sigma(z)$ and $\beta = 0.7$") == ["0.7"]
     assert hardcoded_numbers("\\begin{equation} x^2 + 3 \\end{equation} \\citep[p.~4]{a1}") == ["3"]
+
+
+def test_pdf_numbers_read_scientific_notation():
+    """The claims table prints 1.23e-05 as $1.23 \\times 10^{-5}$: pdftotext gives "1.23 × 10−5"."""
+    text = "a 1.23 \u00d7 10-5 [-4.5 \u00d7 10-6, 2 \u00d7 103] b 0.5"
+    got = paper.pdf_numbers(text)
+    assert any(abs(x - 1.23e-5) < 1e-12 for x in got) and any(abs(x + 4.5e-6) < 1e-12 for x in got)
+    assert 2000.0 in got and 0.5 in got
 
 
 def test_check_log():

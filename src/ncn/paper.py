@@ -575,7 +575,15 @@ def check_log_file(log: Path, max_overfull_pt: float | None = None) -> list[str]
 
 # The caption of the claims table in paper/sections/results.tex (what a reader, and the smoke
 # check below, looks for in the PDF).
-CLAIMS_TABLE_HEADING = "Claims of the original work, each with a measured verdict"
+CLAIMS_TABLE_HEADING = "Claims tested, each with its origin and a measured verdict"
+
+
+def pdf_numbers(text: str) -> list[float]:
+    """Every number in a PDF's text, those printed as m x 10^e (the claims table's tiny and huge
+    values, "1.23 × 10−5" in pdftotext's words) also as their value."""
+    numbers = [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", text)]
+    sci = re.findall(r"(-?\d+(?:\.\d+)?)\s*\u00d7\s*10\s*(-?\d+)", text)
+    return numbers + [float(m) * 10.0 ** int(e) for m, e in sci]
 
 
 def verify_pdf(pdf: str | os.PathLike, claims_path: str | os.PathLike) -> list[str]:
@@ -585,7 +593,7 @@ def verify_pdf(pdf: str | os.PathLike, claims_path: str | os.PathLike) -> list[s
     text = re.sub(r"\s+", " ", text).replace("\u2212", "-")
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text)  # thousands separators
     problems = [] if CLAIMS_TABLE_HEADING in text else [f"'{CLAIMS_TABLE_HEADING}' not in {pdf}"]
-    numbers = [float(x) for x in re.findall(r"-?\d+(?:\.\d+)?", text)]
+    numbers = pdf_numbers(text)
     for c in read_json(claims_path)["claims"]:
         v = c.get("value")
         if not finite(v) or float(v) == 0:

@@ -3,7 +3,7 @@
 # are the exact files each command reads, so a new run (or a retrained one) reruns the
 # aggregates that include it; `params: cfg=trigger(stage)` holds the config values each command reads (ncn.stages.READS), so a
 # changed value reruns only what depends on it.
-from ncn.analysis.rules import claim_variants, largest_size, trace_files
+from ncn.analysis.rules import claim_measure_options, claim_variants, largest_size, static_variants, trace_files
 
 TABLES = f"{RES}/tables"
 FIGURES = f"{RES}/figures"
@@ -248,23 +248,27 @@ rule analysis_claims:
     input:
         runs=RUNS_TABLE,
         traces=trace_files(TRACE, CLAIM_VARIANTS, LARGEST, VARIANT_SEEDS),
+        # the static variant's traces: the zero per-token variance homeostasis is judged against
+        static_traces=trace_files(TRACE, [v for v in static_variants(config) if v not in CLAIM_VARIANTS],
+                                  LARGEST, VARIANT_SEEDS),
         # the measurements of issue 12 (model-evaluating; see docs/architecture.md)
         leak_measure=rules.analysis_leakprobe.output.csv,
         skip_measure=rules.analysis_skip.output.measure if NCN_VARIANTS else [],
         regonly=rules.analysis_regonly.output.csv,
-        # claim 3 (per-layer beta) and claim 5 (L_reg) read the train logs of these runs
+        # claim 5 (the level of L_reg) reads the train logs of these runs
         logs=[f"{d}/train_log.csv" for d in run_dirs(CLAIM_VARIANTS, [LARGEST])] if CLAIM_VARIANTS else [],
-        valid=rules.tokenize.output.valid,
         meta=rules.tokenize.output.meta,
-        tokenizer=rules.train_tokenizer.output[0],
         # the control claim reads the control runs' measurements (control.smk)
         control=rules.analysis_control.output.runs,
     output:
         json=report_item(f"{RES}/claims.json"),
         tex=f"{TABLES}/claims.tex",
+        paragraphs=f"{TABLES}/claims_text.tex",
     params:
         config=CONFIG_JSON,
         data=data_dir,
+        # an option only for a measurement that is there (no NCN variant: no skip table)
+        measures=lambda w, input: claim_measure_options(input),
         cfg=trigger("analyze.claims"),
     log:
         f"{LOGS}/analysis/claims.log",
@@ -274,8 +278,9 @@ rule analysis_claims:
     conda:
         CONDA_ENV
     shell:
-        "ncn analyze claims --runs-table {input.runs} --traces {input.traces} --config {params.config}"
-        " --data {params.data} --control {input.control} --json {output.json} --tex {output.tex} > {log} 2>&1"
+        "ncn analyze claims --runs-table {input.runs} --traces {input.traces} {input.static_traces}"
+        " {params.measures} --config {params.config} --data {params.data} --control {input.control}"
+        " --json {output.json} --tex {output.tex} --paragraphs {output.paragraphs} > {log} 2>&1"
 
 
 TARGETS.append(RUNS_TABLE)

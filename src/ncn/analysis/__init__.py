@@ -17,7 +17,7 @@ Commands (each importable without torch except trace/skip):
   kvcache   KV-cache compression: uniform vs beta-guided vs oracle vs random bits per layer
   knobs     beta scale knobs vs entropy, loss and sample diversity (NCN vs the baseline)
   control   external control signals: loss with the true vs flipped story label, steered sampling
-  claims    one measured verdict per claim of the original (CLAIMS: one Claim object each)
+  claims    one measured verdict per claim (CLAIMS: the registry of Claim objects), table, paragraphs
 Helpers:
   runs      reading runs and train logs; sizes by scale, "the NCN"
   heldout   teacher-forced scoring on the held-out split (loss, entropy, mean beta per layer)

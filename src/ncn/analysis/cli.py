@@ -17,7 +17,8 @@ Typical order (what workflow/rules/analysis.smk runs):
   ncn analyze knobs     --run RUN... --config C --data D --csv ... --summary ... --tex ... --pdf ... --png ...
   ncn analyze control   --run RUN... --config C --data D --runs-csv ... --csv ... --tex ... --pdf ... --png ...
   ncn analyze regonly   --run RUN... --config C --data D --csv results/tables/regonly.csv
-  ncn analyze claims    --runs-table T --traces CSV... --config C --data D [--control CSV] --json ... --tex ...
+  ncn analyze claims    --runs-table T --traces CSV... [--leak-measure CSV --skip-measure CSV --regonly CSV]
+                        --config C --data D [--control CSV] --json ... --tex ... --paragraphs ...
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ ANALYSES: dict[str, tuple[str, str]] = {
               "the distinct-2/3 and repetition of samples; the baseline's queries alike"),
     "control": ("ncn.analysis.control", "external control: held-out loss with the true vs flipped story label, "
                 "and stories with dialogue sampled under dialogue=1/0/a random label"),
-    "claims": ("ncn.analysis.claims", "one measured verdict per claim: claims.json + a LaTeX table"),
+    "claims": ("ncn.analysis.claims", "one measured verdict per claim: claims.json, a LaTeX table and one "
+               "paragraph per claim"),
 }
 
 

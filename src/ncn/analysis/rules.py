@@ -31,3 +31,20 @@ def trace_files(pattern: str, variants, size: str, seeds) -> list[str]:
     (variant_seeds may give variants different seeds)."""
     of = seeds if callable(seeds) else (lambda v: seeds)
     return [pattern.format(variant=v, size=size, seed=n) for v in variants for n in of(v)]
+
+
+def static_variants(config: dict) -> list[str]:
+    """The configured context-free variants (learned constants, no controller): their signals
+    cannot vary per token, the zero the homeostasis claim judges activity against."""
+    return [v for v in config["variants"] if spec(v).static]
+
+
+CLAIM_MEASURES = ("leak_measure", "skip_measure", "regonly")
+
+
+def claim_measure_options(input) -> str:
+    """The claims rule's measurement inputs as `ncn analyze claims` options (--leak-measure CSV,
+    --skip-measure CSV, --regonly CSV); none for an input that is not there (no NCN variant: no
+    skip table)."""
+    return " ".join(f"--{k.replace('_', '-')} {getattr(input, k)}" for k in CLAIM_MEASURES
+                    if getattr(input, k, None))

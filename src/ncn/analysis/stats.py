@@ -1,7 +1,8 @@
 """Small statistics used by every aggregate: t-intervals over seeds and verdict rules.
 
 Conventions: a confidence interval that cannot be computed (fewer than 2 values, or a
-non-finite input) is (nan, nan), and any verdict that depends on it is "inconclusive".
+non-finite input) is (nan, nan), and any verdict that depends on it is "inconclusive". A claim
+whose premise does not hold in a profile (another tokenizer, another budget) is "not applicable".
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from scipy import stats as sps
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
 INCONCLUSIVE = "inconclusive"
-VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
+NOT_APPLICABLE = "not applicable"
+VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_APPLICABLE)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,96 @@ def spearman(x, y) -> tuple[float, float, int]:
         return math.nan, math.nan, n
     res = sps.spearmanr(x[ok], y[ok])
     return float(res.statistic), float(res.pvalue), n
+
+
+# -- claims (issue 12): prediction intervals, seed-blocked layer tests, partial rank correlation,
+# -- the conjunction of a claim's legs -------------------------------------------------------------
+def prediction_interval(values, confidence: float = 0.95) -> Interval:
+    """Where ONE new observation from the same population falls: mean ± t_{(1+c)/2, n-1} · s · √(1 + 1/n)
+    (s: sample SD, ddof 1). E.g. [1, 2, 3] → 2 ± 4.302653 · √(4/3) = 2 ± 4.968275; nan when n < 2."""
+    x = np.asarray(list(values), dtype=float)
+    iv = t_interval(x, confidence)
+    if not iv.defined:
+        return iv
+    half = float(sps.t.ppf((1 + confidence) / 2, iv.n - 1)) * iv.sd * math.sqrt(1 + 1 / iv.n)
+    return Interval(iv.mean, iv.mean - half, iv.mean + half, iv.n, iv.sd)
+
+
+def blocked_anova(mat) -> tuple[float, float]:
+    """F and p of the treatment (column) effect in a two-way ANOVA without replication, rows as
+    blocks (seeds): F = [SS_col / (k-1)] / [SS_resid / ((k-1)(b-1))], the residual being what
+    neither the row nor the column means explain. (nan, nan) with < 2 rows or columns; a residual of
+    exactly 0 gives (inf, 0) when the columns differ, else (nan, nan)."""
+    x = np.asarray(mat, dtype=float)
+    if x.ndim != 2 or min(x.shape) < 2 or not np.all(np.isfinite(x)):
+        return math.nan, math.nan
+    b, k = x.shape
+    grand = x.mean()
+    ss_col = b * float(((x.mean(axis=0) - grand) ** 2).sum())
+    resid = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + grand
+    ss_res = float((resid**2).sum())
+    df_col, df_res = k - 1, (k - 1) * (b - 1)
+    if ss_res <= 1e-24 * max(1.0, float((x**2).sum())):
+        return (math.inf, 0.0) if ss_col > 0 else (math.nan, math.nan)
+    F = (ss_col / df_col) / (ss_res / df_res)
+    return float(F), float(sps.f.sf(F, df_col, df_res))
+
+
+def friedman(mat) -> tuple[float, float]:
+    """Friedman's chi-square of the column effect with rows as blocks (ranks within each row,
+    ties averaged, tie-corrected): Q = (k-1) Σ_j (R_j - b(k+1)/2)² / (Σ r² - b k (k+1)²/4),
+    p = P(χ²_{k-1} > Q). (nan, nan) with < 2 rows or columns, or every row tied."""
+    x = np.asarray(mat, dtype=float)
+    if x.ndim != 2 or min(x.shape) < 2 or not np.all(np.isfinite(x)):
+        return math.nan, math.nan
+    b, k = x.shape
+    r = np.vstack([sps.rankdata(row) for row in x])
+    denom = float((r**2).sum()) - b * k * (k + 1) ** 2 / 4
+    if denom <= 0:
+        return math.nan, math.nan
+    q = (k - 1) * float(((r.sum(axis=0) - b * (k + 1) / 2) ** 2).sum()) / denom
+    return q, float(sps.chi2.sf(q, k - 1))
+
+
+def partial_spearman(x, y, covariates) -> tuple[float, float, int]:
+    """Spearman's rho of x and y with the covariates partialled out: the Pearson correlation of
+    the residuals of rank(x) and rank(y) after a least-squares fit on [1, rank(c) for c in
+    covariates], over the rows where all are finite; two-sided p from t with n - 2 - m df."""
+    cols = [np.asarray(v, dtype=float) for v in (x, y, *covariates)]
+    ok = np.all(np.isfinite(np.vstack(cols)), axis=0)
+    n, m = int(ok.sum()), len(cols) - 2
+    df = n - 2 - m
+    if df < 1:
+        return math.nan, math.nan, n
+    ranks = [sps.rankdata(c[ok]) for c in cols]
+    design = np.column_stack([np.ones(n), *ranks[2:]])
+    res = [r - design @ np.linalg.lstsq(design, r, rcond=None)[0] for r in ranks[:2]]
+    sx, sy = float(np.sqrt((res[0] ** 2).sum())), float(np.sqrt((res[1] ** 2).sum()))
+    if sx <= 1e-9 * n or sy <= 1e-9 * n:  # a variable explained entirely by the covariates (or constant)
+        return math.nan, math.nan, n
+    rho = float(np.clip((res[0] @ res[1]) / (sx * sy), -1.0, 1.0))
+    if abs(rho) == 1.0:
+        return rho, 0.0, n
+    t = rho * math.sqrt(df / (1 - rho**2))
+    return rho, float(2 * sps.t.sf(abs(t), df)), n
+
+
+def fisher_interval(rhos, confidence: float = 0.95) -> Interval:
+    """Mean correlation over seeds with a t-interval on Fisher's z = atanh(rho), mapped back."""
+    r = np.asarray(list(rhos), dtype=float)
+    z = t_interval(np.arctanh(np.clip(r, -0.999999, 0.999999)), confidence)
+    back = (lambda v: float(np.tanh(v)) if math.isfinite(v) else math.nan)
+    return Interval(back(z.mean), back(z.low), back(z.high), z.n, z.sd)
+
+
+def all_of(*verdicts: str) -> str:
+    """The verdict of a claim that needs every one of its legs: refuted when one leg is, not
+    applicable when one leg is, supported when all are, else inconclusive."""
+    if NOT_SUPPORTED in verdicts:
+        return NOT_SUPPORTED
+    if NOT_APPLICABLE in verdicts:
+        return NOT_APPLICABLE
+    return SUPPORTED if verdicts and all(v == SUPPORTED for v in verdicts) else INCONCLUSIVE
 
 
 def nan_to_none(obj):
