@@ -299,12 +299,14 @@ def main_model(a) -> int:
     M.PREFIX_POOL_IMPL = a.pool_impl
     cfg = load_config(a.config)
     shapes = [parse_shape(s, cfg["size_defs"]) for s in (a.shapes or [BASE_SHAPE, *cfg["sizes"]])]
-    rows = [r for shape in shapes for r in bench_shape(shape, a)]
     print(f"{a.device} {a.dtype}, {a.threads} thread(s), batch {a.batch} (eval {a.eval_batch}), vocab {a.vocab}, "
-          f"pool {a.pool_impl}, median of {a.steps} interleaved rounds; reference = bench/reference_gpt.py")
-    print(format_model_table(rows))
+          f"pool {a.pool_impl}, median of {a.steps} interleaved rounds; reference = bench/reference_gpt.py", flush=True)
+    rows = []
+    for shape in shapes:  # the table grows shape by shape (a long run on a busy machine keeps what it has)
+        rows += bench_shape(shape, a)
+        write_csv_rows(a.out, MODEL_COLUMNS, rows)
+        print(format_model_table([r for r in rows if r["shape"] == shape.name]), flush=True)
     print("\n".join(model_targets(rows)))
-    write_csv_rows(a.out, MODEL_COLUMNS, rows)
     print(f"wrote {a.out}")
     return 0
 
@@ -595,7 +597,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--variant", help="variant to train (default: the primary NCN, causal)")
     s.add_argument("--threads", type=int, default=1, help="torch threads of the job (default: %(default)s)")
     s.add_argument("--repeats", type=int, default=3, help="jobs per case (default: %(default)s)")
-    s.add_argument("--imports", nargs="*", default=["ncn.train", "ncn.evaluate", "mlflow.tracking"],
+    s.add_argument("--imports", nargs="*", default=["ncn.train", "torch._dynamo", "ncn.evaluate", "mlflow.tracking"],
                    help="modules whose import cost to break down (default: %(default)s)")
     g = sub.add_parser("stages", help="per-stage wall time of a Snakemake run from its benchmark files")
     g.add_argument("--benchmarks", default="results/benchmarks", help="folder of benchmark TSVs (default: %(default)s)")
