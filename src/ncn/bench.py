@@ -38,7 +38,7 @@ MODEL_COLUMNS = [
     "shape", "variant", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch", "vocab_size", "n_params",
     "step_s_median", "step_s_min", "tokens_per_s", "ratio_to_reference", "ratio_to_none",
     "train_flops_per_token", "mfu", "eval_batch", "eval_tokens_per_s", "eval_ratio_to_reference", "eval_mfu",
-    "gemm_flops_per_s", "device", "dtype", "threads", "steps", "pool_impl", "torch", "peak_flops_per_s",
+    "gemm_flops_per_s", "device", "dtype", "threads", "steps", "pool_impl", "torch", "peak_flops_per_s", "clock",
 ]
 
 
@@ -140,12 +140,15 @@ def device_setup(a):
     return dev, autocast, sync
 
 
-def timed(fn, sync) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def timed(fn, sync, clock=time.perf_counter) -> float:
     sync()
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
     sync()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def gemm_closure(a, dev):
@@ -158,14 +161,14 @@ def gemm_closure(a, dev):
     return (lambda: torch.mm(x, y)), 2 * n**3
 
 
-def interleave(closures: dict, rounds: int, warmup: int, sync, desc: str) -> dict[str, list[float]]:
-    """Run every closure once per round (in order), `warmup` untimed rounds first."""
+def interleave(closures: dict, rounds: int, warmup: int, sync, desc: str, clock=time.perf_counter):
+    """{name: [seconds per round]}: every closure once per round (in order), `warmup` untimed rounds first."""
     from ncn.progress import bar
 
     times: dict[str, list[float]] = {k: [] for k in closures}
     for r in bar(range(warmup + rounds), desc=desc, leave=False):
         for k, fn in closures.items():
-            t = timed(fn, sync)
+            t = timed(fn, sync, clock)
             if r >= warmup:
                 times[k].append(t)
     return times
@@ -220,9 +223,10 @@ def bench_shape(shape: Shape, a) -> list[dict]:
     torch.manual_seed(0)
     models = {k: m.to(dev) for k, m in build_models(shape, a).items()}
     gemm, gemm_flops = gemm_closure(a, dev)
+    clock = CLOCKS[a.clock]
     train_t = interleave({**train_closures(models, a, dev, autocast), "_gemm": gemm}, a.steps, a.warmup, sync,
-                         f"train {shape.name}")
-    eval_t = interleave(eval_closures(models, a, dev, autocast), a.steps, a.warmup, sync, f"eval {shape.name}")
+                         f"train {shape.name}", clock)
+    eval_t = interleave(eval_closures(models, a, dev, autocast), a.steps, a.warmup, sync, f"eval {shape.name}", clock)
     gemm = gemm_flops / statistics.median(train_t.pop("_gemm"))
     peak = a.peak_flops or gemm
     med = {k: statistics.median(v) for k, v in train_t.items()}
@@ -241,7 +245,7 @@ def bench_shape(shape: Shape, a) -> list[dict]:
             eval_tokens_per_s=round(etok_s, 1), eval_ratio_to_reference=round(emed[k] / emed["reference"], 4),
             eval_mfu=round(etok_s * flops_per_token(model, shape, False) / peak, 4),
             gemm_flops_per_s=round(gemm), peak_flops_per_s=round(peak), device=dev.type, dtype=a.dtype,
-            threads=a.threads, steps=a.steps, pool_impl=M.PREFIX_POOL_IMPL, torch=torch.__version__,
+            threads=a.threads, steps=a.steps, pool_impl=M.PREFIX_POOL_IMPL, torch=torch.__version__, clock=a.clock,
         ))
     return rows
 
@@ -283,6 +287,8 @@ def main_model(a) -> int:
             raise NCNError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     if a.warmup < 0:
         raise NCNError(f"--warmup must be >= 0, got {a.warmup}")
+    if a.clock == "cpu" and (a.threads != 1 or a.device != "cpu"):
+        raise NCNError("--clock cpu (the thread's CPU time) measures a step only with --threads 1 on --device cpu")
     import ncn.model as M
 
     known = variant_names()[0]
@@ -294,12 +300,15 @@ def main_model(a) -> int:
     M.PREFIX_POOL_IMPL = a.pool_impl
     cfg = load_config(a.config)
     shapes = [parse_shape(s, cfg["size_defs"]) for s in (a.shapes or [BASE_SHAPE, *cfg["sizes"]])]
-    rows = [r for shape in shapes for r in bench_shape(shape, a)]
     print(f"{a.device} {a.dtype}, {a.threads} thread(s), batch {a.batch} (eval {a.eval_batch}), vocab {a.vocab}, "
-          f"pool {a.pool_impl}, median of {a.steps} interleaved rounds; reference = bench/reference_gpt.py")
-    print(format_model_table(rows))
+          f"pool {a.pool_impl}, {a.clock} clock, median of {a.steps} interleaved rounds; reference = "
+          "bench/reference_gpt.py", flush=True)
+    rows = []
+    for shape in shapes:  # the table grows shape by shape (a long run on a busy machine keeps what it has)
+        rows += bench_shape(shape, a)
+        write_csv_rows(a.out, MODEL_COLUMNS, rows)
+        print(format_model_table([r for r in rows if r["shape"] == shape.name]), flush=True)
     print("\n".join(model_targets(rows)))
-    write_csv_rows(a.out, MODEL_COLUMNS, rows)
     print(f"wrote {a.out}")
     return 0
 
@@ -565,6 +574,8 @@ def _model_parser(sub) -> None:
     m.add_argument("--steps", type=int, default=10, help="timed rounds (default: %(default)s)")
     m.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
     m.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    m.add_argument("--clock", default="wall", choices=list(CLOCKS), help="wall, or cpu: the thread's CPU time, "
+                   "steadier on a shared machine (needs --threads 1) (default: %(default)s)")
     m.add_argument("--batch", type=int, default=16, help="training batch (default: %(default)s)")
     m.add_argument("--eval-batch", type=int, default=64, help="evaluation batch (default: %(default)s)")
     m.add_argument("--vocab", type=int, default=4096, help="vocabulary (default: %(default)s)")
@@ -590,7 +601,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--variant", help="variant to train (default: the primary NCN, causal)")
     s.add_argument("--threads", type=int, default=1, help="torch threads of the job (default: %(default)s)")
     s.add_argument("--repeats", type=int, default=3, help="jobs per case (default: %(default)s)")
-    s.add_argument("--imports", nargs="*", default=["ncn.train", "ncn.evaluate", "mlflow.tracking"],
+    s.add_argument("--imports", nargs="*", default=["ncn.train", "torch._dynamo", "ncn.evaluate", "mlflow.tracking"],
                    help="modules whose import cost to break down (default: %(default)s)")
     g = sub.add_parser("stages", help="per-stage wall time of a Snakemake run from its benchmark files")
     g.add_argument("--benchmarks", default="results/benchmarks", help="folder of benchmark TSVs (default: %(default)s)")
