@@ -289,18 +289,18 @@ def test_data_error_through_snakemake_fails_with_the_message_in_the_log(tmp_path
     (bad / "train.txt").write_text("One story.\nNo separator anywhere.\n" * 50)
     (bad / "valid.txt").write_text("A story.\n<|endoftext|>\nAnother story.\n")
     t0 = time.monotonic()
-    r = snakemake(repo, "--cores", "1", "results/data/meta.json", "--configfile", "config/smoke.yaml",
+    r = snakemake(repo, "--cores", "1", "results/smoke/data/meta.json", "--configfile", "config/smoke.yaml",
                   env={"NCN_DATA_DIR": str(bad)})
     print(f"\nsnakemake data error: {time.monotonic() - t0:.1f} s")
     assert r.returncode != 0, r.stdout[-3000:]
     assert "Error in rule fetch_data" in r.stdout, r.stdout[-3000:]
-    log = repo / "results" / "logs" / "data" / "fetch.log"
+    log = repo / "results" / "smoke" / "logs" / "data" / "fetch.log"
     assert str(log.relative_to(repo)) in r.stdout  # Snakemake points at the log
     lines = [ln for ln in log.read_text().splitlines() if ln.startswith("ncn data: error: ")]
     assert len(lines) == 1, log.read_text()
     assert f"{bad}/train.txt has no line <|endoftext|>" in lines[0]
     assert "Traceback" not in log.read_text()
-    data = repo / "results" / "data"
+    data = repo / "results" / "smoke" / "data"
     assert not (data / "meta.json").exists() and not (data / "manifest.json").exists()
     assert not list(data.glob("*.bin")) and not (data / "tokenizer.json").exists()
     # the README's Snakemake table quotes this message
