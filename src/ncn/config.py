@@ -238,6 +238,9 @@ def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
         reg_lambda=m["reg_lambda"],
         beta_max=m["beta_max"],
         gate_init=m["gate_init"],
+        dropout_layout=m["dropout_layout"],
+        ncn_after_dropout=m["ncn_after_dropout"],
+        pool_bias=m["pool_bias"],
     )
     if sp.control:  # one channel per story label the data stage stores (ncn.control)
         from ncn.control import LABELS

@@ -63,9 +63,16 @@ ORIGINAL_RECIPE = {
     "OrigBetaOne": 0.9, "OrigBetaTwo": 0.999, "OrigWeightDecay": 0.1, "OrigEpochs": 1,
     "OrigHeldoutPct": 5,
 }
-# The model-side fidelity options (config `model.<key>`), by the macro that prints this profile's value.
+# The model-side fidelity options (config `model.<key>`, ncn.model's docstring), by the macro that
+# prints this profile's value in words; the value that restores the original's behaviour says so.
 FIDELITY_OPTIONS = {"OptDropoutLayout": "dropout_layout", "OptNcnAfterDropout": "ncn_after_dropout",
                     "OptPoolBias": "pool_bias"}
+FIDELITY_WORDS = {
+    "dropout_layout": {"single": "embeddings, attention probabilities, attention output once, FFN output",
+                       "original": "as the original (\texttt{original})"},
+    "ncn_after_dropout": {False: "before embedding dropout", True: "after embedding dropout, as the original"},
+    "pool_bias": {False: "none", True: "on value and output projections, zero at init, as the original"},
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,7 +398,7 @@ def fidelity(s: Sources) -> dict:
     model = s.cfg["model"]
     for name, key in FIDELITY_OPTIONS.items():
         v = model.get(key)
-        m[name] = NA if v is None else tex_escape(str(v).lower())
+        m[name] = NA if v is None else FIDELITY_WORDS[key].get(v, tex_escape(str(v).lower()))
     return {"fidelity: the original's recipe and this profile's model-side options": m}
 
 
