@@ -285,3 +285,18 @@ def test_match_params_with_pool_bias(variant):
         assert target - M.count_params(dataclasses.replace(ref, pool_bias=False)) == 2 * 64
         step = M.count_params(dataclasses.replace(out, d_ff=2)) - M.count_params(dataclasses.replace(out, d_ff=1))
         assert abs(M.count_params(out) - target) <= step / 2
+
+
+def test_a_config_recorded_before_the_options_existed_means_them_off():
+    """A run's config.json written before dropout_layout / ncn_after_dropout / pool_bias existed
+    (e.g. a resumed or re-evaluated old run) builds the same ModelConfig as one with them off."""
+    from pathlib import Path
+
+    from ncn.config import load_config, model_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "config" / "smoke.yaml")
+    old = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k not in M.OFF_BY_DEFAULT}}
+    for v in ("none", "causal"):
+        assert model_config(old, v, "xs", 512) == model_config(cfg, v, "xs", 512)
+    cfg["model"]["pool_bias"] = True  # and an option that is on is read, not defaulted
+    assert model_config(cfg, "causal", "xs", 512).pool_bias
