@@ -37,6 +37,7 @@ import pandas as pd
 from ncn.analysis.macros import (NA, Macros, Numbers, finite, fmt_bytes, fmt_cfg, fmt_duration, fmt_fixed,
                                  fmt_human, fmt_int, fmt_list, fmt_pct, fmt_sig, macro_name, row, tex_escape,
                                  tex_path)
+from ncn.analysis.options import skip_grid
 from ncn.errors import NCNError
 from ncn.fileio import read_json, write_bytes, write_text
 from ncn.variants import PRIMARY, baseline, names
@@ -358,7 +359,7 @@ def _design_settings(s: Sources) -> dict:
         "ConfidencePct": fmt_cfg(round(100 * float(an["confidence"]), 4)) + r"\%",
         "PPLThreshold": fmt_cfg(an["ppl_threshold"]),
         "GainBandLow": fmt_cfg(an["gain_band"][0]), "GainBandHigh": fmt_cfg(an["gain_band"][1]),
-        "GateEpsList": fmt_list(an["gate_eps"], fmt_cfg), "SkipEpsList": fmt_list(an["skip_eps"], fmt_cfg),
+        "GateEpsList": fmt_list(an["gate_eps"], fmt_cfg), "SkipEpsList": fmt_list(skip_grid(an), fmt_cfg),
     }
 
 
