@@ -66,9 +66,14 @@ from ncn.analysis.stats import (INCONCLUSIVE, NOT_APPLICABLE, NOT_SUPPORTED, SUP
                                 paired_differences, partial_spearman, prediction_interval, t_interval)
 from ncn.errors import NCNError
 from ncn.fileio import write_json
-from ncn.variants import control_names, spec
+from ncn.variants import baseline, control_names, future_names, spec
 
 NAN = math.nan
+# The variants the claims name, from the registry (ncn.variants), never spelled out here: the
+# baseline, the one whose pool sees the future (the leak), the one that takes external control.
+BASELINE = baseline()
+LEAKY = future_names()[0]
+CONTROLLED = control_names()[0]
 ORIGINS = ("original", control.CLAIM_ORIGIN, "original, future work", "replication")
 # The original's budget: one epoch of TinyStories, about 520M GPT-2 tokens (its README). Claim 2
 # speaks of that budget: it applies within a factor BUDGET_FACTOR of it.
@@ -129,18 +134,18 @@ def _rows(df: pd.DataFrame | None, variant: str, size: str) -> pd.DataFrame:
 
 # -- claim 1: the A/B -------------------------------------------------------------------------------
 def ab_claim(runs, variant, size, conf):
-    seeds, d = paired_differences(per_seed(runs, variant, size, "val_ppl"), per_seed(runs, "none", size, "val_ppl"))
+    seeds, d = paired_differences(per_seed(runs, variant, size, "val_ppl"), per_seed(runs, BASELINE, size, "val_ppl"))
     if not seeds:
-        return _result(reason=f"no paired runs of {variant} and none at size {size}")
+        return _result(reason=f"no paired runs of {variant} and {BASELINE} at size {size}")
     iv = t_interval(d, conf)
-    _, dl = paired_differences(per_seed(runs, variant, size, "val_loss"), per_seed(runs, "none", size, "val_loss"))
+    _, dl = paired_differences(per_seed(runs, variant, size, "val_loss"), per_seed(runs, BASELINE, size, "val_loss"))
     ld = t_interval(dl, conf)
     v = ci_verdict(iv.low, iv.high, 0.0, "below")
     return _result(iv.mean, iv.low, iv.high, v, _side_why(v, iv, 0.0, "below"),
                    variant=variant, size=size, seeds=seeds, dppl_per_seed=list(d), n_pairs=len(seeds),
                    dloss_mean=ld.mean, dloss_ci_low=ld.low, dloss_ci_high=ld.high,
                    ppl_variant=t_interval(per_seed(runs, variant, size, "val_ppl").values(), conf).mean,
-                   ppl_baseline=t_interval(per_seed(runs, "none", size, "val_ppl").values(), conf).mean)
+                   ppl_baseline=t_interval(per_seed(runs, BASELINE, size, "val_ppl").values(), conf).mean)
 
 
 # -- claim 2: the baseline's perplexity at the original's budget ---------------------------------------
@@ -162,8 +167,8 @@ def baseline_applies(kind: str, tokens: float) -> str:
 def baseline_ppl_claim(runs, size, cfg, meta):
     a = cfg["analysis"]
     conf, thr = a["confidence"], a["ppl_threshold"]
-    ppl = t_interval(per_seed(runs, "none", size, "val_ppl").values(), conf)
-    budget = per_seed(runs, "none", size, "tokens")
+    ppl = t_interval(per_seed(runs, BASELINE, size, "val_ppl").values(), conf)
+    budget = per_seed(runs, BASELINE, size, "tokens")
     tokens = float(np.median(list(budget.values()))) if budget else NAN
     kind = meta.get("tokenizer_kind", "unknown")
     details = dict(size=size, tokenizer_kind=kind, tokens_trained=tokens, original_tokens=ORIGINAL_TOKENS,
@@ -452,21 +457,21 @@ def leak_structure(leak, size) -> dict:
     return {str(v): float(x) for v, x in sub.groupby("variant", sort=True)["max_abs_dlogit_past"].max().items()}
 
 
-def prefix_pool_mismatch(rows: pd.DataFrame, runs, size) -> dict:
-    """{seed: loss with prefix-only pooling - loss with the whole-window pooling asrun trained
-    with}: what evaluating it off its training regime costs (no measure of leak); from the leak
+def prefix_pool_mismatch(rows: pd.DataFrame, runs, size, variant: str = LEAKY) -> dict:
+    """{seed: loss with prefix-only pooling - loss with the whole-window pooling `variant` (the
+    one whose pool sees the future) trained with}: what evaluating it off its training regime costs (no measure of leak); from the leak
     measurement's eval.json columns, else from the runs table."""
     if {"loss_prefix_pool", "loss_full_pool"} <= set(rows.columns):
         return {int(s): float(p) - float(f) for s, p, f in zip(rows["seed"], rows["loss_prefix_pool"],
                                                                 rows["loss_full_pool"]) if finite(p) and finite(f)}
-    seeds, mm = paired_differences(per_seed(runs, "asrun", size, "val_loss_prefix_pool"),
-                                   per_seed(runs, "asrun", size, "val_loss"))
+    seeds, mm = paired_differences(per_seed(runs, variant, size, "val_loss_prefix_pool"),
+                                   per_seed(runs, variant, size, "val_loss"))
     return dict(zip(seeds, map(float, mm)))
 
 
-def leak_claim(leak, runs, size, conf):
-    rows = _rows(leak, "asrun", size)
-    mm = prefix_pool_mismatch(rows, runs, size)
+def leak_claim(leak, runs, size, conf, variant: str = LEAKY):
+    rows = _rows(leak, variant, size)
+    mm = prefix_pool_mismatch(rows, runs, size, variant)
     mismatch = _seed_interval(mm, conf)
     structure = leak_structure(leak, size)
     benefit = {int(s): float(t) - float(r) for s, t, r in
@@ -476,13 +481,14 @@ def leak_claim(leak, runs, size, conf):
                    prefix_pool_mismatch=mismatch.mean, prefix_pool_mismatch_ci=[mismatch.low, mismatch.high],
                    prefix_pool_mismatch_per_seed=mm)
     if rows.empty:
-        return _result(reason=f"no leak measurement of asrun at size {size} ({MEASURES['leak_measure']})", **details)
-    if structure.get("asrun", NAN) == 0.0:  # exactly: a causal pool gives 0, not a small number
+        return _result(reason=f"no leak measurement of {variant} at size {size} ({MEASURES['leak_measure']})",
+                       **details)
+    if structure.get(variant, NAN) == 0.0:  # exactly: a causal pool gives 0, not a small number
         return _result(iv.mean, iv.low, iv.high, NOT_SUPPORTED, "structural: changing the tokens after t changes "
-                       f"no logit at positions <= t (max |dlogit| {_f(structure.get('asrun'))}): nothing can leak",
+                       f"no logit at positions <= t (max |dlogit| {_f(structure.get(variant))}): nothing can leak",
                        **details)
     v = ci_verdict(iv.low, iv.high, 0.0, "below")
-    return _result(iv.mean, iv.low, iv.high, v, f"structural max |dlogit| {_f(structure['asrun'])} > 0; benefit: "
+    return _result(iv.mean, iv.low, iv.high, v, f"structural max |dlogit| {_f(structure[variant])} > 0; benefit: "
                    + _side_why(v, iv, 0.0, "below", "true - replaced future loss CI"), **details)
 
 
@@ -608,21 +614,21 @@ def _skip_eps_note(s: Setting) -> str:
 CLAIMS = [
     Claim(key="ab_beats_baseline", text="The NCN beats an iso-parameter baseline", origin="original",
           value_label="dPPL",
-          statistic=lambda s, v: (f"mean paired dPPL = PPL({v}) - PPL(none) over seeds at size {s.size}, "
+          statistic=lambda s, v: (f"mean paired dPPL = PPL({v}) - PPL({BASELINE}) over seeds at size {s.size}, "
                                   f"{s.pct} t-CI"),
           null=lambda s: "the NCN's perplexity equals the baseline's (mean paired dPPL = 0)",
-          control=lambda s: ("the iso-parameter baseline (none): the same Transformer with d_ff widened to the NCN's "
+          control=lambda s: (f"the iso-parameter baseline ({BASELINE}): the same Transformer with d_ff widened to the NCN's "
                              "parameter count, trained on the same batches in the same order, paired by seed"),
           threshold=lambda s: "supported if the CI lies below 0; not supported if it lies at or above 0",
           compute=lambda s, v: ab_claim(s.runs, v, s.size, s.conf)),
     Claim(key="baseline_ppl", text="A standard Transformer struggles to break 5.5 PPL at the original's budget",
           origin="original", value_label="PPL",
-          statistic=lambda s, v: f"validation PPL of the baseline (none) at size {s.size}, {s.pct} t-CI over seeds",
+          statistic=lambda s, v: f"validation PPL of the baseline ({BASELINE}) at size {s.size}, {s.pct} t-CI over seeds",
           null=lambda s: f"the baseline's PPL is at most {s.a['ppl_threshold']:g}",
           control=lambda s: (f"the premise: the GPT-2 tokenizer and a budget within {BUDGET_FACTOR:g}x of the "
                              f"original's {ORIGINAL_TOKENS / 1e6:g}M tokens; otherwise the claim is not applicable"),
           threshold=lambda s: f"supported if the CI lies above {s.a['ppl_threshold']:g}; not supported if at or below",
-          compute=lambda s, v: baseline_ppl_claim(s.runs, s.size, s.cfg, s.meta), subject="none"),
+          compute=lambda s, v: baseline_ppl_claim(s.runs, s.size, s.cfg, s.meta), subject=BASELINE),
     Claim(key="layer_specialisation", text="Layers specialise: the mean precision beta differs across layers",
           origin="original", value_label="beta contrast",
           statistic=lambda s, v: (f"per-(seed, layer) mean beta of {v} on held-out sentences at size {s.size}: the "
@@ -685,7 +691,7 @@ CLAIMS = [
           compute=lambda s, v: gate_claim(s.traces.get(v), s.measure("skip_measure"), v, s.size, s.cfg)),
     Claim(key="asrun_leak", text="The as-run NCN uses future tokens through its pooling", origin="replication",
           value_label="dloss, true - replaced future",
-          statistic=lambda s, v: (f"loss of asrun at size {s.size} with the true future minus with the tokens after "
+          statistic=lambda s, v: (f"loss of {v} at size {s.size} with the true future minus with the tokens after "
                                   "t replaced by another window's (whole-window pooling both, scored at positions <= "
                                   f"t), paired by seed, {s.pct} t-CI; the structural max |dlogit| at positions <= t "
                                   "and the prefix-pool mismatch reported apart"),
@@ -694,7 +700,7 @@ CLAIMS = [
                              "causal variants, whose structural max |dlogit| must be 0"),
           threshold=lambda s: ("supported if the CI lies below 0; not supported if it lies at or above 0, or the "
                                "structural max |dlogit| is 0"),
-          compute=lambda s, v: leak_claim(s.measure("leak_measure"), s.runs, s.size, s.conf), subject="asrun"),
+          compute=lambda s, v: leak_claim(s.measure("leak_measure"), s.runs, s.size, s.conf, v), subject=LEAKY),
     Claim(key="block_skipping", text="Skipping the FFN where the gate is low saves computation within a loss tolerance",
           origin="original, future work", value_label="dloss, gated - random skip",
           statistic=lambda s, v: (f"for {v} at size {s.size}, at the eps skipping the largest fraction (at least "
@@ -715,7 +721,7 @@ CLAIMS = [
                              "(held-out loss), paired by seed"),
           threshold=lambda s: "supported if both CIs lie above 0; not supported if either lies at or below 0",
           compute=lambda s, v: _reason_up(control.control_claim(s.control, s.cfg)),
-          subject=(control_names() or ["control"])[0]),
+          subject=CONTROLLED),
 ]
 
 
