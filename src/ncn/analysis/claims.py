@@ -46,6 +46,14 @@ refutes it). Every claim about trained models reads every seed; `reason` says wh
  9 control_steers       (ncn.analysis.control) the control variant at its largest size: stories
                          with the label under label=1 minus label=0, and held-out loss with the
                          flipped minus the true label, paired over seeds; both CIs > 0.
+10 kvcache_beta_guided   (tables/kvcache.csv, ncn.analysis.kvcache) held-out dloss of beta-guided
+                         minus uniform KV-cache bits at the same average bits (equal bytes per
+                         token, checked), mean over budgets, paired over seeds: CI < 0; the oracle
+                         and random allocations minus uniform reported as the bounds.
+11 knob_temperature      (tables/knobs.csv, ncn.analysis.knobs) two legs: entropy falls strictly
+                         monotonically in the beta scale in every seed; the knob strength
+                         -dH/dlog2(s) minus the same knob's on the baseline (its query scale),
+                         paired over seeds, CI > 0.
 """
 
 from __future__ import annotations
@@ -58,7 +66,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import control, options, tables
+from ncn.analysis import control, knobs, kvcache, options, tables
 from ncn.analysis.macros import finite, fmt_sig, macro_name, tex_escape
 from ncn.analysis.runs import SIGNALS, largest_size, load_runs_table, per_seed, primary_ncn, read_train_log
 from ncn.analysis.stats import (INCONCLUSIVE, NOT_APPLICABLE, NOT_SUPPORTED, SUPPORTED, VERDICTS, Interval, all_of,
@@ -87,11 +95,13 @@ TRACE_RESOLUTION = 1e-6
 # The measurement tables (ncn analyze leakprobe, skip, regonly): name (the claims rule's input and,
 # dashed, the option) -> the file under results/ the reasons quote, and the columns read.
 MEASURES = {"leak_measure": "tables/leak_measure.csv", "skip_measure": "tables/skip_measure.csv",
-            "regonly": "tables/regonly.csv"}
+            "regonly": "tables/regonly.csv", "kvcache": "tables/kvcache.csv", "knobs": "tables/knobs.csv"}
 MEASURE_COLUMNS = {
     "leak_measure": ("variant", "size", "seed", "max_abs_dlogit_past", "loss_true_future", "loss_replaced_future"),
     "skip_measure": ("variant", "size", "seed", "eps", "loss_dense", "loss_skip", "loss_random", "skip_frac"),
     "regonly": ("variant", "size", "seed", "var_trained", "var_regonly"),
+    "kvcache": ("variant", "size", "seed", "policy", "budget_bits", "delta_loss", "bytes_per_token"),
+    "knobs": ("variant", "size", "seed", "target", "scale", "entropy"),
 }
 
 
@@ -539,6 +549,68 @@ def skipping_claim(skip, variant, size, cfg):
                    + _side_why(v, iv, 0.0, "below", "gated - random CI"), **details)
 
 
+# -- claims 10 and 11: beyond the original (ncn.analysis.kvcache, ncn.analysis.knobs) -----------------------------
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """A per-run measurement table with size as text and seed as an integer, as the analyses wrote them."""
+    return df.assign(size=df["size"].astype(str), seed=df["seed"].astype(int))
+
+
+def _unequal_memory(sub: pd.DataFrame, budgets) -> list:
+    """The budgets at which a beta-guided cache and the uniform one differ in bytes per token."""
+    by = sub.groupby(["policy", "budget_bits"])["bytes_per_token"].max()
+    return [b for b in budgets if ("uniform", b) not in by or not np.isclose(by[("beta", b)], by[("uniform", b)])]
+
+
+def kvcache_claim(table, variant, size, conf):
+    """Claim 10: beta-guided minus uniform KV-cache bits at equal average bits (ncn.analysis.kvcache.claim),
+    paired by seed; the oracle and random allocations minus uniform as the bounds."""
+    if table is None or table.empty:
+        return _result(reason=f"no KV-cache measurement ({MEASURES['kvcache']})")
+    df = _typed(table)
+    res = kvcache.claim(df, variant, size, conf)
+    d = res["details"]
+    if "reason" in d:
+        return _result(reason=d.pop("reason"), **d)
+    b = d["beta_minus_uniform"]
+    iv = Interval(b["mean"], b["ci_low"], b["ci_high"], len(b["seeds"]), NAN)
+    bounds = ", ".join(f"{p} - uniform {_f(d[f'{p}_minus_uniform']['mean'])} {_ci(_bound(d, p))}"
+                       for p in ("oracle", "random"))
+    unequal = _unequal_memory(df[(df["variant"] == variant) & (df["size"] == size)], d["budgets"])
+    if unequal:
+        return _result(b["mean"], b["ci_low"], b["ci_high"], INCONCLUSIVE, "the beta-guided and uniform caches "
+                       f"differ in bytes per token at budget(s) {', '.join(map(str, unequal))}", **d)
+    if iv.n < MIN_SEEDS:
+        return _result(b["mean"], b["ci_low"], b["ci_high"], INCONCLUSIVE,
+                       f"{iv.n} paired seed(s): no interval over seeds; bounds: {bounds}", **d)
+    v = res["verdict"]
+    return _result(b["mean"], b["ci_low"], b["ci_high"], v,
+                   _side_why(v, iv, 0.0, "below", "beta - uniform CI") + f"; bounds: {bounds}", **d)
+
+
+def _bound(d: dict, policy: str) -> Interval:
+    x = d[f"{policy}_minus_uniform"]
+    return Interval(x["mean"], x["ci_low"], x["ci_high"], len(x["seeds"]), NAN)
+
+
+def knob_claim(table, variant, size, conf):
+    """Claim 11: the precision knob's strength (-dH/dlog2 s) minus the same knob's on the baseline,
+    paired by seed, and entropy falling monotonically in every seed (ncn.analysis.knobs.claim)."""
+    if table is None or table.empty:
+        return _result(reason=f"no knob measurement ({MEASURES['knobs']})")
+    res = knobs.claim(_typed(table), variant, BASELINE, size, conf)
+    d = res["details"]
+    if "reason" in d:
+        return _result(res["value"], res["ci_low"], res["ci_high"], INCONCLUSIVE, d.pop("reason"), **d)
+    seeds, mono = d["seeds"], d["monotone_seeds"]
+    iv = Interval(res["value"], res["ci_low"], res["ci_high"], len(seeds), NAN)
+    mono_v = SUPPORTED if len(mono) == len(seeds) else NOT_SUPPORTED
+    strength_v = ci_verdict(iv.low, iv.high, 0.0, "above")
+    legs = {"monotone": (mono_v, f"entropy falls monotonically in {len(mono)} of {len(seeds)} seeds"),
+            f"stronger than on {BASELINE}": (strength_v, _side_why(strength_v, iv, 0.0, "above", "strength difference CI"))}
+    d["legs"] = {k: v for k, (v, _) in legs.items()}
+    return _result(iv.mean, iv.low, iv.high, all_of(mono_v, strength_v), _legs_reason(legs), **d)
+
+
 # -- the registry ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Setting:
@@ -722,6 +794,35 @@ CLAIMS = [
           threshold=lambda s: "supported if both CIs lie above 0; not supported if either lies at or below 0",
           compute=lambda s, v: _reason_up(control.control_claim(s.control, s.cfg)),
           subject=CONTROLLED),
+    Claim(key=kvcache.CLAIM_KEY, text=kvcache.CLAIM_TEXT, origin=kvcache.CLAIM_ORIGIN,
+          value_label="dloss, beta - uniform bits",
+          statistic=lambda s, v: (f"held-out loss change of {v} at size {s.size} with its KV cache quantised by "
+                                  "beta-guided bits per layer (more bits to the layers of high mean beta) minus "
+                                  "uniform bits at the same average (budgets "
+                                  f"{', '.join(map(str, s.a['kv_budgets']))} bits, levels +/- {s.a['kv_spread']}), "
+                                  f"mean over budgets, paired by seed, {s.pct} t-CI; the oracle (bits by measured "
+                                  "per-layer sensitivity) and random allocations minus uniform reported as the bounds"),
+          null=lambda s: "beta-guided allocation loses at least as much as uniform allocation at equal cache memory",
+          control=lambda s: ("uniform allocation at the same average bits per cached element (equal bytes per token) "
+                             "on the same held-out tokens and seed; the oracle and random allocations as the best and "
+                             "the chance bound"),
+          threshold=lambda s: ("supported if the CI lies below 0; not supported if it lies at or above 0; "
+                               "inconclusive if the two caches differ in memory"),
+          compute=lambda s, v: kvcache_claim(s.measure("kvcache"), v, s.size, s.conf)),
+    Claim(key=knobs.CLAIM_KEY, text=knobs.CLAIM_TEXT, origin=knobs.CLAIM_ORIGIN,
+          value_label=f"knob strength, NCN - {BASELINE}",
+          statistic=lambda s, v: (f"knob strength -dH/dlog2(s), the least-squares slope of held-out next-token "
+                                  f"entropy H against log2 of the factor s scaling beta in every layer (s in "
+                                  f"{', '.join(f'{x:g}' for x in s.a['knob_scales'])}), of {v} minus that of the "
+                                  f"same knob on {BASELINE} (its queries scaled) at size {s.size}, paired by seed, "
+                                  f"{s.pct} t-CI; and the seeds in which H falls strictly monotonically in s"),
+          null=lambda s: (f"scaling beta moves the entropy no more than scaling the queries of {BASELINE}, or not "
+                          "monotonically"),
+          control=lambda s: (f"the same knob on the baseline ({BASELINE}), whose queries it scales, on the same "
+                             "held-out tokens, paired by seed"),
+          threshold=lambda s: ("supported if the entropy falls monotonically in every seed and the CI lies above 0; "
+                               "not supported if a seed is not monotone or the CI lies at or below 0"),
+          compute=lambda s, v: knob_claim(s.measure("knobs"), v, s.size, s.conf)),
 ]
 
 
