@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from ncn.analysis import claims, tables
@@ -114,6 +115,10 @@ def test_knob_thin_data_is_inconclusive(tmp_path):
 def test_control_steers_through_the_registry(tmp_path, gaps, steers, verdict):
     res = _judge(tmp_path, "control_steers", control=_control_runs(gaps, steers))
     assert res["verdict"] == verdict and res["reason"] and res["variant"] == "control"
+    # another variant's rows in the table are not pooled into the control variant's seeds
+    other = _control_runs([9.0] * 3, [-0.9] * 3).assign(variant="other")
+    mixed = _judge(tmp_path, "control_steers", control=pd.concat([_control_runs(gaps, steers), other]))
+    assert mixed["verdict"] == verdict and mixed["details"]["n_seeds"] == len(gaps)
 
 
 # -- the document: byte-identical, paragraphs, tally -------------------------------------------------------------

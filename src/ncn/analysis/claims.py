@@ -792,7 +792,7 @@ CLAIMS = [
           control=lambda s: (f"the same model with {control.LABEL}=0 (generation) and with the flipped label "
                              "(held-out loss), paired by seed"),
           threshold=lambda s: "supported if both CIs lie above 0; not supported if either lies at or below 0",
-          compute=lambda s, v: _reason_up(control.control_claim(s.control, s.cfg)),
+          compute=lambda s, v: _reason_up(control.control_claim(s.control, s.cfg, v)),
           subject=CONTROLLED),
     Claim(key=kvcache.CLAIM_KEY, text=kvcache.CLAIM_TEXT, origin=kvcache.CLAIM_ORIGIN,
           value_label="dloss, beta - uniform bits",
