@@ -469,7 +469,8 @@ def leak_structure(leak, size) -> dict:
 
 def prefix_pool_mismatch(rows: pd.DataFrame, runs, size, variant: str = LEAKY) -> dict:
     """{seed: loss with prefix-only pooling - loss with the whole-window pooling `variant` (the
-    one whose pool sees the future) trained with}: what evaluating it off its training regime costs (no measure of leak); from the leak
+    one whose pool sees the future) trained with}: what evaluating it off its training regime
+    costs (no measure of leak); from the leak
     measurement's eval.json columns, else from the runs table."""
     if {"loss_prefix_pool", "loss_full_pool"} <= set(rows.columns):
         return {int(s): float(p) - float(f) for s, p, f in zip(rows["seed"], rows["loss_prefix_pool"],
@@ -606,7 +607,8 @@ def knob_claim(table, variant, size, conf):
     mono_v = SUPPORTED if len(mono) == len(seeds) else NOT_SUPPORTED
     strength_v = ci_verdict(iv.low, iv.high, 0.0, "above")
     legs = {"monotone": (mono_v, f"entropy falls monotonically in {len(mono)} of {len(seeds)} seeds"),
-            f"stronger than on {BASELINE}": (strength_v, _side_why(strength_v, iv, 0.0, "above", "strength difference CI"))}
+            f"stronger than on {BASELINE}": (strength_v,
+                                             _side_why(strength_v, iv, 0.0, "above", "strength difference CI"))}
     d["legs"] = {k: v for k, (v, _) in legs.items()}
     return _result(iv.mean, iv.low, iv.high, all_of(mono_v, strength_v), _legs_reason(legs), **d)
 
@@ -689,13 +691,14 @@ CLAIMS = [
           statistic=lambda s, v: (f"mean paired dPPL = PPL({v}) - PPL({BASELINE}) over seeds at size {s.size}, "
                                   f"{s.pct} t-CI"),
           null=lambda s: "the NCN's perplexity equals the baseline's (mean paired dPPL = 0)",
-          control=lambda s: (f"the iso-parameter baseline ({BASELINE}): the same Transformer with d_ff widened to the NCN's "
-                             "parameter count, trained on the same batches in the same order, paired by seed"),
+          control=lambda s: (f"the iso-parameter baseline ({BASELINE}): the same Transformer with d_ff widened to "
+                             "the NCN's parameter count, trained on the same batches in the same order, paired by seed"),
           threshold=lambda s: "supported if the CI lies below 0; not supported if it lies at or above 0",
           compute=lambda s, v: ab_claim(s.runs, v, s.size, s.conf)),
     Claim(key="baseline_ppl", text="A standard Transformer struggles to break 5.5 PPL at the original's budget",
           origin="original", value_label="PPL",
-          statistic=lambda s, v: f"validation PPL of the baseline ({BASELINE}) at size {s.size}, {s.pct} t-CI over seeds",
+          statistic=lambda s, v: (f"validation PPL of the baseline ({BASELINE}) at size {s.size}, {s.pct} t-CI over "
+                                  "seeds"),
           null=lambda s: f"the baseline's PPL is at most {s.a['ppl_threshold']:g}",
           control=lambda s: (f"the premise: the GPT-2 tokenizer and a budget within {BUDGET_FACTOR:g}x of the "
                              f"original's {ORIGINAL_TOKENS / 1e6:g}M tokens; otherwise the claim is not applicable"),
