@@ -54,7 +54,7 @@ def fake_claims(claims_value: float) -> dict:
     """claims.compute's document with made-up values; claims 3, 5 and 6 have no interval, claim 2
     is not applicable (no value), as can happen there."""
     verdicts = ["supported", "not applicable", "inconclusive", "supported", "not supported", "inconclusive",
-                "supported", "not supported", "inconclusive"]
+                "supported", "not supported", "inconclusive", "supported", "not supported"]
     claims = []
     for i, c in enumerate(claims_stage.CLAIMS, start=1):
         no_ci = i in (2, 3, 5, 6)
@@ -231,13 +231,15 @@ def test_numbers_from_fake_results(tmp_path):
     assert len(re.findall(r"\\newcommand", text)) == len(macros)
     m = macro_values(out)
     assert m["Profile"] == "smoke" and m["GitCommit"] == "unknown"  # tmp_path is no git checkout
-    assert m["ClaimsTotal"] == "9" and m["ClaimsSupported"] == "3" and m["ClaimsInconclusive"] == "3"
-    assert m["ClaimsNotApplicable"] == "1" and m["ClaimsNotSupported"] == "2"
-    # the original's six claims apart from its future work (8), its promise (9) and our finding (7)
+    assert m["ClaimsTotal"] == "11" and m["ClaimsSupported"] == "4" and m["ClaimsInconclusive"] == "3"
+    assert m["ClaimsNotApplicable"] == "1" and m["ClaimsNotSupported"] == "3"
+    # the original's six claims apart from its future work (8, 10, 11), its promise (9) and our finding (7)
     assert (m["ClaimsOriginalTotal"], m["ClaimsOriginalSupported"], m["ClaimsOriginalNotApplicable"]) == ("6", "2", "1")
     assert (m["ClaimsReplicationTotal"], m["ClaimsReplicationSupported"]) == ("1", "1")
     assert (m["ClaimsPromiseTotal"], m["ClaimsPromiseInconclusive"]) == ("1", "1")
-    assert (m["ClaimsFutureWorkTotal"], m["ClaimsFutureWorkNotSupported"]) == ("1", "1")
+    future = ("ClaimsFutureWorkTotal", "ClaimsFutureWorkNotSupported", "ClaimsFutureWorkSupported")
+    assert tuple(m[k] for k in future) == ("3", "2", "1")
+    assert m["ClaimOneZeroVerdict"] == "supported" and m["ClaimOneOneOrigin"] == "original, future work"
     assert m["ClaimOneValue"] == "$-$0.313" and m["ClaimOneVerdict"] == "supported"
     assert m["ClaimTwoVerdict"] == "not applicable" and m["ClaimTwoValue"] == "n/a"
     assert m["ClaimSevenOrigin"] == "replication" and m["ClaimTwoReason"] == r"the reason of baseline\_ppl"

@@ -29,7 +29,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import options, plots, tables
+from ncn.analysis import options, tables
 from ncn.analysis.stats import INCONCLUSIVE, NOT_SUPPORTED, ci_verdict, paired_differences, t_interval
 
 CLAIM_KEY = "knob_temperature"
@@ -200,6 +200,8 @@ def knobs_figure(df: pd.DataFrame, pdf, png) -> None:
     """Entropy, loss, distinct-2 and repetition against the global β scale, one line per variant
     (mean over seeds)."""
     import matplotlib.pyplot as plt
+
+    from ncn.analysis import plots
 
     plots.setup()
     panels = (("entropy", "next-token entropy (nats)"), ("loss", "held-out loss (nats)"),

@@ -31,7 +31,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import options, plots, tables
+from ncn.analysis import options, tables
 from ncn.analysis.stats import INCONCLUSIVE, ci_verdict, paired_differences, t_interval
 
 POLICIES = ("uniform", "beta", "oracle", "random")
@@ -180,6 +180,8 @@ def kvcache_tex(sm: pd.DataFrame) -> str:
 def curve_figure(sm: pd.DataFrame, pdf, png) -> None:
     """Δloss against cache bytes per token: one panel per variant, one line per policy."""
     import matplotlib.pyplot as plt
+
+    from ncn.analysis import plots
 
     plots.setup()
     variants = list(dict.fromkeys(sm["variant"]))
