@@ -231,6 +231,108 @@ def test_formatting():
     assert paper.fmt_duration(7300) == "2.03~h" and paper.fmt_duration(90) == "90.0~s"
 
 
+def test_prose_writes_the_claims_notation_as_latex():
+    """claims.json keeps plain words; the tables and paragraphs print real math and quotes."""
+    prose = tables.prose
+    assert prose("mean paired dPPL = PPL(causal) - PPL(none), 95% t-CI") == (
+        r"mean paired $\Delta$PPL = PPL(causal) $-$ PPL(none), 95\% t-CI")
+    assert prose("L_reg / reg_lambda <= 0.5 and >= 0.1") == (
+        r"$L_{\mathrm{reg}}$ / reg\_lambda $\le$ 0.5 and $\ge$ 0.1")
+    assert prose("rho > 0 at 'but', the NCN's") == r"$\rho$ $>$ 0 at `but', the NCN's"
+    assert prose('say "hi" now') == "say ``hi'' now"
+    assert prose("layer x seed within 2x of 520M") == r"layer $\times$ seed within 2$\times$ of 520M"
+    assert prose("gamma < max(gate_eps), the eps skipping") == (
+        r"$\gamma$ $<$ max(gate\_eps), the $\varepsilon$ skipping")
+    assert prose("||W_down x|| and log10 ratio") == r"$\|$$W_{\mathrm{down}}$ x$\|$ and $\log_{10}$ ratio"
+    # ...and words without notation are only escaped: a config key, a hyphen, an apostrophe
+    assert prose("a_b & c, t-CI, x-axis, the original's") == r"a\_b \& c, t-CI, x-axis, the original's"
+
+
+def test_claims_table_fits_the_line_with_real_math(tmp_path):
+    doc = fake_claims(-0.3127, load_config(REPO / "config" / "smoke.yaml"))
+    tex = claims_stage.claims_tex(doc)
+    assert tex.startswith(r"\small\begin{tabularx}{\linewidth}") and tex.rstrip().endswith(r"\end{tabularx}")
+    rows = [ln for ln in tex.splitlines() if re.match(r"\d+ & ", ln)]
+    assert len(rows) == 9 and all(ln.count(" & ") == 5 for ln in rows)
+    for plain in ("dPPL", "L\\_reg", "<=", " 'but'", "dloss"):
+        assert plain not in tex, plain
+    assert r"$\Delta$PPL" in tex and r"`but'" in tex and r"$\Delta$loss" in tex
+    paragraphs = claims_stage.claims_paragraphs(doc)
+    assert r"$L_{\mathrm{reg}}$" in paragraphs and "<=" not in paragraphs and "L\\_reg" not in paragraphs
+
+
+def test_public_path_prints_no_machine_local_path():
+    assert paper.public_path("/work/shared/data/tinystories/train.txt", "/work/shared/data/tinystories") == (
+        "tinystories/train.txt")
+    assert paper.public_path("/elsewhere/x/train.txt", "/work/shared/data/tinystories") == "x/train.txt"
+    assert paper.public_path("/train.txt") == "train.txt"
+    for kept in ("data/train.txt", "the last 0.05 of the train stories", "TinyStories-train.txt"):
+        assert paper.public_path(kept, "/work/shared") == kept
+    assert paper.describe_source("local:/work/shared/data/tiny_stories").replace(r"\allowbreak{}", "") == (
+        r"the local folder \texttt{tiny\_stories}")
+
+
+def test_count_tick_labels():
+    from ncn.analysis.plots import count_label
+
+    got = [count_label(x) for x in (0, 500, 2000, 12000, 1500, 16384, 2e6, 1.2e9, -3000, 0.25)]
+    assert got == ["0", "500", "2k", "12k", "1.5k", "16.4k", "2M", "1.2B", "-3k", "0.25"]
+
+
+@pytest.mark.parametrize("scale", ["linear", "log"])
+def test_count_axis_ticks_do_not_collide(scale):
+    """Figure 1's x axis (training tokens up to 16,384, half the text width): short labels, none
+    overlapping its neighbour (they printed as "1000012000140001600")."""
+    import matplotlib.pyplot as plt
+
+    from ncn.analysis import plots
+
+    plots.setup()
+    fig, ax = plt.subplots(figsize=(plots.TEXT_WIDTH_IN / 2, 2.5))
+    x = [256, 4096, 8192, 16384] if scale == "linear" else [2e4, 4e4, 9e4, 3e5]
+    ax.plot(x, [3, 2, 1.5, 1.4])
+    ax.set_xscale(scale)
+    plots.count_axis(ax.xaxis)
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    shown = [t for t in ax.get_xticklabels() if t.get_text() and lo <= t.get_position()[0] <= hi]
+    boxes = sorted((t.get_window_extent().x0, t.get_window_extent().x1) for t in shown)
+    plt.close(fig)
+    assert 3 <= len(shown) <= 7
+    assert all(len(t.get_text()) <= 4 for t in shown), [t.get_text() for t in shown]
+    assert all(b[0] > a[1] for a, b in zip(boxes, boxes[1:])), "tick labels overlap"
+    if scale == "linear":
+        assert [t.get_text() for t in shown] == ["0", "5k", "10k", "15k"]
+
+
+def test_brain_scan_is_as_wide_as_the_text_and_labels_every_token(tmp_path):
+    """At print size (the figure is the text's width) a token label is at least 6 pt and has
+    room: one panel per (signal, variant) across the whole width, labels under the last only."""
+    import matplotlib.pyplot as plt
+
+    from ncn.analysis import brainscan, plots
+
+    tokens = [f"tok{i}" for i in range(26)]
+    rows = [{"pos": p, "layer": layer, "token": t, "token_id": p, "g": 1.0, "beta": 1.0, "gamma": 0.9}
+            for p, t in enumerate(tokens) for layer in range(6)]
+    scans = {v: brainscan.matrices(pd.DataFrame(rows)) for v in ("causal", "asrun", "tonic", "static")}
+    cfg = load_config(REPO / "config" / "smoke.yaml")
+    figs = []
+    with mock.patch.object(brainscan.options, "save_figure", lambda fig, *a, **k: figs.append(fig)):
+        brainscan._heatmaps(scans, cfg, tmp_path / "b.pdf", tmp_path / "b.png", deviation=False)
+    fig = figs[0]
+    width, height = fig.get_size_inches()
+    assert width == plots.TEXT_WIDTH_IN and height < 0.65 * 9.7  # fits \genfigure[0.65] unscaled (A4 text)
+    labelled = [ax for ax in fig.axes if any(t.get_text() for t in ax.get_xticklabels())]
+    assert len(labelled) == 1 and [t.get_text() for t in labelled[0].get_xticklabels()] == tokens
+    assert min(t.get_fontsize() for t in labelled[0].get_xticklabels()) >= 6
+    panel_width_in = labelled[0].get_position().width * width
+    assert panel_width_in / len(tokens) >= 0.15  # inches per token: a rotated 7 pt label is 0.1 in
+    colour_bars = [ax for ax in fig.axes if ax.get_label().startswith("colour bar")]
+    assert len(colour_bars) == 3 and all(cb.yaxis.label.get_fontsize() >= 7 for cb in colour_bars)
+    plt.close(fig)
+
+
 def test_numbers_from_fake_results(tmp_path):
     claims = make_fake_results(tmp_path)
     out = run_numbers(tmp_path)

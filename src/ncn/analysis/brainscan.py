@@ -150,7 +150,7 @@ def _heatmaps(scans: dict, cfg: dict, pdf, png, deviation: bool, note: str = "")
             group.append(ax)
         # One colour bar per signal, beside its group: the limits are shared by every model in it.
         top, low = group[0].get_position(), group[-1].get_position()
-        cax = fig.add_axes((CBAR_LEFT, low.y0, CBAR_WIDTH, top.y1 - low.y0))
+        cax = fig.add_axes((CBAR_LEFT, low.y0, CBAR_WIDTH, top.y1 - low.y0), label=f"colour bar {s}")
         cb = fig.colorbar(im, cax=cax)
         cb.set_label(SIGNAL_TEX[s] + (" − init" if deviation else ""))
     title = ("Deviation from the initial value; symmetric limit ±%g shared by all models" % dlim if deviation
