@@ -272,6 +272,32 @@ def test_public_path_prints_no_machine_local_path():
         r"the local folder \texttt{tiny\_stories}")
 
 
+def test_commit_is_read_from_the_git_files_when_git_cannot_say(tmp_path):
+    """A checkout git refuses (another user's: "dubious ownership") still reports its commit."""
+    from ncn import provenance
+
+    a, b = "a" * 40, "b" * 40
+    main = tmp_path / "main"
+    (main / ".git" / "refs" / "heads").mkdir(parents=True)
+    (main / ".git" / "HEAD").write_text("ref: refs/heads/master\n")
+    (main / ".git" / "packed-refs").write_text(f"# pack-refs with: peeled\n{a} refs/heads/master\n")
+    (main / "src").mkdir()
+    with mock.patch.object(provenance, "_git", return_value=None):
+        assert provenance.git_commit(main / "src") == a  # packed
+        (main / ".git" / "refs" / "heads" / "master").write_text(b + "\n")
+        assert provenance.git_commit(main) == b  # a loose ref wins
+        wt = main / ".git" / "worktrees" / "paper"  # a worktree: .git is a file, refs in the main folder
+        wt.mkdir(parents=True)
+        (wt / "HEAD").write_text("ref: refs/heads/master\n")
+        (wt / "commondir").write_text("../..\n")
+        (tmp_path / "paper").mkdir()
+        (tmp_path / "paper" / ".git").write_text(f"gitdir: {wt}\n")
+        assert provenance.git_commit(tmp_path / "paper") == b
+        (wt / "HEAD").write_text(a + "\n")  # detached
+        assert provenance.git_commit(tmp_path / "paper") == a
+        assert provenance.git_commit(tmp_path) == provenance.UNKNOWN  # no checkout: unknown, never made up
+
+
 def test_count_tick_labels():
     from ncn.analysis.plots import count_label
 
