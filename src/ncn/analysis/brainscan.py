@@ -1,4 +1,5 @@
-"""Brain scans: heatmaps (layers × tokens) of g, β, γ on the seed's sentence, one row per variant,
+"""Brain scans: heatmaps (layers × tokens) of g, β, γ on the seed's sentence, one group of stacked
+panels per signal and in it one panel per variant, as wide as the paper's text,
 each cell the MEAN over the seeds traced (every trace given of that variant; the sentences and
 their tokens are the same in every seed's trace, which is checked).
 
@@ -117,7 +118,7 @@ def _panel(ax, data, labels, vmin, vmax, cmap, variant: str, bottom: bool):
     ax.grid(False)
     layers = data.shape[0]
     ax.set_yticks(sorted({0, layers - 1}))  # first and last layer: a short panel holds no more
-    ax.set_ylabel(variant, rotation=0, ha="right", va="center", labelpad=10)
+    ax.set_ylabel(f"{variant}\nlayer", rotation=0, ha="right", va="center", labelpad=10)
     ax.set_xticks(range(len(labels)))
     # Every panel shows the same sentence: token labels under the bottom panel only.
     ax.set_xticklabels(labels if bottom else [], rotation=90)
