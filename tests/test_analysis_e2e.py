@@ -292,7 +292,7 @@ def test_claims_json(tree):
     gate = next(c for c in doc["claims"] if c["key"] == "gamma_gates")  # the skip grid holds max(gate_eps)
     assert "no skip measurement" not in gate["reason"], gate["reason"]
     tex = (tree["res"] / "tables" / "claims.tex").read_text()
-    assert "\\begin{tabular}" in tex and tex.count("\\\\") == 1 + len(CLAIMS)  # header + a row per claim
+    assert "\\begin{tabularx}{\\linewidth}" in tex and tex.count("\\\\") == 1 + len(CLAIMS)  # header + a row per claim; fits the line
     text = (tree["res"] / "tables" / "claims_text.tex").read_text()
     assert text.count("\\paragraph{") == len(CLAIMS) and "Null hypothesis" in text
 

@@ -67,7 +67,7 @@ import numpy as np
 import pandas as pd
 
 from ncn.analysis import control, knobs, kvcache, options, tables
-from ncn.analysis.macros import finite, fmt_sig, macro_name, tex_escape
+from ncn.analysis.macros import finite, fmt_sig, macro_name
 from ncn.analysis.runs import SIGNALS, largest_size, load_runs_table, per_seed, primary_ncn, read_train_log
 from ncn.analysis.stats import (INCONCLUSIVE, NOT_APPLICABLE, NOT_SUPPORTED, SUPPORTED, VERDICTS, Interval, all_of,
                                 blocked_anova, ci_verdict, fisher_interval, friedman, nan_to_none,
@@ -878,18 +878,24 @@ def _value_ci(c: dict) -> str:
     return val
 
 
+# The claims table's columns: the claim's words take what the fixed columns leave of the line.
+CLAIMS_TABLE_ALIGN = ("@{}r" + tables.ragged("X") + tables.ragged("0.11") + tables.ragged("0.14")
+                      + tables.ragged("0.19") + "l@{}")
+
+
 def claims_tex(doc: dict) -> str:
+    """The claims table: a tabularx as wide as the line, every column of words ragged right."""
     header = [r"\#", "Claim", "Origin", "Value", "Value [interval]", "Verdict"]
-    rows = [[str(c["id"]), tables.escape(c["claim"]), tables.escape(c["origin"]), tables.escape(c["value_label"]),
+    rows = [[str(c["id"]), tables.prose(c["claim"]), tables.prose(c["origin"]), tables.prose(c["value_label"]),
              _value_ci(c), tables.escape(c["verdict"])] for c in doc["claims"]]
-    return tables.booktabs(header, rows, r"@{}r p{0.28\linewidth} p{0.13\linewidth} p{0.14\linewidth} l l@{}")
+    return tables.booktabs(header, rows, CLAIMS_TABLE_ALIGN, full_width=True)
 
 
 def claims_paragraphs(doc: dict) -> str:
     """One paragraph per claim: its test, null hypothesis, control, decision rule and result."""
     out = []
     for c in doc["claims"]:
-        e = tables.escape
+        e = tables.prose
         out.append(f"\\paragraph{{Claim {c['id']} ({e(c['origin'])}): {e(c['claim'])}.}}\n"
                    f"\\emph{{Test:}} {e(c['statistic'])}. \\emph{{Null hypothesis:}} {e(c['null'])}. "
                    f"\\emph{{Control:}} {e(c['control'])}. \\emph{{Decision:}} {e(c['threshold'])}. "
@@ -989,9 +995,9 @@ def numbers(doc: dict, cfg: dict) -> dict:
         # Claims judged by a constant or a measurement have no interval (null bounds).
         m[stem + "CI"] = (rf"\ConfidencePct{{}} interval [{fmt_sig(c['ci_low'])}, {fmt_sig(c['ci_high'])}]"
                           if finite(c["ci_low"]) and finite(c["ci_high"]) else "no interval")
-        m[stem + "Statistic"] = tex_escape(c["statistic"])
-        m[stem + "Threshold"] = tex_escape(c["threshold"])
-        m[stem + "Text"] = tex_escape(c["claim"])
-        m[stem + "Origin"] = tex_escape(c.get("origin", ""))
-        m[stem + "Reason"] = tex_escape(c.get("reason") or "")
+        m[stem + "Statistic"] = tables.prose(c["statistic"])
+        m[stem + "Threshold"] = tables.prose(c["threshold"])
+        m[stem + "Text"] = tables.prose(c["claim"])
+        m[stem + "Origin"] = tables.prose(c.get("origin", ""))
+        m[stem + "Reason"] = tables.prose(c.get("reason") or "")
     return {"claims (results/claims.json)": m}

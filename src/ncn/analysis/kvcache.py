@@ -185,7 +185,8 @@ def curve_figure(sm: pd.DataFrame, pdf, png) -> None:
 
     plots.setup()
     variants = list(dict.fromkeys(sm["variant"]))
-    fig, axes = plt.subplots(1, len(variants), figsize=(2.6 * len(variants), 2.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(variants), figsize=(max(plots.TEXT_WIDTH_IN, 1.6 * len(variants)), 2.4),
+                             sharey=True, squeeze=False)
     styles = {"uniform": ("0.3", "o-"), "beta": ("#1b9e77", "s-"), "oracle": ("#7570b3", "^--"),
               "random": ("#d95f02", "x:")}
     for ax, variant in zip(axes[0], variants):
