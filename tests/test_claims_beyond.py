@@ -142,9 +142,9 @@ def test_the_paragraphs_render_the_new_claims(tmp_path):
     ids = {c["key"]: c["id"] for c in doc["claims"]}
     for key in ("kvcache_beta_guided", "knob_temperature"):
         c = next(c for c in doc["claims"] if c["key"] == key)
-        head = f"\\paragraph{{Claim {ids[key]} (original, future work): {tables.escape(c['claim'])}.}}"
+        head = f"\\paragraph{{Claim {ids[key]} (original, future work): {tables.prose(c['claim'])}.}}"
         assert head in text and c["verdict"] == "supported"
-    assert "beta-guided" in claims.claims_tex(doc) and "temperature" in claims.claims_tex(doc)
+    assert "$\\beta$-guided" in claims.claims_tex(doc) and "temperature" in claims.claims_tex(doc)
 
 
 def test_the_tally_counts_them_as_future_work_not_as_the_originals(tmp_path):
