@@ -16,7 +16,8 @@ the real one:
                           the formatters, not the LaTeX build)
   do_not_mutate_patterns  EXCLUDE below: lines raising an exception (error-message text) and
                           logging/progress output are not mutated (bench/README.md)
-  pytest args             the fast tests: -m "not slow", from --tests (default: tests/)
+  pytest args             the fast tests: -m "not slow and not source" (source: style tests that read
+                          the source text, which mutants break by construction), from --tests
 
 With --sample N, a fixed sample of N mutants per module is drawn with random.Random(--seed) from
 the sorted list of its mutants (the same N names for the same sources). Results: one row per
@@ -87,7 +88,7 @@ def mutmut_config(files: list[str], tests: list[str]) -> str:
         f"only_mutate = {arr(files)}",
         "do_not_mutate_patterns = [" + ", ".join(f"'{p}'" for p in EXCLUDE) + "]",
         f"also_copy = {arr(also)}",
-        'pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider"]',
+        'pytest_add_cli_args = ["-m", "not slow and not source", "-p", "no:cacheprovider"]',
         f"pytest_add_cli_args_test_selection = {arr(tests)}",
         'process_isolation = "forkserver"',  # torch is not fork-safe after the stats run
         "use_git_change_detection = false",

@@ -35,6 +35,7 @@ def test_every_analysis_is_a_module_whose_outputs_the_caller_names(what):
         assert a.required and a.default is None, f"ncn analyze {what} {a.option_strings[0]} has a default name"
 
 
+@pytest.mark.source
 def test_the_dispatcher_has_no_per_command_branches():
     body = (ROOT / "src" / "ncn" / "analysis" / "cli.py").read_text()
     assert not re.search(r"\belif\b|\bif a\.what\b|== \"(?:runs|ab|claims)\"", body)

@@ -161,6 +161,7 @@ def test_the_tally_counts_them_as_future_work_not_as_the_originals(tmp_path):
     assert "\\ClaimOneZeroVerdict" in prose and "\\ClaimOneOneVerdict" in prose and "\\ClaimsFutureWorkTotal" in prose
 
 
+@pytest.mark.source
 def test_no_variant_name_is_compared_in_claims():
     from ncn.variants import names
 

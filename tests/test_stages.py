@@ -62,6 +62,7 @@ def test_trigger_narrows_size_defs_to_the_job_size(cfg):
     assert stages.trigger(other, "train", size=b) != stages.trigger(cfg, "train", size=b)
 
 
+@pytest.mark.source
 def test_every_command_names_a_declared_stage():
     used = set()
     for p in (REPO / "src" / "ncn").rglob("*.py"):

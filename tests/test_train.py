@@ -347,6 +347,7 @@ def test_train_state_round_trips_through_its_state_dict():
     assert sd_b["seed"] == 1  # the stamp stays the new run's: it is checked before a checkpoint is loaded
 
 
+@pytest.mark.source
 def test_no_function_in_the_trainer_is_longer_than_60_lines():
     import ast
 
