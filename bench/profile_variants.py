@@ -212,7 +212,8 @@ def shape_rows(shape, a) -> list[dict]:
                  share_of_none_step=round(v / none_ms, 4), max_abs_diff="", note="whole training step")
             for k, v in whole.items()]
     table, ctx = pieces(shape, a)
-    for part, items in (("piece", {k: (f, n, "") for k, (f, n) in table.items()}), ("proposal", proposals(ctx, shape, a))):
+    parts = (("piece", {k: (f, n, "") for k, (f, n) in table.items()}), ("proposal", proposals(ctx, shape, a)))
+    for part, items in parts:
         ms = interleaved_ms({k: f for k, (f, _, _) in items.items()}, a, a.rounds)
         rows += [dict(shape=shape.name, part=part, item=k, ms=round(ms[k], 3), per_step=n,
                       ms_per_step=round(ms[k] * n, 3), share_of_none_step=round(ms[k] * n / none_ms, 4),
