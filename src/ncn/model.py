@@ -212,18 +212,22 @@ class PrefixPool(nn.Module):
         self.proj = nn.Linear(d_model, d_model, bias=False)
 
     def _scores_values(self, e):
-        B, T, _ = e.shape
-        k, v = self.kv(e).view(B, T, 2, self.n_heads, self.head_dim).unbind(2)  # (B, T, H, hd)
-        scores = torch.einsum("bthd,hd->bth", k, self.query) / math.sqrt(self.head_dim)
-        return scores, k, v
+        """scores (B, T, H) = k·q/√hd and values (B, T, H, hd). kv's rows are the key, then the
+        value projection; k·q = e·(W_kᵀq), so the keys themselves are never formed."""
+        B, T, d = e.shape
+        w_k, w_v = self.kv.weight.split(d)
+        qk = torch.einsum("hjd,hj->hd", w_k.view(self.n_heads, self.head_dim, d), self.query)
+        scores = e @ (qk.t() / math.sqrt(self.head_dim))
+        return scores, F.linear(e, w_v).view(B, T, self.n_heads, self.head_dim)
 
     def forward(self, e: torch.Tensor, causal: bool) -> torch.Tensor:
         B, T, d = e.shape
-        scores, k, v = self._scores_values(e)
+        scores, v = self._scores_values(e)
         if not causal:
             p = torch.softmax(scores, dim=1)  # over all T positions: the future included
             pooled = torch.einsum("bth,bthd->bhd", p, v).reshape(B, 1, d)
         elif PREFIX_POOL_IMPL == "sdpa":  # the O(T²) reference: the query repeated per position
+            k = F.linear(e, self.kv.weight[:d]).view(B, T, self.n_heads, self.head_dim)
             q = self.query.view(1, self.n_heads, 1, self.head_dim).expand(B, -1, T, -1).contiguous()
             pooled = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
             pooled = pooled.transpose(1, 2).reshape(B, T, d)
@@ -234,7 +238,7 @@ class PrefixPool(nn.Module):
     # -- incremental (generation): running softmax sums (max m, denominator, numerator) --------
     def prefix_state(self, e: torch.Tensor):
         """The running-sum state after pooling all of `e` (B, T, d), to continue with `step`."""
-        scores, _, v = self._scores_values(e)
+        scores, v = self._scores_values(e)
         m = scores.amax(dim=1)  # (B, H)
         w = torch.exp(scores - m.unsqueeze(1))
         return m, w.sum(dim=1), torch.einsum("bth,bthd->bhd", w, v)
@@ -242,7 +246,7 @@ class PrefixPool(nn.Module):
     def step(self, e: torch.Tensor, state):
         """Pool one more position e (B, 1, d) onto `state`: O(1) per token, no prefix recompute."""
         B, _, d = e.shape
-        scores, _, v = self._scores_values(e)
+        scores, v = self._scores_values(e)
         s, v = scores[:, 0], v[:, 0]  # (B, H), (B, H, hd)
         m, den, num = state
         m_new = torch.maximum(m, s)
