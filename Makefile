@@ -4,20 +4,24 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.ncn-installed
 CORES ?= all
+# The profile whose results/<profile>/ folder `make mlflow-ui` and `make paper` use.
+PROFILE ?= default
+PORT  ?= 5000
 # Offline machines (ours, CI): the TinyStories excerpt beside the checkout.
 export NCN_DATA_DIR ?= $(if $(wildcard ../shared/data/tinystories/train.txt),$(abspath ../shared/data/tinystories),)
 
-.PHONY: setup test test-fast reproduce smoke paper bench mutate mlflow-ui clean help tex
+.PHONY: setup test test-fast reproduce smoke paper bench mutate mlflow-ui chromium clean help tex
 
 help:
 	@echo "make setup      create $(VENV) and install the pinned environment (idempotent)"
 	@echo "make reproduce  setup, then 'snakemake --cores $(CORES)' (the default profile)"
 	@echo "make test       setup, then the whole pytest suite"
 	@echo "make smoke      setup, then the smoke profile (~3 min)"
-	@echo "make paper      rebuild results/paper/ncn.pdf (after editing paper/)"
+	@echo "make paper      rebuild results/$(PROFILE)/paper/ncn.pdf (after editing paper/)"
 	@echo "make bench      speed benchmarks -> results/bench/ (and results/timing/stages.csv)"
 	@echo "make mutate     mutation testing of the science modules -> results/bench/mutation.csv (not CI)"
-	@echo "make mlflow-ui  browse the runs at http://127.0.0.1:5000"
+	@echo "make mlflow-ui  browse the runs of results/$(PROFILE)/ (PROFILE=smoke make mlflow-ui) on port $(PORT)"
+	@echo "make clean      delete results/$(PROFILE)/ (the profile's whole results folder) and .snakemake/"
 
 setup: $(STAMP) tex
 
@@ -36,7 +40,7 @@ tex:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEX_PKGS) >/dev/null; \
 	else echo "WARNING: latexmk/pdftotext missing; the paper rule needs: apt-get install $(TEX_PKGS) (or conda: envs/paper.yaml)"; fi
 
-test: setup
+test: setup chromium
 	$(VENV)/bin/pytest -q
 
 test-fast: setup
@@ -49,7 +53,7 @@ smoke: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/smoke.yaml
 
 paper: setup
-	$(VENV)/bin/snakemake --cores $(CORES) --forcerun paper results/paper/ncn.pdf
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/$(PROFILE).yaml --forcerun paper results/$(PROFILE)/paper/ncn.pdf
 
 # model: every variant vs a textbook GPT (tokens/s, ratios, MFU); startup: a smoke `ncn train`'s
 # start-up and exit; stages: the last Snakemake run's wall time per stage (bench/README.md)
@@ -66,8 +70,20 @@ mutate: setup
 	$(PY) -m pip install -q --disable-pip-version-check -r envs/mutate.txt
 	$(PY) bench/mutate.py --sample $(MUTATE_SAMPLE) $(MUTATE_ARGS)
 
+# The UI runs inside results/$(PROFILE)/: the store keeps its artifact locations relative to that
+# folder (so the folder can be copied or moved). The job-execution workers stay off, so Ctrl-C
+# leaves no processes behind.
 mlflow-ui: setup
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000
+	@test -f results/$(PROFILE)/mlflow.db || { echo "no MLflow store in results/$(PROFILE)/: run that profile first, or pick one: make mlflow-ui PROFILE=smoke"; exit 2; }
+	@echo "MLflow UI for results/$(PROFILE); the runs table: $$($(PY) -c 'import sys; from ncn.tracking import ui_url; print(ui_url(sys.argv[1], int(sys.argv[2])))' results/$(PROFILE) $(PORT))"
+	cd results/$(PROFILE) && MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(abspath $(VENV))/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
+
+# Browser tests (tests/test_mlflow_ui.py): headless Chromium from Debian's packages, when root.
+chromium:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "WARNING: chromium missing; the MLflow UI browser test will skip (apt-get install chromium)"; fi
 
 clean:
-	rm -rf results/data results/runs results/traces results/tables results/figures results/timing results/paper results/logs results/benchmarks results/claims.json results/mlflow.db results/mlflow.ready results/config.json results/report.html .snakemake
+	rm -rf results/$(PROFILE) .snakemake

@@ -12,7 +12,7 @@ import time
 import pytest
 
 # Files whose bytes two smoke runs from scratch must reproduce (tests/test_faults.py).
-REPRODUCIBLE_GLOBS = ("results/tables/*.csv", "results/claims.json")
+REPRODUCIBLE_GLOBS = ("results/smoke/tables/*.csv", "results/smoke/claims.json")
 
 
 @pytest.fixture(scope="session")

@@ -264,7 +264,7 @@ def test_skip_gathers_fewer_rows():
 
 # -- helpers of workflow/rules/analysis.smk and of the trace ------------------------------------------
 def test_rule_helpers():
-    from ncn.analysis.rules import claim_variants, params_key, trace_seed
+    from ncn.analysis.rules import claim_variants, trace_seed
 
     cfg = {"variants": ["none", "asrun", "tonic"], "seeds": [3, 4], "analysis": {"trace_seed": 0, "skip_eps": [0.1],
                                                                                "confidence": 0.95}, "eval": {"b": 1}}
@@ -272,10 +272,7 @@ def test_rule_helpers():
     assert claim_variants(cfg) == ["asrun"]  # no causal: the first NCN variant is asrun itself
     assert claim_variants({**cfg, "variants": ["none", "causal", "asrun"]}) == ["causal", "asrun"]
     assert claim_variants({**cfg, "variants": ["none"]}) == []
-    a = params_key(cfg, "confidence", top=("eval",))
-    assert json.loads(a) == {"analysis": {"confidence": 0.95}, "eval": {"b": 1}}
-    cfg["analysis"]["skip_eps"] = [0.2]  # a key this rule does not read: same trigger
-    assert params_key(cfg, "confidence", top=("eval",)) == a
+    # the rules' rerun triggers: tests/test_stages.py
 
 
 class _CharTokenizer:

@@ -70,4 +70,5 @@ def test_unknown_variant_and_size(tmp_path):
 def test_defaults_filled(tmp_path):
     cfg = load_config(_write(tmp_path, _base()))
     assert cfg["model"]["reg_lambda"] == 0.01
-    assert cfg["mlflow"]["tracking_uri"].startswith("sqlite:///")
+    assert cfg["mlflow"]["enabled"] is True
+    assert cfg["mlflow"]["tracking_uri"] is None  # ncn.tracking.store_uri: results/<profile>/mlflow.db

@@ -11,7 +11,7 @@
   metrics.json is written last, so a killed job never has all its outputs and Snakemake reruns it.
   The test checks exactly this sequence, and that the resumed run ends with the metrics, log and
   weights of an uninterrupted run (timing keys aside: ncn.train.TIMING_KEYS).
-* Two smoke runs from scratch give byte-identical results/tables/*.csv and results/claims.json.
+* Two smoke runs from scratch give byte-identical results/smoke/tables/*.csv and results/smoke/claims.json.
   (A training job killed by itself under a live Snakemake is tests/test_workflow.py's; a corrupt
   checkpoint, MLflow down and parallel jobs on one store are tests/test_train.py's and
   tests/test_tracking.py's.)
@@ -35,7 +35,7 @@ import pytest
 from conftest import reproducible_files
 from test_workflow import copy_repo, snakemake, write_corpus
 
-RUN = "results/runs/causal/xs/seed0"
+RUN = "results/smoke/runs/causal/xs/seed0"
 TARGET = f"{RUN}/metrics.json"
 OUTPUTS = ("model.pt", "metrics.json", "train_log.csv")  # the train rule's outputs
 FIRST_CKPT = "ckpt/step_000020.pt.sha256"  # smoke: ckpt_every 20; the digest is written last
@@ -104,8 +104,8 @@ def test_sigkilled_snakemake_and_job_resume_to_the_uninterrupted_result(tmp_path
     r = smoke_target(repo, "--cores", "1", TARGET, env=env)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "reason: Missing output files" in r.stdout and "rule train:" in r.stdout, r.stdout[-3000:]
-    job_log = (repo / "results" / "logs" / "train" / "causal" / "xs" / "seed0.log").read_text()
-    assert "resuming from results/runs/causal/xs/seed0/ckpt/step_0000" in job_log, job_log[-2000:]
+    job_log = (repo / "results" / "smoke" / "logs" / "train" / "causal" / "xs" / "seed0.log").read_text()
+    assert "resuming from results/smoke/runs/causal/xs/seed0/ckpt/step_0000" in job_log, job_log[-2000:]
     resumed_at = json.loads((run / "metrics.json").read_text())["resumed_at_steps"]
     assert len(resumed_at) == 1 and resumed_at[0] >= 20, resumed_at
 
@@ -119,7 +119,9 @@ def test_sigkilled_snakemake_and_job_resume_to_the_uninterrupted_result(tmp_path
     # 5. the killed MLflow run was continued and finished; Snakemake has nothing left to do
     from mlflow.tracking import MlflowClient
 
-    info = MlflowClient(tracking_uri=mlflow_run["tracking_uri"]).get_run(mlflow_run["run_id"]).info
+    from ncn.tracking import read_state
+
+    info = MlflowClient(tracking_uri=read_state(run)["store"].uri).get_run(mlflow_run["run_id"]).info
     assert info.status == "FINISHED"
     assert json.loads((run / "mlflow_run.json").read_text())["run_id"] == mlflow_run["run_id"]
     r = smoke_target(repo, "--cores", "1", TARGET, env=env)
@@ -131,7 +133,7 @@ def test_sigkilled_snakemake_and_job_resume_to_the_uninterrupted_result(tmp_path
 def test_two_smoke_runs_from_scratch_are_byte_identical(smoke_session, tmp_path):
     """The session's smoke run and a second one in a fresh copy, on the same corpus."""
     first = smoke_session["reproducible"]
-    assert any(k.startswith("results/tables/") for k in first) and "results/claims.json" in first, sorted(first)
+    assert any(k.startswith("results/smoke/tables/") for k in first) and "results/smoke/claims.json" in first, sorted(first)
 
     repo = copy_repo(tmp_path / "repo")
     t0 = time.monotonic()

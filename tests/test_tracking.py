@@ -1,10 +1,15 @@
-"""MLflow tracking: what a run records, resume into the same run, failures that must not stop
-training, `ncn mlflow-sync` replay, and four jobs in parallel on one SQLite store."""
+"""MLflow tracking: the pipeline run and its nested training/evaluation runs, what a run records
+(params, metrics, dataset input, model, system metrics, source tags), hand runs in their own
+experiment, a store that works after being copied, resume into the same run, failures that must
+not stop training, `ncn mlflow-sync` replay, and four jobs in parallel on one SQLite store."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,21 +18,27 @@ import pytest
 
 from test_train import ROOT, make_data, ncn_subprocess, run_train, tiny_config, train_args
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                                        "ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """Data, a config with MLflow on, and an initialised SQLite store (ncn mlflow-init)."""
+    """Data, a config with MLflow on, an initialised store with a pipeline run (ncn mlflow-init),
+    and one training job of that pipeline (its MLflow env set, as Snakemake sets it)."""
     from ncn.tracking import main_mlflow_init
 
     tmp = tmp_path_factory.mktemp("mlf")
     data = make_data(tmp / "data")
     cfg = tiny_config(tmp, mlflow={"enabled": True})
-    assert main_mlflow_init(["--config", str(cfg), "--out", str(tmp / "mlflow.ready")]) == 0
-    ready = json.loads((tmp / "mlflow.ready").read_text())
-    assert ready["tracking_uri"] == f"sqlite:///{tmp}/mlflow.db" and (tmp / "mlflow.db").exists()
-    return tmp, data, cfg
+    ready = tmp / "mlflow.ready"
+    assert main_mlflow_init(["--config", str(cfg), "--out", str(ready)]) == 0
+    env = {"NCN_MLFLOW_PIPELINE": str(ready), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        metrics = run_train(cfg, tmp / "runs" / "causal", data, variant="causal", seed=0)
+    return {"tmp": tmp, "data": data, "cfg": cfg, "ready": ready, "env": env, "metrics": metrics}
 
 
 def client_for(tmp: Path):
@@ -36,53 +47,194 @@ def client_for(tmp: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
 
 
-def runs_named(tmp: Path, name: str):
+def artifacts(tmp: Path, run_id: str, path: str | None = None) -> set[str]:
+    """Artifact paths of a run; listed from the store's folder, which its relative URIs resolve against."""
+    old = os.getcwd()
+    os.chdir(tmp)
+    try:
+        return {a.path for a in client_for(tmp).list_artifacts(run_id, path)}
+    finally:
+        os.chdir(old)
+
+
+def runs_named(tmp: Path, name: str, experiment: str = "testprof"):
+    c = client_for(tmp)
+    exp = c.get_experiment_by_name(experiment)
+    return [] if exp is None else [r for r in c.search_runs([exp.experiment_id]) if r.info.run_name == name]
+
+
+def test_init_opens_a_pipeline_run_with_relative_paths(store):
+    tmp = store["tmp"]
+    ready = json.loads(store["ready"].read_text())
+    assert ready["store"] == "mlflow.db" and ready["experiment"] == "testprof" and (tmp / "mlflow.db").exists()
+    assert not any(str(v).startswith("/") for v in ready.values()), ready
     c = client_for(tmp)
     exp = c.get_experiment_by_name("testprof")
-    return [r for r in c.search_runs([exp.experiment_id]) if r.info.run_name == name]
+    assert exp.artifact_location == f"mlartifacts/{exp.experiment_id}"
+    assert c.get_experiment("0").artifact_location == "mlartifacts/0"
+    parent = c.get_run(ready["run_id"])
+    assert parent.info.status == "RUNNING" and parent.data.tags["ncn.stage"] == "pipeline"
+    assert parent.data.params["train.lr"] == "0.003"
 
 
-def test_run_recorded_with_params_metrics_tags_artifacts(store):
-    tmp, data, cfg = store
+def test_training_run_records_params_metrics_dataset_and_source(store):
+    tmp, m = store["tmp"], store["metrics"]
     run = tmp / "runs" / "causal"
-    m = run_train(cfg, run, data, variant="causal", seed=0)
     (r,) = runs_named(tmp, "causal-xs-s0")
-    assert r.info.status == "FINISHED"
-    assert r.info.run_id == json.loads((run / "mlflow_run.json").read_text())["run_id"]
+    ready = json.loads(store["ready"].read_text())
+    assert r.info.status == "FINISHED" and r.data.tags["mlflow.parentRunId"] == ready["run_id"]
+    state = json.loads((run / "mlflow_run.json").read_text())
+    assert state == {"store": "../../mlflow.db", "experiment": "testprof", "run_id": r.info.run_id,
+                     "logged_through_step": 20}
+    assert not r.info.artifact_uri.startswith("/") and r.info.artifact_uri.startswith("mlartifacts/")
     p = r.data.params
+    assert (p["variant"], p["size"], p["seed"]) == ("causal", "xs", "0")
     assert p["train.lr"] == "0.003" and p["size_defs.xs.d_model"] == "32" and p["variants"] == '["none", "causal"]'
-    assert p["n_params"] == str(m["n_params"]) and p["resolved_model.ncn"] == "causal"
+    assert p["n_params"] == str(m["n_params"]) and p["resolved_model.ncn"] == "causal" and p["device"] == "cpu"
     t = r.data.tags
-    assert (t["variant"], t["size"], t["seed"]) == ("causal", "xs", "0") and len(t["git_commit"]) >= 7
+    assert (t["variant"], t["size"], t["seed"]) == ("causal", "xs", "0") and t["ncn.run_dir"] == "runs/causal"
+    assert t["mlflow.source.name"] == "ncn train" and t["mlflow.source.type"] == "JOB" and t["mlflow.user"]
+    assert t["mlflow.source.git.commit"] == ready["git_commit"]
+    # results are metrics; constants (seed, n_params, steps, ...) are not
+    assert r.data.metrics["final_loss"] == pytest.approx(m["final_loss"])
+    assert not {"seed", "n_params", "steps", "final/seed"} & set(r.data.metrics)
+    assert any(k.startswith("system/") for k in r.data.metrics), sorted(r.data.metrics)
     hist = client_for(tmp).get_metric_history(r.info.run_id, "loss")
     assert [h.step for h in sorted(hist, key=lambda h: h.step)] == [1] + list(range(2, 21, 2))
-    assert r.data.metrics["final/final_loss"] == pytest.approx(m["final_loss"])
-    assert "g_mean_l0" in r.data.metrics
-    arts = {a.path for a in client_for(tmp).list_artifacts(r.info.run_id)}
-    assert arts == {"metrics.json", "config.json", "train_log.csv"}
+    (inp,) = r.inputs.dataset_inputs
+    sha = hashlib.sha256((store["data"] / "train.bin").read_bytes()).hexdigest()
+    assert inp.dataset.name == "train.bin" and inp.dataset.digest == sha[:36]
+    assert {t.key: t.value for t in inp.tags}["sha256"] == sha
+    assert json.loads(inp.dataset.source)["uri"] == "data/train.bin"
+    assert artifacts(tmp, r.info.run_id) == {"metrics.json", "config.json", "train_log.csv"}
+
+
+def test_logged_model_loads_and_matches_model_pt(store, monkeypatch):
+    import mlflow
+    import torch
+
+    from ncn.model import load_model
+
+    tmp = store["tmp"]
+    (r,) = runs_named(tmp, "causal-xs-s0")
+    monkeypatch.chdir(tmp)  # relative artifact URIs resolve against the store's folder
+    mlflow.set_tracking_uri("sqlite:///mlflow.db")
+    model = mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model")
+    ref, _ = load_model(tmp / "runs" / "causal" / "model.pt")
+    x = torch.randint(0, ref.cfg.vocab_size, (2, 16))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, ref(x).logits)
+
+
+def test_evaluation_run_nests_under_the_pipeline_and_marks_the_training_run(store, monkeypatch):
+    from ncn.tracking import log_eval
+
+    tmp = store["tmp"]
+    run = tmp / "runs" / "causal"
+    (run / "eval.json").write_text(json.dumps({"val_loss": 3.5}))
+    for k, v in store["env"].items():
+        monkeypatch.setenv(k, v)
+    log_eval(run, {"val_loss": 3.5, "val_ppl": 33.1, "val_tokens": 4096})
+    (train_run,) = runs_named(tmp, "causal-xs-s0")
+    assert train_run.data.metrics["val_loss"] == 3.5 and "val_tokens" not in train_run.data.metrics
+    (ev,) = runs_named(tmp, "causal-xs-s0-eval")
+    ready = json.loads(store["ready"].read_text())
+    assert ev.data.tags["mlflow.parentRunId"] == ready["run_id"] and ev.data.tags["ncn.train_run_id"] == train_run.info.run_id
+    assert ev.data.params["variant"] == "causal" and ev.data.metrics["val_ppl"] == 33.1
+    assert ev.data.params["val_tokens"] == "4096" and "val_tokens" not in ev.data.metrics  # a constant
+    assert artifacts(tmp, ev.info.run_id) == {"eval.json"}
+
+
+def test_pipeline_end_logs_the_results_and_closes_the_run(store, tmp_path):
+    from ncn.tracking import main_mlflow_end
+
+    ready = json.loads(store["ready"].read_text())
+    res = tmp_path / "res"
+    (res / "figures").mkdir(parents=True)
+    (res / "figures" / "scaling.png").write_bytes(b"png")
+    (res / "paper").mkdir()
+    (res / "paper" / "ncn.pdf").write_bytes(b"%PDF")
+    (res / "claims.json").write_text("{}")
+    assert main_mlflow_end(["--ready", str(store["ready"]), "--results", str(res)]) == 0
+    c = client_for(store["tmp"])
+    assert c.get_run(ready["run_id"]).info.status == "FINISHED"
+    assert artifacts(store["tmp"], ready["run_id"]) == {"figures", "paper", "claims.json"}
+    assert artifacts(store["tmp"], ready["run_id"], "paper") == {"paper/ncn.pdf"}
+
+
+def test_copied_store_works_on_the_copy_and_leaves_the_original_alone(store, tmp_path, monkeypatch):
+    """Copy the whole folder (store, artifacts, runs): the copy's artifacts are read from the copy,
+    and a later `ncn` call on a copied run writes to the copy's database only."""
+    import mlflow
+
+    from ncn.tracking import log_eval
+
+    tmp = store["tmp"]
+    copy = tmp_path / "moved"
+    shutil.copytree(tmp, copy)
+    before = (tmp / "mlflow.db").read_bytes()
+    shutil.rmtree(tmp / "mlartifacts")  # any read from the original would now fail
+    try:
+        monkeypatch.delenv("NCN_MLFLOW_PIPELINE", raising=False)
+        log_eval(copy / "runs" / "causal", {"val_bpb": 1.25})
+        monkeypatch.chdir(copy)
+        mlflow.set_tracking_uri("sqlite:///mlflow.db")
+        (r,) = runs_named(copy, "causal-xs-s0")
+        assert r.data.metrics["val_bpb"] == 1.25
+        assert mlflow.pytorch.load_model(f"runs:/{r.info.run_id}/model") is not None
+        assert (tmp / "mlflow.db").read_bytes() == before
+    finally:
+        shutil.copytree(copy / "mlartifacts", tmp / "mlartifacts")
+
+
+def test_hand_run_goes_to_its_own_experiment(store, tmp_path, monkeypatch):
+    tmp, cfg, data = store["tmp"], store["cfg"], store["data"]
+    monkeypatch.delenv("NCN_MLFLOW_PIPELINE", raising=False)
+    run_train(cfg, tmp_path / "hand", data, variant="none", seed=4)
+    (r,) = runs_named(tmp, "none-xs-s4", experiment="testprof-hand")
+    assert "mlflow.parentRunId" not in r.data.tags and r.data.tags["mlflow.source.type"] == "LOCAL"
+    assert not runs_named(tmp, "none-xs-s4")
+    assert client_for(tmp).get_experiment_by_name("testprof-hand").artifact_location.startswith("mlartifacts/")
+
+
+def test_store_uri_precedence(monkeypatch):
+    from ncn.tracking import hand_experiment, store_uri
+
+    cfg = {"profile": "smoke", "mlflow": {"tracking_uri": None, "experiment": None}}
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    assert store_uri(cfg) == "sqlite:///results/smoke/mlflow.db" and hand_experiment(cfg) == "smoke-hand"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "mine")
+    assert store_uri(cfg) == "http://mlflow:5000" and hand_experiment(cfg) == "mine"
+    cfg["mlflow"]["tracking_uri"] = "sqlite:///x.db"
+    assert store_uri(cfg) == "sqlite:///x.db"
 
 
 def test_resumed_job_continues_the_same_mlflow_run(store):
-    tmp, data, cfg = store
+    tmp, data, cfg = store["tmp"], store["data"], store["cfg"]
     run = tmp / "runs" / "resumed"
-    p = ncn_subprocess(["train", *train_args(cfg, run, data, seed=3)], {"NCN_FAULT_KILL_AT_STEP": "12"})
+    p = ncn_subprocess(["train", *train_args(cfg, run, data, seed=3)], {**store["env"], "NCN_FAULT_KILL_AT_STEP": "12"})
     assert p.returncode == -9, p.stderr[-2000:]
     first_id = json.loads((run / "mlflow_run.json").read_text())["run_id"]
-    run_train(cfg, run, data, seed=3)
+    p = ncn_subprocess(["train", *train_args(cfg, run, data, seed=3)], store["env"])
+    assert p.returncode == 0, p.stderr[-2000:]
     (r,) = runs_named(tmp, "causal-xs-s3")
     assert r.info.run_id == first_id and r.info.status == "FINISHED"
     steps = [h.step for h in client_for(tmp).get_metric_history(first_id, "loss")]
     assert sorted(steps) == [1] + list(range(2, 21, 2))  # no step logged twice
 
 
-def test_unreachable_store_warns_then_sync_replays(store, tmp_path, caplog):
+def test_unreachable_store_warns_then_sync_replays(store, tmp_path, caplog, monkeypatch):
     from ncn.tracking import main_mlflow_sync
 
-    tmp, data, good_cfg = store
+    tmp, data, good_cfg = store["tmp"], store["data"], store["cfg"]
+    monkeypatch.delenv("NCN_MLFLOW_PIPELINE", raising=False)
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")  # the store's folder cannot be created under a file
     bad = tiny_config(tmp_path, mlflow={"enabled": True, "tracking_uri": f"sqlite:///{blocker}/x/mlflow.db"})
-    runs = tmp_path / "runs"
+    runs = tmp / "runs_replayed"
     with caplog.at_level("WARNING", logger="ncn"):
         m = run_train(bad, runs / "causal" / "xs" / "seed5", data, seed=5)
     assert m["finished"] and "training continues without tracking" in caplog.text
@@ -90,8 +242,11 @@ def test_unreachable_store_warns_then_sync_replays(store, tmp_path, caplog):
     assert not runs_named(tmp, "causal-xs-s5")
     assert main_mlflow_sync(["--runs", str(runs), "--config", str(good_cfg)]) == 0
     (r,) = runs_named(tmp, "causal-xs-s5")
-    assert r.info.status == "FINISHED" and r.data.params["train.lr"] == "0.003"
+    assert r.info.status == "FINISHED" and r.data.params["train.lr"] == "0.003" and r.data.tags["ncn.replayed"] == "true"
+    assert r.data.tags["ncn.run_dir"] == "runs_replayed/causal/xs/seed5"
     assert len(client_for(tmp).get_metric_history(r.info.run_id, "loss")) == 11
+    assert r.data.metrics["final_loss"] == pytest.approx(m["final_loss"]) and r.inputs.dataset_inputs
+    assert json.loads((runs / "causal" / "xs" / "seed5" / "mlflow_run.json").read_text())["store"] == "../../../../mlflow.db"
     assert main_mlflow_sync(["--runs", str(runs), "--config", str(good_cfg)]) == 0  # idempotent
     assert len(runs_named(tmp, "causal-xs-s5")) == 1
 
@@ -113,10 +268,19 @@ def test_locked_store_is_retried(monkeypatch):
         tracking._retry(lambda: (_ for _ in ()).throw(ValueError("other")))
 
 
+def test_no_absolute_path_in_the_store(store):
+    """Every location the database holds is relative (a copied folder must not point back)."""
+    with sqlite3.connect(store["tmp"] / "mlflow.db") as con:
+        locations = [r[0] for r in con.execute("SELECT artifact_location FROM experiments")]
+        locations += [r[0] for r in con.execute("SELECT artifact_uri FROM runs")]
+        locations += [r[0] for r in con.execute("SELECT artifact_location FROM logged_models")]
+    assert locations and not [x for x in locations if x.startswith("/") or x.startswith("file:")], locations
+
+
 @pytest.mark.slow
 def test_four_parallel_jobs_on_one_sqlite_store(store):
-    tmp, data, cfg = store
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    tmp, data, cfg = store["tmp"], store["data"], store["cfg"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **store["env"]}
     procs = [
         subprocess.Popen([sys.executable, "-m", "ncn.cli", "train",
                           *train_args(cfg, tmp / "par" / f"s{seed}", data, variant="none", seed=seed)],

@@ -25,7 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("smoke", "default", "paper")
-DATA_RULES = {"fetch_data", "train_tokenizer", "tokenize", "mlflow_init"}
+DATA_RULES = {"fetch_data", "train_tokenizer", "tokenize"}
 # metrics.json keys that measure time or interruptions (ncn.train.TIMING_KEYS), not the result
 TIMING_KEYS = {"wall_time_s", "tokens_per_s", "resumed_at_steps"}
 
@@ -144,7 +144,7 @@ def test_dry_run_lists_every_training_job(repo_copy, name):
     runs = len(cfg["variants"]) * len(cfg["sizes"]) * len(cfg["seeds"])
     assert counts.get("train") == runs, counts
     assert counts.get("evaluate") == runs, counts
-    assert counts.get("mlflow_init") == 1 and counts.get("fetch_data") == 1, counts
+    assert counts.get("fetch_data") == 1, counts
     if name == "default":
         assert set(cfg["variants"]) == {"none", "asrun", "causal", "tonic", "static"}
         assert len(cfg["sizes"]) >= 3 and len(cfg["seeds"]) >= 3
@@ -176,6 +176,16 @@ def test_slurm_profile_dry_runs_and_asks_for_gpus(repo_copy):
     trains = [b for b in r.stdout.split("\n\n") if "rule train:" in b]
     assert trains and all(re.search(r"\bgpu=1\b", b) and "mem_mb=" in b and "runtime=" in b for b in trains)
     assert job_counts(r.stdout).get("train") == 45
+
+
+def test_rule_params_read_as_key_value_pairs():
+    """The `params: cfg=` rerun triggers (common.smk's section()) read well in the report."""
+    from ncn.config import params_text
+
+    text = params_text({"train": {"lr": 0.003, "compile": False}, "seeds": [0, 1], "profile": "smoke", "x": None})
+    assert text == "profile=smoke, seeds=[0, 1], train.compile=false, train.lr=0.003, x=null"
+    assert params_text({"train": {"lr": 0.001}}) != params_text({"train": {"lr": 0.003}})
+    assert '"' not in params_text(load_profile("smoke"))
 
 
 def test_lint_reports_nothing(repo_copy):
@@ -230,42 +240,58 @@ def test_smoke_makes_every_output(smoke):
     r = snakemake(repo, "--summary", "--configfile", "config/smoke.yaml", env=smoke["env"])
     assert r.returncode == 0, r.stdout[-3000:]
     rows = [line.split("\t") for line in r.stdout.splitlines() if line.startswith("results/")]
+    assert all(row[0].startswith("results/smoke/") for row in rows)  # one folder per profile
     assert len(rows) > 50
     for row in rows:
         assert (repo / row[0]).exists(), row[0]
         assert row[-1] == "no update", row
     # the outputs this stage owns, by name
-    data = repo / "results" / "data"
+    res = repo / "results" / "smoke"
+    data = res / "data"
     for f in ("train.txt", "valid.txt", "manifest.json", "tokenizer.json", "train.bin", "valid.bin", "meta.json"):
         assert (data / f).stat().st_size > 0, f
-    assert (repo / "results" / "mlflow.ready").exists() and (repo / "results" / "mlflow.db").exists()
-    resolved = json.loads((repo / "results" / "config.json").read_text())
+    assert (res / "mlflow.ready").exists() and (res / "mlflow.db").exists()
+    resolved = json.loads((res / "config.json").read_text())
     # the smoke profile replaced config/default.yaml instead of being merged into it
     assert resolved["profile"] == "smoke" and set(resolved["size_defs"]) == set(cfg["size_defs"])
     for v, s, n in smoke_runs(cfg):
-        run = repo / "results" / "runs" / v / s / f"seed{n}"
+        run = res / "runs" / v / s / f"seed{n}"
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["finished"] is True and (metrics["variant"], metrics["size"], metrics["seed"]) == (v, s, n)
         assert (run / "model.pt").exists() and (run / "train_log.csv").exists()
         assert json.loads((run / "eval.json").read_text())["val_loss"] > 0
         assert (run / "samples.json").exists() == (n == cfg["seeds"][0] and s == largest_size(cfg))
         for kind in ("train", "evaluate"):
-            assert (repo / "results" / "logs" / kind / v / s / f"seed{n}.log").exists()
-            assert (repo / "results" / "benchmarks" / kind / v / s / f"seed{n}.tsv").exists()
+            assert (res / "logs" / kind / v / s / f"seed{n}.log").exists()
+            assert (res / "benchmarks" / kind / v / s / f"seed{n}.tsv").exists()
 
 
 @pytest.mark.slow
-def test_smoke_records_one_finished_mlflow_run_per_training_job(smoke):
+def test_smoke_records_a_pipeline_run_with_nested_training_and_evaluation_runs(smoke):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{smoke['repo'] / 'results' / 'mlflow.db'}")
+    res = smoke["repo"] / "results" / "smoke"
+    client = MlflowClient(tracking_uri=f"sqlite:///{res / 'mlflow.db'}")
     exp = client.get_experiment_by_name("smoke")
-    assert exp is not None
+    assert exp is not None and exp.artifact_location == f"mlartifacts/{exp.experiment_id}"
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    names = sorted(r.info.run_name for r in runs)
+    by_stage = {}
+    for r in runs:
+        by_stage.setdefault(r.data.tags.get("ncn.stage"), []).append(r)
+    # the session's first invocation (other tests may have added theirs since)
+    pipeline = min(by_stage["pipeline"], key=lambda r: r.info.start_time)
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id]
     expected = sorted(f"{v}-{s}-s{n}" for v, s, n in smoke_runs(smoke["cfg"]))
-    assert names == expected
-    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.info.run_name for r in nested if r.data.tags["ncn.stage"] == "train") == expected
+    assert sorted(r.info.run_name for r in nested if r.data.tags["ncn.stage"] == "evaluate") == [f"{n}-eval" for n in expected]
+    assert {r.info.status for r in nested + [pipeline]} == {"FINISHED"}
+    old = os.getcwd()
+    os.chdir(res)  # the store's locations are relative to its folder
+    try:
+        arts = {a.path for a in client.list_artifacts(pipeline.info.run_id)}
+    finally:
+        os.chdir(old)
+    assert {"figures", "tables", "claims.json", "paper", "config.json", "snakemake"} <= arts, arts
 
 
 @pytest.mark.slow
@@ -276,15 +302,20 @@ def test_smoke_rerun_has_nothing_to_do(smoke):
 
 
 @pytest.mark.slow
-def test_report_includes_the_figures(smoke):
+def test_report_lists_labelled_figures_tables_and_the_paper(smoke):
     repo = smoke["repo"]
-    r = snakemake(repo, "--report", "results/report.html", "--configfile", "config/smoke.yaml", env=smoke["env"])
+    r = snakemake(repo, "--report", "results/smoke/report.html", "--configfile", "config/smoke.yaml", env=smoke["env"])
     assert r.returncode == 0, r.stdout[-3000:]
-    html = (repo / "results" / "report.html").read_text(encoding="utf-8")
-    figures = sorted(p.name for p in (repo / "results" / "figures").glob("*.png"))
+    html = (repo / "results" / "smoke" / "report.html").read_text(encoding="utf-8")
+    figures = sorted(p.name for p in (repo / "results" / "smoke" / "figures").glob("*.png"))
     assert figures, "the smoke run made no figures"
     for name in figures:
         assert name in html, name
+    for label in ("Training loss curves", "The claims and their verdicts", "The paper (PDF)",
+                  "Every run: training and validation metrics"):
+        assert label in html, label
+    for category in ("Figures", "Tables", "Paper"):
+        assert category in html, category
     assert "profile <tt" in html  # the captions were rendered with the config
 
 
@@ -319,7 +350,7 @@ def test_sigkilled_training_job_resumes_on_rerun(smoke):
     checkpoints survive Snakemake's cleanup, and rerunning the target resumes and ends with the
     metrics of an uninterrupted run. (A seed outside the profile, so the other tests are unaffected.)"""
     repo, env = smoke["repo"], smoke["env"]
-    run = repo / "results" / "runs" / "causal" / "xs" / "seed7"
+    run = repo / "results" / "smoke" / "runs" / "causal" / "xs" / "seed7"
     target = str((run / "metrics.json").relative_to(repo))
     # (targets before --configfile, which takes every path that follows it)
     r = snakemake(repo, target, "--cores", "1", "--configfile", "config/smoke.yaml",
@@ -335,8 +366,8 @@ def test_sigkilled_training_job_resumes_on_rerun(smoke):
 
     fresh = repo / "fresh"
     subprocess.run(
-        [Path(sys.executable).with_name("ncn"), "train", "--config", "results/config.json", "--variant", "causal",
-         "--size", "xs", "--seed", "7", "--out", str(fresh), "--data", "results/data", "--threads", "1"],
+        [Path(sys.executable).with_name("ncn"), "train", "--config", "results/smoke/config.json", "--variant", "causal",
+         "--size", "xs", "--seed", "7", "--out", str(fresh), "--data", "results/smoke/data", "--threads", "1"],
         cwd=repo, check=True, capture_output=True, env={**os.environ, **env},
     )
     uninterrupted = json.loads((fresh / "metrics.json").read_text())

@@ -17,13 +17,14 @@ from ncn.errors import NCNError
 COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("ncn.config", "validate a config file and print it resolved with defaults"),
     "data": ("ncn.data.cli", "fetch TinyStories, build the tokenizer, tokenize the splits"),
-    "mlflow-init": ("ncn.tracking", "create the MLflow store and experiment before parallel jobs"),
+    "mlflow-init": ("ncn.tracking", "open the pipeline's MLflow run (and create the store) before the jobs"),
     "train": ("ncn.train", "train one (variant, size, seed) run; resumes from its checkpoint"),
     "evaluate": ("ncn.evaluate", "validation loss, perplexity and bits-per-byte of a run"),
     "export": ("ncn.hub", "write a run as a Hugging Face-style folder RUN/hf (safetensors, card)"),
     "generate": ("ncn.generate", "sample text from a run, streamed: --prompt, --temperature, --top-k, ..."),
     "analyze": ("ncn.analysis.cli", "brain scans, A/B statistics, claims, scaling, block skipping"),
     "paper": ("ncn.paper", "generate the numbers the LaTeX paper quotes"),
+    "mlflow-end": ("ncn.tracking", "log the results to the pipeline's MLflow run and close it"),
     "mlflow-sync": ("ncn.tracking", "replay finished runs' files into the MLflow store"),
     "bench": ("ncn.bench", "speed benchmarks (tables, never test asserts)"),
 }

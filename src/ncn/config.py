@@ -86,6 +86,11 @@ def validate(cfg: dict, source: str = "config") -> dict:
             raise NCNError(f"{source}: size_defs.{name}: d_model {sd['d_model']} is not divisible by n_head {sd['n_head']}")
     if cfg["train"]["tokens"] is None and cfg["train"]["epochs"] is None:
         raise NCNError(f"{source}: set train.tokens or train.epochs")
+    a = cfg["analysis"]
+    for b in a["kv_budgets"]:  # the mixed allocations' levels (ncn.kvquant.levels)
+        if not 2 <= b - a["kv_spread"] < b + a["kv_spread"] <= 8:
+            raise NCNError(f"{source}: analysis.kv_budgets {b} with kv_spread {a['kv_spread']} needs levels "
+                           f"{b - a['kv_spread']} and {b + a['kv_spread']} bits within 2..8")
     return cfg
 
 
@@ -118,6 +123,18 @@ def deep_update(base: dict, upd: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def params_text(values: dict, prefix: str = "") -> str:
+    """{'train': {'lr': 0.003, 'seeds': [0, 1]}} -> 'train.lr=0.003, train.seeds=[0, 1]' (keys sorted):
+    a Snakemake rule's `params: cfg=` rerun trigger that reads well in the report (no JSON quotes)."""
+    def text(v: Any) -> str:
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(text(x) for x in v) + "]"
+        return v if isinstance(v, str) else json.dumps(v)
+
+    return ", ".join(params_text(v, f"{prefix}{k}.") if isinstance(v, dict) and v else f"{prefix}{k}={text(v)}"
+                     for k, v in sorted(values.items()))
 
 
 def size_def(cfg: dict, size: str) -> dict:

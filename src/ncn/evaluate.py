@@ -126,13 +126,26 @@ def score_split(model, data_dir, meta: dict, split: str, cfg: dict, device: torc
 
 
 def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, threads: int = 1,
-             config_source: str = "--config") -> dict:
+             config_source: str = "--config", modulate: list[str] | None = None, kv_bits: str | None = None,
+             out_path: str | Path | None = None) -> dict:
+    """RUN/eval.json (logged to MLflow); with knobs (--modulate, --kv-bits: ncn.knobs,
+    ncn.kvquant; the cache fake-quantised) the same record goes to `out_path` only."""
+    from ncn import knobs
+    from ncn.kvquant import parse_kv_bits, resolve_kv_bits, set_fake_quant
+
     from ncn.data import load_meta
     from ncn.model import load_model
     from ncn.runs import (check_config_matches, check_data_matches, config_of, data_dir_of, pick_device,
                           require_finished)
 
     run_dir = Path(run_dir)
+    mods, kv_spec = knobs.parse(modulate), parse_kv_bits(kv_bits)
+    if (mods or kv_spec is not None) and (out_path is None or Path(out_path).resolve() == (run_dir / "eval.json").resolve()):
+        raise NCNError("--modulate/--kv-bits evaluate a changed model: write it elsewhere with --out FILE "
+                       "(RUN/eval.json holds the unmodified model's scores)")
+    if kv_spec is not None and not isinstance(kv_spec, (int, list)):
+        raise NCNError("ncn evaluate --kv-bits takes a width (8, 4, 16) or a per-layer list; beta:B is for ncn generate "
+                       "(ncn analyze kvcache compares the allocation policies)")
     metrics = require_finished(run_dir)
     cfg, config_source = config_of(run_dir, cfg, config_source)
     torch.set_num_threads(threads)
@@ -143,6 +156,8 @@ def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, th
     check_data_matches(payload, meta, run_dir / "model.pt", data_dir)
     check_config_matches(cfg, payload, run_dir / "model.pt", config_source)
     model.to(device).eval()
+    knobs.attach(model, mods)
+    set_fake_quant(model, resolve_kv_bits(kv_spec, model))
 
     out = {
         "variant": payload.get("variant", metrics.get("variant")), "size": payload.get("size", metrics.get("size")),
@@ -156,6 +171,10 @@ def evaluate(run_dir: Path, data: str | None = None, cfg: dict | None = None, th
         if key not in scored:
             scored[key] = score_split(model, data_dir, meta, split, cfg, device)
         out.update({f"{prefix}_{k}": v for k, v in scored[key].items()})
+    if out_path is not None:
+        out.update(modulate=knobs.describe(mods), kv_bits=resolve_kv_bits(kv_spec, model))
+        write_json(out_path, out)
+        return out
     write_json(run_dir / "eval.json", out)
     from ncn.tracking import log_eval
 
@@ -176,11 +195,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--data", help="tokenized data folder (default: the one the run was trained on)")
     p.add_argument("--config", help="config for the eval section (default: the run's own config.json)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--modulate", action="append", metavar="SPEC",
+                   help="evaluate with knobs on the signals (as ncn generate --modulate); needs --out")
+    p.add_argument("--kv-bits", metavar="BITS", help="fake-quantise the keys and values: 8, 4, 16 or a per-layer "
+                   "list like 8,4,4,8; needs --out")
+    p.add_argument("--out", help="write the record here instead of RUN/eval.json (required with --modulate/--kv-bits)")
     a = p.parse_args(argv)
     from ncn.config import load_config
 
     cfg = load_config(a.config, stage="evaluate") if a.config else None
-    out = evaluate(Path(a.run), a.data, cfg, a.threads, config_source=a.config or "--config")
+    out = evaluate(Path(a.run), a.data, cfg, a.threads, config_source=a.config or "--config",
+                   modulate=a.modulate, kv_bits=a.kv_bits, out_path=a.out)
     for split, p in EVAL_SETS:
         print(f"{a.run}: {split:8s} loss {out[f'{p}_loss']:.4f}  ppl {out[f'{p}_ppl']:.2f}  "
               f"bpb {out[f'{p}_bpb']:.4f}  ({out[f'{p}_tokens']} tokens)")

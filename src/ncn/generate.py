@@ -9,7 +9,10 @@ Settings: --prompt (repeatable), --num-samples, --max-new-tokens, --temperature 
 --top-k (`none`: no cut) and --seed; each defaults to the `generate` section of the run's own
 config (or --config). Sample j of prompt i uses a torch.Generator seeded with seed + i·N + j
 (N = --num-samples), so a sample is reproducible on one machine whatever else is asked.
-Sampling uses the model's KV cache. Each prompt starts after the end-of-text token, as a story
+Sampling uses the model's KV cache; `--kv-bits 8|4|16|8,4,...|beta:B` compresses it for real
+(ncn.kvquant: int8, int4 packed two per byte, fp16, per layer, or β-guided bits per layer) and
+the record reports its bytes beside the uncompressed cache's. `--modulate SPEC` scales, shifts
+or sets the signals g, β, γ of chosen layers (ncn.knobs; for the baseline β scales the queries). Each prompt starts after the end-of-text token, as a story
 in the training stream does; a prompt longer than the context is cropped to its last block_size
 tokens, with a note.
 
@@ -32,6 +35,8 @@ import torch
 
 from ncn.errors import NCNError
 from ncn.fileio import write_json
+from ncn.knobs import GRAMMAR
+from ncn.kvquant import KV_BITS_HELP
 
 SEPARATOR = "-" * 15  # between samples on stdout, as nanoGPT's sample.py
 FROM_CONFIG = "from config"  # top_k not given (None means: no top-k cut)
@@ -103,7 +108,8 @@ class TextStream:
         return piece
 
 
-def sample(model, ids: list[int], s: Sampling, generator: torch.Generator, on_token=None) -> list[int]:
+def sample(model, ids: list[int], s: Sampling, generator: torch.Generator, on_token=None,
+           cache_factory=None) -> list[int]:
     """model.generate (KV cache) on one prompt -> the new token ids. on_token(id) is called for each
     new token as soon as it is sampled: a forward pre-hook on the token embedding sees each step's
     input, whose last token is the one the step before sampled (the last is reported at the end)."""
@@ -121,7 +127,7 @@ def sample(model, ids: list[int], s: Sampling, generator: torch.Generator, on_to
     handle = model.tok_emb.register_forward_pre_hook(hook)
     try:
         out = model.generate(idx, s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, use_cache=True,
-                             generator=generator)
+                             generator=generator, cache_factory=cache_factory)
     finally:
         handle.remove()
     new = out[0, len(ids):].tolist()
@@ -181,7 +187,7 @@ def _encode(tok, eot, prompt: str, where: str, block_size: int) -> list[int]:
     return ids
 
 
-def _stream_one(model, tok, ids, s: Sampling, seed: int, prompt: str, stdout) -> tuple[dict, float]:
+def _stream_one(model, tok, ids, s: Sampling, seed: int, prompt: str, stdout, cache_factory=None) -> tuple[dict, float]:
     """One sample, streamed to stdout (prompt, completion, newline) -> (its JSON record, seconds)."""
     device = model.tok_emb.weight.device
     text = TextStream(tok)
@@ -194,7 +200,7 @@ def _stream_one(model, tok, ids, s: Sampling, seed: int, prompt: str, stdout) ->
             stdout.flush()
 
     t0 = time.perf_counter()
-    new = sample(model, ids, s, torch.Generator(device=device).manual_seed(seed), show)
+    new = sample(model, ids, s, torch.Generator(device=device).manual_seed(seed), show, cache_factory)
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
@@ -205,10 +211,35 @@ def _stream_one(model, tok, ids, s: Sampling, seed: int, prompt: str, stdout) ->
             "new_tokens": len(new), "tokens_per_s": round(len(new) / max(dt, 1e-9), 1)}, dt
 
 
+def compression(model, kv_spec, encoded: list[list[int]]) -> tuple[object, dict]:
+    """(the generate cache_factory or None, the record's kv fields) of a parsed --kv-bits. A pool
+    that sees the future (asrun) has no cache: its keys and values are fake-quantised instead."""
+    from ncn.kvquant import QuantKVCache, resolve_kv_bits, set_fake_quant
+    from ncn.model import KVCache
+
+    bits = resolve_kv_bits(kv_spec, model, encoded)
+    w = model.tok_emb.weight
+    fp32 = KVCache(model.cfg, 1, "meta", w.dtype)
+    rec = {"kv_bits": bits, "kv_cache_bytes_uncompressed": fp32.k.nbytes + fp32.v.nbytes}
+    if bits is None:
+        return None, {**rec, "kv_cache_bytes": rec["kv_cache_bytes_uncompressed"]}
+    rec["kv_cache_bytes"] = QuantKVCache(model.cfg, 1, "meta", w.dtype, bits).nbytes
+    if model.cfg.spec.sees_future:
+        set_fake_quant(model, bits)
+        print(f"ncn generate: note: variant {model.cfg.ncn} recomputes its window at every step (no KV cache); "
+              "its keys and values are fake-quantised to --kv-bits instead", file=sys.stderr)
+        return None, rec
+    return QuantKVCache.factory(bits), rec
+
+
 def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, threads: int = 1,
-             config_source: str = "--config", out: str | Path | None = None, stdout=None, **settings) -> dict:
+             config_source: str = "--config", out: str | Path | None = None, stdout=None,
+             modulate: list[str] | None = None, kv_bits: str | None = None, **settings) -> dict:
     """Stream samples of a finished run to stdout; returns (and with `out`, writes) the JSON record.
-    settings: prompts, num_samples, max_new_tokens, temperature, top_k, seed (see `sampling`)."""
+    settings: prompts, num_samples, max_new_tokens, temperature, top_k, seed (see `sampling`);
+    modulate: --modulate specs (ncn.knobs); kv_bits: --kv-bits (ncn.kvquant)."""
+    from ncn import knobs
+    from ncn.kvquant import parse_kv_bits
     from ncn.runs import config_of, require_finished
 
     run_dir = Path(run_dir)
@@ -216,18 +247,22 @@ def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, th
     require_finished(run_dir)
     cfg, config_source = config_of(run_dir, cfg, config_source)
     s = sampling(cfg["generate"], **settings)  # bad settings fail before the model loads
+    mods, kv_spec = knobs.parse(modulate), parse_kv_bits(kv_bits)
     torch.set_num_threads(threads)
     model, payload, tok, eot = load_run(run_dir, cfg, data, config_source)
+    knobs.attach(model, mods)
     stdout = sys.stdout if stdout is None else stdout
     encoded = [_encode(tok, eot, p, s.where(i), model.cfg.block_size) for i, p in enumerate(s.prompts)]
+    factory, kv_rec = compression(model, kv_spec, encoded)
     # warm-up (first-call allocations), so tokens/s measures generation itself
-    model.generate(torch.zeros(1, 1, dtype=torch.long, device=model.tok_emb.weight.device), 2, temperature=0.0)
+    model.generate(torch.zeros(1, 1, dtype=torch.long, device=model.tok_emb.weight.device), 2, temperature=0.0,
+                   cache_factory=factory)
     samples, secs, total = [], 0.0, len(s.prompts) * s.num_samples
     for i, (prompt, ids) in enumerate(zip(s.prompts, encoded)):
         for j in range(s.num_samples):
             if samples:
                 stdout.write(SEPARATOR + "\n")
-            rec, dt = _stream_one(model, tok, ids, s, s.seed + i * s.num_samples + j, prompt, stdout)
+            rec, dt = _stream_one(model, tok, ids, s, s.seed + i * s.num_samples + j, prompt, stdout, factory)
             samples.append(rec)
             secs += dt
             print(f"ncn generate: sample {len(samples)}/{total}: {rec['new_tokens']} tokens, "
@@ -235,7 +270,8 @@ def generate(run_dir: Path, cfg: dict | None = None, data: str | None = None, th
     result = {
         "variant": payload.get("variant"), "size": payload.get("size"), "seed": payload.get("seed"),
         "temperature": s.temperature, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
-        "num_samples": s.num_samples, "generate_seed": s.seed, "kv_cache": True,
+        "num_samples": s.num_samples, "generate_seed": s.seed, "kv_cache": not model.cfg.spec.sees_future,
+        "modulate": knobs.describe(mods), **kv_rec,
         "device": model.tok_emb.weight.device.type, "samples": samples,
         "tokens_per_s": round(sum(x["new_tokens"] for x in samples) / max(secs, 1e-9), 1),
     }
@@ -271,6 +307,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--temperature", type=float, help="softmax temperature; 0 = greedy (argmax)")
     p.add_argument("--top-k", type=_top_k, default=argparse.SUPPRESS, help="sample among the k likeliest tokens ('none': all)")
     p.add_argument("--seed", type=int, help="seed of the first sample (sample n uses seed + n)")
+    p.add_argument("--modulate", action="append", metavar="SPEC",
+                   help=f"change the signals g, beta, gamma after the controller, e.g. beta=1.5, "
+                   f"beta@l3=0.5,gamma@*=0.8, g@l0-2=+0.1, gamma@l1:=1 (repeatable, applied in order; for "
+                   f"'none' beta scales the queries). Grammar: {GRAMMAR}")
+    p.add_argument("--kv-bits", metavar="BITS", help=KV_BITS_HELP)
     p.add_argument("--out", help="also write the samples as JSON to this file")
     p.add_argument("--config", help="config for the generate section (default: the run's own config.json)")
     p.add_argument("--data", help="folder with tokenizer.json and meta.json (default: the run's)")
@@ -281,7 +322,12 @@ def main(argv: list[str]) -> int:
     cfg = load_config(a.config, stage="generate") if a.config else None
     result = generate(Path(a.run), cfg, a.data, a.threads, config_source=a.config or "--config", out=a.out,
                       prompts=a.prompt, num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
-                      temperature=a.temperature, top_k=getattr(a, "top_k", FROM_CONFIG), seed=a.seed)
+                      temperature=a.temperature, top_k=getattr(a, "top_k", FROM_CONFIG), seed=a.seed,
+                      modulate=a.modulate, kv_bits=a.kv_bits)
+    if result["kv_bits"] is not None:
+        print(f"ncn generate: KV cache at {','.join(map(str, result['kv_bits']))} bits per layer: "
+              f"{result['kv_cache_bytes']} bytes per sequence of {result['kv_cache_bytes_uncompressed']} "
+              f"uncompressed ({result['kv_cache_bytes'] / result['kv_cache_bytes_uncompressed']:.1%})", file=sys.stderr)
     print(f"ncn generate: {len(result['samples'])} samples, {result['tokens_per_s']:.0f} tokens/s"
           + (f"; wrote {a.out}" if a.out else ""), file=sys.stderr)
     return 0

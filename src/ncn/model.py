@@ -335,7 +335,9 @@ class NCNController(nn.Module):
 class KVCache:
     """Per-layer key/value buffers (B, H, block_size, hd), filled up to `length`, plus the NCN
     pool's running sums. Positions are absolute, so once the window slides every cached key
-    is stale: `generate` then re-fills the cache from the cropped window (recompute)."""
+    is stale: `generate` then re-fills the cache from the cropped window (recompute).
+    The attention uses a layer's buffers `k[l]`, `v[l]` in two ways only: `buf[:, :, a:b] = x`
+    and `buf[:, :, :b]`; a compressed cache (ncn.kvquant.QuantKVCache) offers just those."""
 
     def __init__(self, cfg: ModelConfig, batch: int, device, dtype):
         shape = (cfg.n_layer, batch, cfg.n_head, cfg.block_size, cfg.d_model // cfg.n_head)
@@ -352,6 +354,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        self.kv_quant = None  # optional tensor -> tensor applied to keys and values (ncn.kvquant)
 
     def forward(self, x, beta=None, gain=None, kv=None):
         """x (B, T, d). beta, gain: (B, T, 1) or (1, 1, 1) per-token signals, or None: beta
@@ -361,6 +364,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         if beta is not None:
             q = q * beta.unsqueeze(1)  # (B, 1, T, 1): a per-token inverse temperature
+        if self.kv_quant is not None:  # fake-quantised keys/values, as a compressed cache holds them
+            k, v = self.kv_quant(k), self.kv_quant(v)
         causal = True
         if kv is not None:
             k_buf, v_buf, start = kv
@@ -439,6 +444,9 @@ class Transformer(nn.Module):
         sp = cfg.spec
         self.controller = NCNController(cfg, per_token=sp.per_token) if sp.controller else None
         self.static_z = nn.Parameter(torch.zeros(cfg.n_layer, 3)) if sp.static else None
+        # optional signals -> signals hook (ncn.knobs.Modulation); the baseline's signals are None
+        # there and the hook returns per-layer constants (its implicit g = beta = gamma = 1, modulated)
+        self.modulate = None
 
         # nanoGPT init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2·n_layer).
         # The global pass zeroes every bias (as the original's did); init "zeroed" keeps that.
@@ -505,6 +513,8 @@ class Transformer(nn.Module):
         emb = tok + self.pos_emb(torch.arange(T, device=idx.device))
         z = self._raw_signals(tok, emb, causal_pool)
         signals = None if z is None else signal_map(z, self.cfg.beta_max)
+        if self.modulate is not None:
+            signals = self.modulate(signals)
 
         x = self.drop(emb)
         n_skipped = 0
@@ -530,6 +540,8 @@ class Transformer(nn.Module):
         x = tok + self.pos_emb(torch.arange(start, start + T, device=idx.device))
         z = self._raw_signals(tok, x, cache=cache)
         signals = None if z is None else signal_map(z, self.cfg.beta_max)
+        if self.modulate is not None:
+            signals = self.modulate(signals)
         for l, block in enumerate(self.blocks):
             kv = (cache.k[l], cache.v[l], start)
             x, _ = block(x, None if signals is None else signals[:, :, l], kv=kv)
@@ -547,6 +559,7 @@ class Transformer(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         return_logits: bool = False,
+        cache_factory=None,
     ):
         """Append `max_new_tokens` sampled tokens to idx (B, T). temperature=0 is greedy.
 
@@ -557,6 +570,8 @@ class Transformer(nn.Module):
           * once the context exceeds block_size the window slides and absolute positions shift,
             so every step re-fills the cache from the cropped window.
         return_logits=True also returns the (B, max_new_tokens, vocab) next-token logits.
+        cache_factory(cfg, batch, device, dtype) makes the cache instead of KVCache (a compressed
+        one: ncn.kvquant.QuantKVCache).
         """
         was_training = self.training
         self.eval()
@@ -567,7 +582,7 @@ class Transformer(nn.Module):
             if use_cache and not self.cfg.spec.sees_future:
                 if cache is None or idx.size(1) > bs:
                     w = self.tok_emb.weight
-                    cache = KVCache(self.cfg, idx.size(0), w.device, w.dtype)
+                    cache = (cache_factory or KVCache)(self.cfg, idx.size(0), w.device, w.dtype)
                     logits = self._forward_cached(idx[:, -bs:], cache)[:, -1]
                 else:
                     logits = self._forward_cached(idx[:, -1:], cache)[:, -1]

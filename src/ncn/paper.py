@@ -57,10 +57,13 @@ LISTING_WIDTH = 96  # characters per line of the \footnotesize config listing on
 _GENERATED_USE = re.compile(r"\\(gentable|genfigure|input)\s*(?:\[[^\]]*\])?\s*\{([^}]*)\}")
 
 
-def generated_inputs(paper_dir: str | os.PathLike = "paper", prefix: str = "results/") -> list[str]:
+def generated_inputs(paper_dir: str | os.PathLike = "paper", prefix: str = "results/",
+                     results: str | None = None) -> list[str]:
     """Every file under `prefix` that paper/**/*.tex uses through \\gentable{}, \\genfigure{} or
     \\input{} (comments ignored), sorted: the paper rule's generated inputs. A use without a file
-    extension gets TeX's ".tex" (\\input, \\gentable); a figure must name its extension."""
+    extension gets TeX's ".tex" (\\input, \\gentable); a figure must name its extension. The tex
+    names `results/...` (latexmk runs where results/ is the profile's folder); `results` maps
+    that prefix onto the profile's folder, e.g. "results/smoke/"."""
     found = set()
     for tex in sorted(Path(paper_dir).rglob("*.tex")):
         body = re.sub(r"(?<!\\)%.*", "", tex.read_text(encoding="utf-8"))
@@ -72,7 +75,7 @@ def generated_inputs(paper_dir: str | os.PathLike = "paper", prefix: str = "resu
                 if command == "genfigure":
                     raise NCNError(f"{tex}: \\genfigure{{{arg}}} names no file extension; write {arg}.pdf")
                 arg += ".tex"
-            found.add(arg)
+            found.add(arg if results is None else results + arg[len(prefix):])
     return sorted(found)
 
 
@@ -139,18 +142,12 @@ class Sources:
 
 
 def git_info(cwd: Path) -> tuple[str, str]:
-    """(short commit, "clean" | "modified"), or ("unknown", "unknown") outside a git checkout."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True,
-                                text=True, timeout=20)
-        if commit.returncode != 0:
-            return "unknown", "unknown"
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, timeout=20)
-        state = "unknown" if status.returncode else ("modified" if status.stdout.strip() else "clean")
-        return commit.stdout.strip(), state
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown", "unknown"
+    """(short commit, "clean" | "modified"), or ("unknown", "unknown") outside a git checkout: the
+    commit MLflow records too (ncn.provenance), shortened to 12 digits."""
+    from ncn.provenance import UNKNOWN, git_commit, git_state
+
+    commit = git_commit(cwd)
+    return (commit[:12], git_state(cwd)) if commit != UNKNOWN else (UNKNOWN, UNKNOWN)
 
 
 def cpu_model() -> str:

@@ -13,8 +13,6 @@ size wildcard. Torch-free: workflow/rules/common.smk imports it.
 
 from __future__ import annotations
 
-import json
-
 from ncn.errors import NCNError
 
 # What the pipeline's layout needs: which runs exist and in what order tables show them.
@@ -39,6 +37,12 @@ READS: dict[str, tuple[str, ...]] = {
     "analyze.leak": ("analysis.confidence", *_LAYOUT),
     "analyze.brainscan": ("analysis.dev_limit", "variants", "model"),
     "analyze.skip": ("analysis.skip_eps", "analysis.skip_max_tokens", "eval", "size_defs"),
+    "analyze.kvcache": ("analysis.kv_max_tokens", "analysis.kv_uniform_bits", "analysis.kv_budgets",
+                        "analysis.kv_spread", "analysis.kv_random_draws", "analysis.confidence", "eval", "generate", "train.device",
+                        *_LAYOUT),
+    "analyze.knobs": ("analysis.knob_scales", "analysis.knob_max_tokens", "analysis.knob_prompts",
+                      "analysis.knob_samples", "analysis.knob_new_tokens", "analysis.confidence", "eval", "generate", "train.device",
+                      *_LAYOUT),
     "analyze.claims": ("analysis", "profile", "tokenizer", "model", *_LAYOUT),
     # the paper: its config listing shows every key, so it reads them all
     "paper.numbers": ("*",),
@@ -84,10 +88,18 @@ def config_slice(cfg: dict, stage: str) -> dict:
     return out
 
 
+# Read by some stages but never a reason to rerun them: where results are tracked (mlflow) and the
+# profile's name (it names the results folder itself).
+NOT_TRIGGERS = ("mlflow", "profile")
+
+
 def trigger(config: dict, stage: str, size: str | None = None) -> str:
-    """A stable string of what `stage` reads: a rule's `params: cfg=` rerun trigger. With `size`,
-    size_defs is narrowed to that size, so a change to another size reruns nothing here."""
-    part = dict(config_slice(config, stage))
+    """A stable, readable string of what `stage` reads ("eval.batch_size=16, ..."): a rule's
+    `params: cfg=` rerun trigger. With `size`, size_defs is narrowed to that size, so a change to
+    another size reruns nothing here. NOT_TRIGGERS are left out."""
+    from ncn.config import params_text
+
+    part = {k: v for k, v in config_slice(config, stage).items() if k not in NOT_TRIGGERS}
     if size is not None and "size_defs" in part:
         part["size_defs"] = {size: part["size_defs"][size]}
-    return json.dumps(part, sort_keys=True)
+    return params_text(part)

@@ -1,65 +1,118 @@
 """MLflow tracking that never stops training: the files in the run folder are the record.
 
-Every MLflow call goes through `_retry` (backoff on SQLite's "database is locked") and,
-inside a training job, through `Tracker._safe`: if MLflow still fails, a warning is logged,
-tracking is switched off for the rest of the job, and training goes on. `ncn mlflow-sync`
-later replays finished runs' metrics.json / train_log.csv into the store.
+Runs. Each Snakemake invocation opens one pipeline run (`ncn mlflow-init`, from the Snakefile's
+onstart) and closes it (`ncn mlflow-end`, from onsuccess/onerror), logging the figures, tables,
+claims.json and the paper to it. Jobs find it through NCN_MLFLOW_PIPELINE (the path of
+results/<profile>/mlflow.ready) and nest under it: one run per training job ("causal-xs-s0", with
+system metrics, the tokenized data as a dataset input and the model) and one per evaluation
+("causal-xs-s0-eval"). `ncn train` by hand logs to the experiment "<experiment>-hand" (or
+$MLFLOW_EXPERIMENT_NAME).
 
-The run folder keeps `mlflow_run.json` ({tracking_uri, experiment_id, run_id,
-logged_through_step}) so a resumed job continues the same MLflow run without logging a
-step twice. Metrics are sent in batches at each checkpoint and at the end, never one call
-per step.
+A portable store. The default store is results/<profile>/mlflow.db; every path MLflow keeps is
+relative to its folder (experiments' artifact_location is "mlartifacts/<id>", so run and model
+artifact URIs are relative too), and mlflow.ready / RUN/mlflow_run.json name the database relative
+to themselves. Copying or moving the folder moves everything. MLflow resolves those relative URIs
+against the current directory, so `ncn` makes its artifact calls inside the store's folder and the
+UI is started there (`make mlflow-ui`).
 
-Commands: `ncn mlflow-init` (create the store and experiment once, before parallel jobs,
-so they do not race on SQLite schema migrations) and `ncn mlflow-sync`.
+Failures. Calls that touch the store go through `_retry` (SQLite reports "database is locked" at
+once, without waiting, when a reader must become a writer on a busy store) and, in a job, through
+`Tracker._safe`: if MLflow still fails, a warning is logged, tracking is off for the rest of the
+job, and training goes on. `ncn mlflow-sync` replays finished run folders afterwards. The run
+folder's mlflow_run.json ({store, experiment, run_id, logged_through_step}) lets a resumed job
+continue its MLflow run without logging a step twice; metrics go in batches at each checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import getpass
 import json
 import logging
 import math
 import os
 import random
-import subprocess
+import sqlite3
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ncn.errors import NCNError
-from ncn.fileio import read_json, write_json
+from ncn.fileio import read_json, sha256_file, write_json
+from ncn.provenance import git_commit
 
 log = logging.getLogger("ncn.tracking")
 
 STATE_FILE = "mlflow_run.json"
+PIPELINE_ENV = "NCN_MLFLOW_PIPELINE"
+ARTIFACT_DIR = "mlartifacts"  # beside the database
 ARTIFACTS = ("metrics.json", "config.json", "train_log.csv")
-MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH (MLflow 3)
-METRICS_PER_CALL = 1000  # MAX_METRICS_PER_BATCH: one retryable call per chunk
+# metrics.json -> MLflow: results are metrics (at the last step), constants are params
+FINAL_METRICS = {"final_loss": "final_loss", "final_ce": "final_ce", "final_reg": "final_reg",
+                 "wall_time_s": "wall_time_s", "tokens_per_s": "mean_tokens_per_s"}
+END_PARAMS = ("epochs", "device", "dtype", "batch_order_sha256")
+# eval.json -> MLflow: these are metrics (also on the training run); other numbers (val_tokens,
+# val_bytes, ...) are the evaluation run's params
+EVAL_METRICS = {k: k for k in ("val_loss", "val_ppl", "val_bpb", "val_loss_prefix_pool")}
+# results/<profile>/... -> the pipeline run's artifacts (what exists when the invocation ends)
+RESULTS = ("figures", "tables", "claims.json", "paper/ncn.pdf", "config.json")
+MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+MAX_DIGEST_LEN = 36  # MAX_DATASET_DIGEST_SIZE: the digest is the sha256's first 36 hex digits
 _jitter = random.Random()  # never the global RNG: its state is part of the checkpoints
 
 
-# ---- store location and the retry helper ---------------------------------------------------
+# ---- the store, the experiment, the retry helper -----------------------------------------------
 
 
-def resolve_uri(uri: str) -> str:
-    """Make a relative `sqlite:///path` absolute (against the current dir) and create its folder."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix):
-        path = Path(uri[len(prefix) :])
-        if not path.is_absolute():
-            path = Path.cwd() / path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return prefix + str(path.resolve())
-    return uri
+class Store:
+    """A tracking URI; for a local SQLite store also its folder, which stored paths are relative to."""
+
+    def __init__(self, uri: str):
+        self.db = Path(uri[len("sqlite:///"):]).resolve() if uri.startswith("sqlite:///") else None
+        self.uri = f"sqlite:///{self.db}" if self.db else uri
+        self.root = self.db.parent if self.db else None
+
+    @classmethod
+    def at(cls, ref: str, base: Path) -> Store:
+        """The store a saved reference names: a URI, or a database path relative to `base`."""
+        return cls(ref if "://" in ref else f"sqlite:///{Path(base) / ref}")
+
+    def ref(self, base: Path) -> str:
+        """The reference to save in a file in `base`: the database's relative path, or the URI."""
+        return os.path.relpath(self.db, Path(base).resolve()) if self.db else self.uri
+
+    def rel(self, path: Path) -> str:
+        """A path as MLflow records it: relative to the store's folder (else the current one)."""
+        return os.path.relpath(Path(path).resolve(), self.root or Path.cwd())
+
+    @contextlib.contextmanager
+    def cwd(self):
+        """Artifact calls: MLflow resolves the stored relative artifact URIs against the current dir."""
+        old = os.getcwd()
+        if self.root:
+            os.chdir(self.root)
+        try:
+            yield
+        finally:
+            os.chdir(old)
 
 
-def artifact_root(uri: str) -> str | None:
-    """Artifacts of a SQLite store live beside the database: `<db dir>/mlartifacts`."""
-    if uri.startswith("sqlite:///"):
-        return str(Path(uri[len("sqlite:///") :]).parent / "mlartifacts")
-    return None  # a server decides
+def store_uri(cfg: dict) -> str:
+    """mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else results/<profile>/mlflow.db."""
+    return (cfg["mlflow"].get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///results/{cfg['profile']}/mlflow.db")
+
+
+def experiment_name(cfg: dict) -> str:
+    return cfg.get("mlflow", {}).get("experiment") or cfg["profile"]
+
+
+def hand_experiment(cfg: dict) -> str:
+    """Where `ncn train` outside Snakemake logs: $MLFLOW_EXPERIMENT_NAME, else "<experiment>-hand"."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"{experiment_name(cfg)}-hand"
 
 
 def _is_locked(e: BaseException) -> bool:
@@ -80,43 +133,70 @@ def _retry(fn: Callable, *args, attempts: int = 8, **kw):
             delay = min(delay * 2, 5.0)
 
 
-def _client(uri: str):
-    # no network calls home from compute nodes (MLflow 3 telemetry)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")  # an unreachable server fails in seconds
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    from mlflow.tracking import MlflowClient
+def _client(store: Store):
+    for key, value in (("MLFLOW_DISABLE_TELEMETRY", "true"),  # no calls home from compute nodes
+                       ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),  # an unreachable server fails in seconds
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
+                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),  # no \r in job logs
+                       ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5")):  # MLflow's 10 s: short jobs got none
+        os.environ.setdefault(key, value)
+    import mlflow
 
-    return MlflowClient(tracking_uri=uri)
+    mlflow.set_tracking_uri(store.uri)
+    return mlflow.MlflowClient(tracking_uri=store.uri)
 
 
-def experiment_name(cfg: dict) -> str:
-    return cfg.get("mlflow", {}).get("experiment") or cfg["profile"]
-
-
-def get_or_create_experiment(client, name: str, uri: str) -> str:
+def experiment_id(store: Store, name: str) -> str:
+    """The experiment's id, creating it (with an artifact location relative to the store) if needed."""
+    client = _client(store)
     exp = _retry(client.get_experiment_by_name, name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return _retry(client.create_experiment, name, artifact_location=artifact_root(uri))
-    except Exception:  # a parallel job created it first
+    if exp is None:
+        try:
+            _retry(client.create_experiment, name)
+        except Exception:  # a parallel job created it first
+            if _retry(client.get_experiment_by_name, name) is None:
+                raise
         exp = _retry(client.get_experiment_by_name, name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+        _relative_locations(store, exp.experiment_id)
+    return exp.experiment_id
 
 
-def git_commit() -> str:
-    root = Path(__file__).resolve().parents[2]
+def _relative_locations(store: Store, exp_id: str) -> None:
+    """Set the experiment's (and the Default one's) artifact_location to "mlartifacts/<id>".
+    MLflow makes every local location absolute and has no call to change it, so this is SQL."""
+    if store.db is None:
+        return
+    with contextlib.closing(sqlite3.connect(store.db, timeout=60)) as con, con:
+        con.execute("UPDATE experiments SET artifact_location = ? || experiment_id WHERE experiment_id IN (0, ?)",
+                    (f"{ARTIFACT_DIR}/", int(exp_id)))
+
+
+def pipeline() -> dict | None:
+    """The pipeline run of this Snakemake invocation ($NCN_MLFLOW_PIPELINE), or None by hand."""
+    path = os.environ.get(PIPELINE_ENV)
+    if not path:
+        return None
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        ready = read_json(path)
+    except (OSError, ValueError) as e:
+        return {"error": f"{path}: {e}"}
+    if not ready.get("run_id"):
+        return {"error": ready.get("error") or f"{path} names no pipeline run"}
+    return {**ready, "store": Store.at(ready["store"], Path(path).parent)}
 
 
-# ---- params and metrics ----------------------------------------------------------------------
+def ui_url(results: str | Path, port: int = 5000) -> str:
+    """The MLflow UI's runs table of a results folder's experiment: the "Model training" view
+    (MLflow 3 opens on GenAI traces), sorted by run name, which also lists nested runs flat."""
+    try:
+        exp = f"experiments/{read_json(Path(results) / 'mlflow.ready')['experiment_id']}/runs"
+    except (OSError, ValueError, KeyError):
+        exp = "experiments"
+    return (f"http://127.0.0.1:{port}/#/{exp}?workflowType=machine_learning"
+            "&orderByKey=tags.%60mlflow.runName%60&orderByAsc=true")
+
+
+# ---- what a run records ---------------------------------------------------------------------
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -134,29 +214,25 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
 
 
 def run_params(run_config: dict, n_params: int, n_params_non_embedding: int) -> dict[str, str]:
-    """The whole resolved config, the resolved model/train settings and the param counts."""
-    params = flatten(run_config["config"])
+    """The run's identity and counts, the whole resolved config and the resolved model/train settings."""
+    params = {k: str(run_config[k]) for k in ("variant", "size", "seed", "steps", "tokens_per_step")}
+    params.update({"n_params": str(n_params), "n_params_non_embedding": str(n_params_non_embedding),
+                   "tokens": str(run_config["steps"] * run_config["tokens_per_step"]),
+                   "tokenizer_sha256": str(run_config.get("tokenizer_sha256"))})
+    params.update(flatten(run_config["config"]))
     params.update(flatten(run_config["model_config"], "resolved_model."))
     params.update(flatten(run_config["train"], "resolved_train."))
-    params.update({"n_params": str(n_params), "n_params_non_embedding": str(n_params_non_embedding)})
     return params
-
-
-def run_tags(run_config: dict, run_dir: Path) -> dict[str, str]:
-    commit = git_commit()
-    return {
-        "variant": run_config["variant"],
-        "size": run_config["size"],
-        "seed": str(run_config["seed"]),
-        "profile": run_config["config"]["profile"],
-        "git_commit": commit,
-        "mlflow.source.git.commit": commit,
-        "ncn.run_dir": str(Path(run_dir).resolve()),
-    }
 
 
 def run_name(run_config: dict) -> str:
     return f"{run_config['variant']}-{run_config['size']}-s{run_config['seed']}"
+
+
+def source_tags(name: str, pipeline_run: bool, commit: str) -> dict[str, str]:
+    """MLflow's standard source tags (the UI's "Source" and "Created by" columns)."""
+    return {"mlflow.source.name": name, "mlflow.source.type": "JOB" if pipeline_run else "LOCAL",
+            "mlflow.source.git.commit": commit, "mlflow.user": getpass.getuser()}
 
 
 def log_rows_as_metrics(rows: Iterable[dict]) -> list[tuple[str, float, int]]:
@@ -173,10 +249,12 @@ def log_rows_as_metrics(rows: Iterable[dict]) -> list[tuple[str, float, int]]:
     return out
 
 
-def numeric_metrics(values: dict, step: int, prefix: str = "") -> list[tuple[str, float, int]]:
-    """(prefix+key, value, step) for the finite numbers of a dict (bools, text, None skipped), by key."""
-    return [(f"{prefix}{k}", float(v), step) for k, v in sorted(values.items())
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+def numeric_metrics(values: dict, step: int, names: dict | None = None) -> list[tuple[str, float, int]]:
+    """(name, value, step) for the finite numbers of a dict (bools, text, None skipped), by key;
+    `names` picks and renames keys."""
+    names = names or {k: k for k in values}
+    return [(names[k], float(v), step) for k, v in sorted(values.items())
+            if k in names and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
 
 
 def _metric_objs(triples: list[tuple[str, float, int]]):
@@ -186,147 +264,247 @@ def _metric_objs(triples: list[tuple[str, float, int]]):
     return [Metric(key=k, value=float(v), timestamp=now, step=int(s)) for k, v, s in triples]
 
 
+def log_dataset(store: Store, path: Path, context: str) -> None:
+    """A token file as the active run's dataset input: its source relative to the store, its digest
+    the sha256 (cut to MLflow's 36 characters; the whole hash is the input's `sha256` tag)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+    from mlflow.data.meta_dataset import MetaDataset
+
+    sha = sha256_file(path)
+    source = get_dataset_source_from_json(json.dumps({"uri": store.rel(path)}), "local")
+    dataset = MetaDataset(source, name=Path(path).name, digest=sha[:MAX_DIGEST_LEN])
+    mlflow.log_input(dataset, context=context, tags={"sha256": sha, "bytes": str(Path(path).stat().st_size)})
+
+
+def log_model(model_pt: Path) -> None:
+    """model.pt as an MLflow PyTorch model: `mlflow.pytorch.load_model("runs:/<id>/model")` returns
+    the Transformer (pickled by reference: loading needs the ncn package installed)."""
+    import torch
+
+    from ncn.model import load_model
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    import mlflow.pytorch  # its Lightning module calls logging.basicConfig(): undo that (doubled log lines)
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+    model, _ = load_model(model_pt)
+    quiet = logging.getLogger("mlflow.pytorch")  # its warning about pickle, once per job
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+                                 pip_requirements=[f"torch=={torch.__version__}"])
+    finally:
+        quiet.setLevel(level)
+
+
+def _end_quietly() -> None:
+    """Leave the active run and stop its system-metrics thread without waiting on a failing store."""
+    import mlflow
+    from mlflow.tracking import fluent
+
+    run = mlflow.active_run()
+    if run is not None:
+        monitor = fluent.run_id_to_system_metrics_monitor.pop(run.info.run_id, None)
+        with contextlib.suppress(Exception):
+            if monitor is not None:
+                monitor.finish()
+            mlflow.end_run("FAILED")
+
+
 # ---- the tracker a training job uses ------------------------------------------------------
 
 
 class Tracker:
-    """One MLflow run per training job; every failure becomes a warning (see module doc)."""
+    """One MLflow run per training job; every failure becomes a warning (see the module doc).
 
-    def __init__(self, cfg: dict, run_dir: Path, enabled: bool = True):
-        self.run_dir = Path(run_dir)
-        self.client = None
+    `store`/`experiment` override where the run goes (`ncn mlflow-sync`), `strict` raises instead
+    of warning, and `replay` marks a run made from finished files (no system metrics)."""
+
+    def __init__(self, cfg: dict, run_dir: Path, enabled: bool = True, *, store: Store | None = None,
+                 experiment: str | None = None, strict: bool = False, replay: bool = False):
+        self.run_dir, self.strict, self.replay = Path(run_dir), strict, replay
         self.run_id: str | None = None
         self.logged_through = 0
         self.pending: list[tuple[str, float, int]] = []
-        if not (enabled and cfg["mlflow"]["enabled"]):
+        self.on = bool(enabled and cfg["mlflow"]["enabled"])
+        if not self.on:
             return
-        self.uri = cfg["mlflow"]["tracking_uri"]
-        self.experiment = experiment_name(cfg)
-        self.client = True  # _safe calls only while a client is set
-        try:
-            self.uri = resolve_uri(self.uri)
-        except OSError as e:
-            self._warn("store folder", e)
+        ctx = None if store else pipeline()
+        if ctx and "error" in ctx:
+            self._off("pipeline run", RuntimeError(ctx["error"]))
             return
-        self.client = self._safe("connect", _client, self.uri)
+        self.parent = ctx["run_id"] if ctx else None
+        self.commit = ctx["git_commit"] if ctx else git_commit()
+        self.store = store or (ctx["store"] if ctx else Store(store_uri(cfg)))
+        self.experiment = experiment or (ctx["experiment"] if ctx else hand_experiment(cfg))
 
-    def _warn(self, what: str, e: BaseException) -> None:
+    def _off(self, what: str, e: BaseException) -> None:
         log.warning(
             "MLflow %s failed (%s: %s); training continues without tracking - the files in %s are "
             "the record; replay them later with 'ncn mlflow-sync --runs <runs dir>'",
             what, type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", self.run_dir,
         )
-        self.client = None
+        self.on = False
+        with contextlib.suppress(Exception):
+            _end_quietly()
 
     def _safe(self, what: str, fn: Callable, *args, **kw):
-        if self.client is None:
+        if not self.on:
             return None
         try:
             return _retry(fn, *args, **kw)
         except Exception as e:
-            self._warn(what, e)
+            if self.strict:
+                raise
+            self._off(what, e)
             return None
 
     def _save_state(self) -> None:
         write_json(self.run_dir / STATE_FILE, {
-            "tracking_uri": self.uri, "experiment": self.experiment, "run_id": self.run_id,
+            "store": self.store.ref(self.run_dir), "experiment": self.experiment, "run_id": self.run_id,
             "logged_through_step": self.logged_through,
         })
 
+    def _old_run(self) -> str | None:
+        """The run id in mlflow_run.json, if it belongs to this store."""
+        state = read_state(self.run_dir)
+        return state["run_id"] if state and state["store"].uri == self.store.uri else None
+
     def start(self, run_config: dict, n_params: int, n_params_non_embedding: int, resumed: bool) -> None:
         """Create the MLflow run, or continue the previous one when resuming from a checkpoint."""
-        if self.client is None:
+        if not self.on:
             return
-        state_path = self.run_dir / STATE_FILE
-        old = read_json(state_path) if state_path.exists() else None
-        if old and old.get("tracking_uri") != self.uri:
-            old = None  # another store: start a run there
-        if old and resumed and old.get("run_id"):
+        import mlflow
+
+        self.client = self._safe("connect", _client, self.store)
+        old = self._old_run() if self.on else None
+        if old and resumed:
             try:
-                _retry(self.client.update_run, old["run_id"], status="RUNNING")
-                self.run_id = old["run_id"]
-                self.logged_through = int(old.get("logged_through_step", 0))
-                log.info("MLflow: continuing run %s", self.run_id)
+                _retry(mlflow.start_run, run_id=old, log_system_metrics=not self.replay)
+                self.run_id, self.logged_through = old, int(read_json(self.run_dir / STATE_FILE)["logged_through_step"])
+                log.info("MLflow: continuing run %s", old)
                 return
             except Exception as e:  # deleted from the store, or the store is down: a new run below
-                log.info("MLflow: cannot continue run %s (%s); starting a new one", old["run_id"], type(e).__name__)
-                old = None
-        if old and old.get("run_id"):  # a job that died before its first checkpoint: close its run
-            try:
-                if _retry(self.client.get_run, old["run_id"]).info.status == "RUNNING":
-                    _retry(self.client.set_terminated, old["run_id"], status="KILLED")
-            except Exception:
-                pass  # gone from the store: nothing to close
-        exp_id = self._safe("experiment", get_or_create_experiment, self.client, self.experiment, self.uri)
-        if exp_id is None:
-            return
-        run = self._safe("create run", self.client.create_run, exp_id, run_name=run_name(run_config),
-                         tags=run_tags(run_config, self.run_dir))
+                log.info("MLflow: cannot continue run %s (%s); starting a new one", old, type(e).__name__)
+        elif old:  # a job that died before its first checkpoint: close its run
+            with contextlib.suppress(Exception):
+                if self.client.get_run(old).info.status == "RUNNING":
+                    _retry(self.client.set_terminated, old, status="KILLED")
+        exp_id = self._safe("experiment", experiment_id, self.store, self.experiment)
+        tags = {"variant": run_config["variant"], "size": run_config["size"], "seed": str(run_config["seed"]),
+                "profile": run_config["config"]["profile"], "ncn.stage": "train",
+                "ncn.run_dir": self.store.rel(self.run_dir), **({"ncn.replayed": "true"} if self.replay else {}),
+                **source_tags("ncn train", self.parent is not None, self.commit)}
+        run = self._safe("create run", mlflow.start_run, experiment_id=exp_id, run_name=run_name(run_config),
+                         parent_run_id=self.parent, tags=tags, log_system_metrics=not self.replay) if exp_id else None
         if run is None:
             return
-        self.run_id = run.info.run_id
-        self.logged_through = 0
-        from mlflow.entities import Param
-
-        params = [Param(k, v) for k, v in run_params(run_config, n_params, n_params_non_embedding).items()]
-        for i in range(0, len(params), 100):
-            self._safe("log params", self.client.log_batch, self.run_id, params=params[i : i + 100])
-        if self.client is not None:
+        self.run_id, self.logged_through = run.info.run_id, 0
+        self._safe("log params", mlflow.log_params, run_params(run_config, n_params, n_params_non_embedding))
+        train_bin = Path(run_config.get("data_dir") or "/nonexistent") / "train.bin"
+        if train_bin.is_file():
+            self._safe("log dataset", log_dataset, self.store, train_bin, "training")
+        if self.on:
             self._save_state()
 
     def add_rows(self, rows: Iterable[dict]) -> None:
         """Queue train_log rows not yet in MLflow (a resumed job re-adds the restored rows)."""
-        if self.client is None or self.run_id is None:
-            return
-        self.pending += [t for t in log_rows_as_metrics(rows) if t[2] > self.logged_through]
+        if self.on and self.run_id is not None:
+            self.pending += [t for t in log_rows_as_metrics(rows) if t[2] > self.logged_through]
 
     def flush(self) -> None:
-        if self.client is None or self.run_id is None or not self.pending:
+        if not self.on or self.run_id is None or not self.pending:
             return
         last = max(s for _, _, s in self.pending)
-        for i in range(0, len(self.pending), METRICS_PER_CALL):
-            chunk = _metric_objs(self.pending[i : i + METRICS_PER_CALL])
-            if self._safe("log metrics", self.client.log_batch, self.run_id, metrics=chunk) is None and self.client is None:
-                return
-        self.pending = []
-        self.logged_through = last
-        self._save_state()
+        self._safe("log metrics", self.client.log_batch, self.run_id, metrics=_metric_objs(self.pending))
+        if self.on:
+            self.pending, self.logged_through = [], max(last, self.logged_through)
+            self._save_state()
 
     def finish(self, metrics: dict, artifacts: Iterable[Path]) -> None:
-        if self.client is None or self.run_id is None:
+        """The final metrics and constants, the files, the model (from RUN/model.pt); FINISHED."""
+        if not self.on or self.run_id is None:
             return
+        import mlflow
+
         self.flush()
-        self.pending = numeric_metrics(metrics, int(metrics["steps"]), prefix="final/")
+        self.pending = numeric_metrics(metrics, int(metrics["steps"]), FINAL_METRICS)
         self.flush()
-        for path in artifacts:
-            if Path(path).exists():
-                self._safe("log artifact", self.client.log_artifact, self.run_id, str(path))
-        if self.client is not None:
-            self._safe("finish run", self.client.set_terminated, self.run_id, status="FINISHED")
+        self._safe("log params", mlflow.log_params, {k: str(metrics[k]) for k in END_PARAMS if k in metrics})
+        files = [str(Path(p).resolve()) for p in artifacts if Path(p).exists()]
+        model_pt = (self.run_dir / "model.pt").resolve()
+        with self.store.cwd():
+            for path in files:
+                self._safe("log artifact", mlflow.log_artifact, path)
+            if model_pt.exists():
+                self._safe("log model", log_model, model_pt)
+        self._safe("finish run", mlflow.end_run, "FINISHED")
 
     def fail(self) -> None:
-        if self.client is not None and self.run_id is not None:
+        if self.on and self.run_id is not None:
+            import mlflow
+
             self.flush()
-            self._safe("mark run failed", self.client.set_terminated, self.run_id, status="FAILED")
+            self._safe("mark run failed", mlflow.end_run, "FAILED")
+
+
+def read_state(run_dir: Path) -> dict | None:
+    """mlflow_run.json of a run folder, its store resolved (relative to the folder), or None."""
+    path = Path(run_dir) / STATE_FILE
+    try:
+        state = read_json(path)
+        return {**state, "store": Store.at(state["store"], Path(run_dir))} if state.get("run_id") else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def log_eval(run_dir: Path, values: dict) -> None:
-    """Add evaluation metrics to the run's MLflow run, if it has one (warn-only)."""
-    state_path = Path(run_dir) / STATE_FILE
-    if not state_path.exists():
-        return
-    state = read_json(state_path)
-    if not state.get("run_id"):
-        return
+    """Evaluation metrics onto the run's training run and, under Snakemake, into an evaluation run
+    nested in the pipeline run. Warn-only: eval.json is the record."""
+    run_dir = Path(run_dir)
+    state, ctx = read_state(run_dir), pipeline()
     try:
-        client = _client(state["tracking_uri"])
-        _retry(client.log_batch, state["run_id"], metrics=_metric_objs(numeric_metrics(values, 0)))
+        if state:
+            steps = int(read_json(run_dir / "metrics.json").get("steps", 0))
+            client = _client(state["store"])
+            _retry(client.log_batch, state["run_id"], metrics=_metric_objs(numeric_metrics(values, steps, EVAL_METRICS)))
+        if ctx and "error" not in ctx:
+            _eval_run(ctx, run_dir, values, state["run_id"] if state else None)
     except Exception as e:
         log.warning("MLflow: could not log evaluation metrics (%s: %s); eval.json is the record",
                     type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
 
 
-# ---- ncn mlflow-init -----------------------------------------------------------------------
+def _eval_run(ctx: dict, run_dir: Path, values: dict, train_run_id: str | None) -> None:
+    import mlflow
+
+    store = ctx["store"]
+    _client(store)
+    rc = read_json(run_dir / "config.json")
+    tags = {k: str(rc[k]) for k in ("variant", "size", "seed")}
+    tags.update({"profile": rc["config"]["profile"], "ncn.stage": "evaluate", "ncn.run_dir": store.rel(run_dir),
+                 **({"ncn.train_run_id": train_run_id} if train_run_id else {}),
+                 **source_tags("ncn evaluate", True, ctx["git_commit"])})
+    files = [str(p.resolve()) for p in (run_dir / "eval.json",) if p.exists()]
+    with _retry(mlflow.start_run, experiment_id=ctx["experiment_id"], run_name=f"{run_name(rc)}-eval",
+                parent_run_id=ctx["run_id"], tags=tags):
+        _retry(mlflow.log_params, {**{k: tags[k] for k in ("variant", "size", "seed", "profile")},
+                                   **{k: str(v) for k, v in values.items() if k not in EVAL_METRICS}})
+        _retry(mlflow.log_metrics, {k: v for k, v, _ in numeric_metrics(values, 0, EVAL_METRICS)})
+        valid_bin = Path(rc.get("data_dir") or "/nonexistent") / "valid.bin"
+        if valid_bin.is_file():
+            _retry(log_dataset, store, valid_bin, "evaluation")
+        with store.cwd():
+            for path in files:
+                _retry(mlflow.log_artifact, path)
+
+
+# ---- ncn mlflow-init / mlflow-end: the pipeline run ------------------------------------------
 
 
 def main_mlflow_init(argv: list[str]) -> int:
@@ -334,28 +512,82 @@ def main_mlflow_init(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(
         prog="ncn mlflow-init",
-        description="Create the MLflow tracking store (SQLite schema migrations) and the profile's "
-        "experiment once, before parallel training jobs start, so they never race on the schema. "
-        "Writes a small marker JSON that the training rules depend on.",
+        description="Start the pipeline's MLflow run (the Snakefile's onstart does this once per "
+        "invocation): create the store (SQLite schema) and the profile's experiment if needed, open a "
+        "run that the jobs' runs nest under, and write a marker naming it, relative to itself. On an "
+        "error the marker records it (jobs then train untracked) and the exit status is 2.",
     )
     p.add_argument("--config", required=True, help="pipeline config (mlflow.tracking_uri, mlflow.experiment, profile)")
-    p.add_argument("--out", required=True, help="marker file to write, e.g. results/mlflow.ready")
+    p.add_argument("--out", required=True, help="marker file to write, e.g. results/smoke/mlflow.ready")
     a = p.parse_args(argv)
-    cfg = load_config(a.config)
-    marker = {"enabled": cfg["mlflow"]["enabled"], "experiment": experiment_name(cfg)}
-    if cfg["mlflow"]["enabled"]:
-        uri = resolve_uri(cfg["mlflow"]["tracking_uri"])
-        try:
-            client = _client(uri)
-            _retry(client.search_experiments, max_results=1)  # opens the store: creates / migrates it
-            marker["experiment_id"] = get_or_create_experiment(client, marker["experiment"], uri)
-        except Exception as e:
-            raise NCNError(f"cannot create the MLflow store at {uri}: {type(e).__name__}: {e}") from None
-        marker["tracking_uri"] = uri
-        print(f"MLflow store ready: {uri}, experiment '{marker['experiment']}' (id {marker['experiment_id']})")
-    else:
+    cfg = load_config(a.config, stage="mlflow-init")
+    out = Path(a.out)
+    marker: dict[str, Any] = {"enabled": cfg["mlflow"]["enabled"], "experiment": experiment_name(cfg)}
+    if not cfg["mlflow"]["enabled"]:
+        write_json(out, marker)
         print("MLflow disabled in the config (mlflow.enabled: false); nothing to create")
-    write_json(a.out, marker)
+        return 0
+    store = Store(store_uri(cfg))
+    try:
+        marker.update(start_pipeline_run(store, cfg, out.parent))
+    except Exception as e:
+        marker["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        write_json(out, marker)
+        raise NCNError(f"cannot start the pipeline run in the MLflow store {store.uri}: {marker['error']}; jobs "
+                       "train untracked - replay them later with 'ncn mlflow-sync'") from None
+    write_json(out, marker)
+    print(f"MLflow: pipeline run {marker['run_id']} in experiment '{marker['experiment']}' of {store.uri}")
+    return 0
+
+
+def start_pipeline_run(store: Store, cfg: dict, marker_dir: Path) -> dict:
+    """Open the pipeline run (the client API: it stays RUNNING after this process exits)."""
+    client = _client(store)
+    _retry(client.search_experiments, max_results=1)  # opens the store: creates / migrates it
+    exp_id = experiment_id(store, experiment_name(cfg))
+    commit = git_commit()
+    tags = {"profile": cfg["profile"], "ncn.stage": "pipeline", **source_tags("snakemake", True, commit)}
+    run = _retry(client.create_run, exp_id, run_name=f"pipeline {datetime.now():%Y-%m-%d %H:%M:%S}", tags=tags)
+    from mlflow.entities import Param
+
+    # provenance: the whole resolved config as params (a stage slice keeps it in .resolved)
+    resolved = getattr(cfg, "resolved", cfg)
+    _retry(client.log_batch, run.info.run_id, params=[Param(k, v) for k, v in flatten(resolved).items()])
+    return {"store": store.ref(marker_dir), "experiment_id": exp_id, "run_id": run.info.run_id, "git_commit": commit}
+
+
+def main_mlflow_end(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="ncn mlflow-end",
+        description="Close the pipeline's MLflow run (the Snakefile's onsuccess/onerror): log the "
+        f"results that exist ({', '.join(RESULTS)}) and the Snakemake log to it, then set its status.",
+    )
+    p.add_argument("--ready", required=True, help="the marker ncn mlflow-init wrote, e.g. results/smoke/mlflow.ready")
+    p.add_argument("--results", required=True, help="the profile's results folder, e.g. results/smoke")
+    p.add_argument("--status", choices=("FINISHED", "FAILED"), default="FINISHED")
+    p.add_argument("--log", nargs="*", default=[], help="the Snakemake log(s) of the invocation")
+    a = p.parse_args(argv)
+    ready = read_json(a.ready) if Path(a.ready).exists() else {}
+    if not ready.get("run_id"):
+        print(f"ncn mlflow-end: {a.ready} names no pipeline run; nothing to close")
+        return 0
+    store = Store.at(ready["store"], Path(a.ready).parent)
+    results = Path(a.results).resolve()
+    files = [(results / r, str(Path(r).parent) if "/" in r else None) for r in RESULTS if (results / r).exists()]
+    files += [(Path(f).resolve(), "snakemake") for f in a.log if Path(f).is_file()]
+    try:
+        client = _client(store)
+        with store.cwd():
+            for path, folder in files:
+                if path.is_dir():
+                    _retry(client.log_artifacts, ready["run_id"], str(path), artifact_path=path.name)
+                else:
+                    _retry(client.log_artifact, ready["run_id"], str(path), artifact_path=folder)
+        _retry(client.set_terminated, ready["run_id"], status=a.status)
+    except Exception as e:
+        raise NCNError(f"MLflow store {store.uri}: cannot close the pipeline run {ready['run_id']}: "
+                       f"{type(e).__name__}: {e}") from None
+    print(f"MLflow: pipeline run {ready['run_id']} {a.status} with {len(files)} result(s) logged")
     return 0
 
 
@@ -369,53 +601,35 @@ def _read_log(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _finished_run_exists(client, exp_id: str, run_dir: Path, state: dict | None) -> bool:
-    if state and state.get("run_id"):
-        try:
+def _recorded(client, exp_id: str, store: Store, run_dir: Path, state: dict | None) -> bool:
+    """Whether the store already holds a FINISHED run of this folder."""
+    if state and state["store"].uri == store.uri:
+        with contextlib.suppress(Exception):
             if _retry(client.get_run, state["run_id"]).info.status == "FINISHED":
                 return True
-        except Exception:
-            pass  # deleted or another store
-    runs = _retry(client.search_runs, [exp_id],
-                  filter_string=f"tags.`ncn.run_dir` = '{run_dir.resolve()}' and attributes.status = 'FINISHED'",
-                  max_results=1)
+    runs = _retry(client.search_runs, [exp_id], max_results=1,
+                  filter_string=f"tags.`ncn.run_dir` = '{store.rel(run_dir)}' and attributes.status = 'FINISHED'")
     return len(runs) > 0
 
 
-def sync_run(client, uri: str, exp_name: str, run_dir: Path) -> str | None:
-    """Replay one finished run folder into the store. Returns the new run id, or None if skipped."""
-    from mlflow.entities import Param
-
-    run_config = read_json(run_dir / "config.json")
-    metrics = read_json(run_dir / "metrics.json")
-    state_path = run_dir / STATE_FILE
-    state = read_json(state_path) if state_path.exists() else None
-    if state and state.get("tracking_uri") != uri:
-        state = None
-    exp_id = get_or_create_experiment(client, exp_name, uri)
-    if _finished_run_exists(client, exp_id, run_dir, state):
+def sync_run(cfg: dict, store: Store, exp_name: str, run_dir: Path) -> str | None:
+    """Replay one finished run folder into the store. Returns the new run id, or None if recorded."""
+    run_config, metrics = read_json(run_dir / "config.json"), read_json(run_dir / "metrics.json")
+    state = read_state(run_dir)
+    client = _client(store)
+    if _recorded(client, experiment_id(store, exp_name), store, run_dir, state):
         return None
-    if state and state.get("run_id"):  # a partial run (tracking failed mid-job): replace it
-        try:
+    if state and state["store"].uri == store.uri:  # a partial run (tracking failed mid-job): replace it
+        with contextlib.suppress(Exception):
             _retry(client.delete_run, state["run_id"])
-        except Exception:
-            pass
-    run = _retry(client.create_run, exp_id, run_name=run_name(run_config), tags=run_tags(run_config, run_dir))
-    rid = run.info.run_id
-    params = [Param(k, v) for k, v in run_params(run_config, metrics["n_params"], metrics["n_params_non_embedding"]).items()]
-    for i in range(0, len(params), 100):
-        _retry(client.log_batch, rid, params=params[i : i + 100])
-    triples = log_rows_as_metrics(_read_log(run_dir / "train_log.csv"))
-    triples += numeric_metrics(metrics, int(metrics["steps"]), prefix="final/")
-    for i in range(0, len(triples), METRICS_PER_CALL):
-        _retry(client.log_batch, rid, metrics=_metric_objs(triples[i : i + METRICS_PER_CALL]))
-    for name in ARTIFACTS:
-        if (run_dir / name).exists():
-            _retry(client.log_artifact, rid, str(run_dir / name))
-    _retry(client.set_terminated, rid, status="FINISHED")
-    write_json(state_path, {"tracking_uri": uri, "experiment": exp_name, "run_id": rid,
-                            "logged_through_step": int(metrics["steps"])})
-    return rid
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
+    t = Tracker(cfg, run_dir, store=store, experiment=exp_name, strict=True, replay=True)
+    t.start(run_config, metrics["n_params"], metrics["n_params_non_embedding"], resumed=False)
+    t.add_rows(_read_log(run_dir / "train_log.csv"))
+    t.finish(metrics, [run_dir / name for name in ARTIFACTS])
+    t.logged_through = int(metrics["steps"])
+    t._save_state()
+    return t.run_id
 
 
 def main_mlflow_sync(argv: list[str]) -> int:
@@ -423,42 +637,39 @@ def main_mlflow_sync(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(
         prog="ncn mlflow-sync",
-        description="Replay finished training runs (metrics.json, train_log.csv, config.json) into the "
-        "MLflow store, for runs that have no FINISHED MLflow run there - e.g. when MLflow was "
+        description="Replay finished training runs (metrics.json, train_log.csv, config.json, model.pt) "
+        "into the MLflow store, for runs that have no FINISHED MLflow run there - e.g. when MLflow was "
         "unreachable or locked during training. Safe to repeat: recorded runs are skipped; a partial "
-        "MLflow run of the folder is replaced.",
+        "MLflow run of the folder is replaced. A run goes to the store its mlflow_run.json names, else "
+        "to the config's.",
     )
-    p.add_argument("--runs", required=True, help="folder searched recursively for run folders, e.g. results/runs")
-    p.add_argument("--config", help="config whose mlflow section (URI, experiment) to use; default: each run's own")
+    p.add_argument("--runs", required=True, help="folder searched recursively for run folders, e.g. results/smoke/runs")
+    p.add_argument("--config", help="config whose mlflow section (store, experiment) to use; default: each run's own")
     a = p.parse_args(argv)
     root = Path(a.runs)
     if not root.is_dir():
         raise NCNError(f"runs folder not found: {root}")
-    cfg = load_config(a.config) if a.config else None
-    run_dirs = sorted(m.parent for m in root.rglob("metrics.json") if (m.parent / "config.json").exists())
-    synced = skipped = unfinished = 0
-    clients: dict[str, Any] = {}
-    for run_dir in run_dirs:
-        metrics = read_json(run_dir / "metrics.json")
-        if not metrics.get("finished"):
-            unfinished += 1
+    cfg = load_config(a.config, stage="mlflow-sync") if a.config else None
+    counts = {"synced": 0, "skipped": 0, "unfinished": 0}
+    for run_dir in sorted(m.parent for m in root.rglob("metrics.json") if (m.parent / "config.json").exists()):
+        if not read_json(run_dir / "metrics.json").get("finished"):
+            counts["unfinished"] += 1
             continue
-        run_cfg = cfg or read_json(run_dir / "config.json")["config"]
-        if not run_cfg["mlflow"]["enabled"] and cfg is None:
-            skipped += 1
+        run_cfg, state = cfg or read_json(run_dir / "config.json")["config"], read_state(run_dir)
+        if not run_cfg["mlflow"]["enabled"]:
+            counts["skipped"] += 1
             continue
-        uri = resolve_uri(run_cfg["mlflow"]["tracking_uri"])
+        store = state["store"] if state and cfg is None else Store(store_uri(run_cfg))
+        exp_name = state["experiment"] if state and cfg is None else experiment_name(run_cfg)
         try:
-            client = clients.get(uri) or clients.setdefault(uri, _client(uri))
-            rid = sync_run(client, uri, experiment_name(run_cfg), run_dir)
+            rid = sync_run(run_cfg, store, exp_name, run_dir)
         except NCNError:
             raise
         except Exception as e:
-            raise NCNError(f"MLflow store {uri} failed while syncing {run_dir}: {type(e).__name__}: {e}") from None
-        if rid is None:
-            skipped += 1
-        else:
-            synced += 1
+            raise NCNError(f"MLflow store {store.uri} failed while syncing {run_dir}: {type(e).__name__}: {e}") from None
+        counts["synced" if rid else "skipped"] += 1
+        if rid:
             print(f"synced {run_dir} -> MLflow run {rid}")
-    print(f"mlflow-sync: {synced} replayed, {skipped} already recorded or disabled, {unfinished} unfinished (skipped)")
+    print(f"mlflow-sync: {counts['synced']} replayed, {counts['skipped']} already recorded or disabled, "
+          f"{counts['unfinished']} unfinished (skipped)")
     return 0

@@ -1,9 +1,9 @@
 # Analysis stage: `ncn analyze <what>` turns finished runs into tables, figures, traces and the
 # claims' verdicts (see docs/architecture.md, "Analysis outputs"). One rule per command. Inputs
 # are the exact files each command reads, so a new run (or a retrained one) reruns the
-# aggregates that include it; `params: cfg=` lists the config values each command uses, so a
+# aggregates that include it; `params: cfg=trigger(stage)` holds the config values each command reads (ncn.stages.READS), so a
 # changed value reruns only what depends on it.
-from ncn.analysis.rules import claim_variants, largest_size, params_key, trace_seed
+from ncn.analysis.rules import claim_variants, largest_size, trace_seed
 
 TABLES = f"{RES}/tables"
 FIGURES = f"{RES}/figures"
@@ -26,7 +26,7 @@ rule analysis_runs:
         metrics=[f"{d}/metrics.json" for d in ALL_RUNS],
         evals=[f"{d}/eval.json" for d in ALL_RUNS],
     output:
-        table=RUNS_TABLE,
+        table=report_item(RUNS_TABLE),
         timing=f"{RES}/timing/runs.csv",
     params:
         runs=ALL_RUNS,
@@ -53,7 +53,7 @@ rule analysis_trace:
         config=CONFIG_JSON,
         run=lambda w, input: os.path.dirname(input.model),
         data=data_dir,
-        cfg=params_key(config, "trace_sentences", "n_valid_sentences", "control_sentences", "probe_word"),
+        cfg=trigger("analyze.trace"),
     log:
         f"{LOGS}/analysis/trace/{{variant}}_{{size}}.log",
     benchmark:
@@ -71,13 +71,13 @@ rule analysis_ab:
         runs=RUNS_TABLE,
         logs=[f"{d}/train_log.csv" for d in ALL_RUNS],
     output:
-        csv=f"{TABLES}/ab.csv",
+        csv=report_item(f"{TABLES}/ab.csv"),
         tex=f"{TABLES}/ab.tex",
         pdf=f"{FIGURES}/loss_curves.pdf",
-        png=report(f"{FIGURES}/loss_curves.png", caption="../report/loss_curves.rst", category="Figures"),
+        png=report_item(f"{FIGURES}/loss_curves.png"),
     params:
         config=CONFIG_JSON,
-        cfg=params_key(config, "confidence", top=LAYOUT),
+        cfg=trigger("analyze.ab"),
     log:
         f"{LOGS}/analysis/ab.log",
     benchmark:
@@ -94,13 +94,13 @@ rule analysis_scaling:
     input:
         runs=RUNS_TABLE,
     output:
-        csv=f"{TABLES}/scaling.csv",
+        csv=report_item(f"{TABLES}/scaling.csv"),
         tex=f"{TABLES}/scaling.tex",
         pdf=f"{FIGURES}/scaling.pdf",
-        png=report(f"{FIGURES}/scaling.png", caption="../report/scaling.rst", category="Figures"),
+        png=report_item(f"{FIGURES}/scaling.png"),
     params:
         config=CONFIG_JSON,
-        cfg=params_key(config, "confidence", top=LAYOUT),
+        cfg=trigger("analyze.scaling"),
     log:
         f"{LOGS}/analysis/scaling.log",
     benchmark:
@@ -117,11 +117,11 @@ rule analysis_leak:
     input:
         runs=RUNS_TABLE,
     output:
-        csv=f"{TABLES}/leak.csv",
+        csv=report_item(f"{TABLES}/leak.csv"),
         tex=f"{TABLES}/leak.tex",
     params:
         config=CONFIG_JSON,
-        cfg=params_key(config, "confidence", top=LAYOUT),
+        cfg=trigger("analyze.leak"),
     log:
         f"{LOGS}/analysis/leak.log",
     benchmark:
@@ -139,12 +139,12 @@ rule analysis_brainscan:
         traces=expand(TRACE, variant=NCN_VARIANTS, size=LARGEST),
     output:
         pdf=f"{FIGURES}/brainscan.pdf",
-        png=report(f"{FIGURES}/brainscan.png", caption="../report/brainscan.rst", category="Figures"),
+        png=report_item(f"{FIGURES}/brainscan.png"),
         dev_pdf=f"{FIGURES}/brainscan_dev.pdf",
-        dev_png=report(f"{FIGURES}/brainscan_dev.png", caption="../report/brainscan_dev.rst", category="Figures"),
+        dev_png=report_item(f"{FIGURES}/brainscan_dev.png"),
     params:
         config=CONFIG_JSON,
-        cfg=params_key(config, "dev_limit", top=("variants", "model")),
+        cfg=trigger("analyze.brainscan"),
     log:
         f"{LOGS}/analysis/brainscan.log",
     benchmark:
@@ -165,16 +165,16 @@ rule analysis_skip:
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
     output:
-        csv=f"{TABLES}/skip.csv",
+        csv=report_item(f"{TABLES}/skip.csv"),
         timing=f"{RES}/timing/skip_wall.csv",
         tex=f"{TABLES}/skip.tex",
         pdf=f"{FIGURES}/skip_tradeoff.pdf",
-        png=report(f"{FIGURES}/skip_tradeoff.png", caption="../report/skip_tradeoff.rst", category="Figures"),
+        png=report_item(f"{FIGURES}/skip_tradeoff.png"),
     params:
         config=CONFIG_JSON,
         runs=lambda w, input: [os.path.dirname(m) for m in input.models],
         data=data_dir,
-        cfg=params_key(config, "skip_eps", "skip_max_tokens", top=("eval",)),
+        cfg=trigger("analyze.skip"),
     log:
         f"{LOGS}/analysis/skip.log",
     benchmark:
@@ -199,17 +199,12 @@ rule analysis_claims:
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
     output:
-        json=f"{RES}/claims.json",
+        json=report_item(f"{RES}/claims.json"),
         tex=f"{TABLES}/claims.tex",
     params:
         config=CONFIG_JSON,
         data=data_dir,
-        cfg=params_key(
-            config,
-            *("confidence", "ppl_threshold", "gain_band", "gain_min_fraction", "reg_move_rel"),
-            *("gate_eps", "gate_min_fraction", "probe_word", "control_sentences"),
-            top=("profile", "tokenizer", "ncn_reference", *LAYOUT),
-        ),
+        cfg=trigger("analyze.claims"),
     log:
         f"{LOGS}/analysis/claims.log",
     benchmark:

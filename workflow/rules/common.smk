@@ -1,9 +1,11 @@
 # Shared names and helpers for every rule file.
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+from ncn.stages import trigger as stage_trigger
 from ncn.fileio import write_json
 from ncn.variants import names as variant_names, ncn_names
 
@@ -24,33 +26,29 @@ SIZES = list(config["sizes"])
 SEEDS = list(config["seeds"])
 PROFILE = config["profile"]
 
-RES = "results"
+# One results folder per profile: smoke, default, cpu-trunk and paper never overwrite each other.
+RES = f"results/{PROFILE}"
 DATA = f"{RES}/data"
 RUN = f"{RES}/runs/{{variant}}/{{size}}/seed{{seed}}"
 LOGS = f"{RES}/logs"
 BENCH = f"{RES}/benchmarks"
-# Written by `ncn mlflow-init` once, before the training jobs run in parallel. The store itself
-# (results/mlflow.db) is deliberately not an output: Snakemake deletes outputs before rerunning a
-# job, and the store holds every run ever recorded.
+# The pipeline's MLflow run (ncn.tracking): `ncn mlflow-init` creates the store (RES/mlflow.db)
+# if needed and opens one run per invocation when jobs are about to run (onstart, below), and
+# writes this marker naming it; the training and evaluation jobs nest their runs under it (they
+# find it through NCN_MLFLOW_PIPELINE); onsuccess/onerror log the results to it and close it.
+# Neither the marker nor the store is an output: Snakemake deletes outputs before rerunning a job,
+# and the store holds every run ever recorded.
 MLFLOW_READY = f"{RES}/mlflow.ready"
+os.environ["NCN_MLFLOW_PIPELINE"] = MLFLOW_READY
 
 
-def _drop_stale_mlflow_marker():
-    """A marker whose SQLite store was deleted (rm results/mlflow.db) would let parallel training
-    jobs race to create the schema: remove it, so mlflow_init runs again first."""
-    try:
-        uri = json.loads(Path(MLFLOW_READY).read_text()).get("tracking_uri") or ""
-    except (OSError, ValueError):
-        return
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        Path(MLFLOW_READY).unlink()
+envvars:
+    "NCN_MLFLOW_PIPELINE",
 
-
-_drop_stale_mlflow_marker()
 
 # The resolved config (defaults filled, --config overrides applied) that every `ncn` call reads.
 # Rewritten only when its content changes; rules depend on the config *sections* they use via
-# `params: cfg=section(...)`, so a changed value reruns only what depends on it. It is not an
+# `params: cfg=trigger(stage)`, so a changed value reruns only what depends on it. It is not an
 # input of any rule: its mtime would rerun everything.
 CONFIG_JSON = f"{RES}/config.json"
 # Every rule runs in this environment under `--sdm conda` (path relative to workflow/rules/).
@@ -64,21 +62,44 @@ def _write_resolved_config():
         write_json(p, config)
 
 
-# Written when jobs are about to run (onstart hooks run only then, and only in the main process),
-# so a dry run (`-n`) or `--lint` of another config never changes the file under running jobs.
+def _ncn_hook(*args):
+    """`ncn ARGS` from a hook: its output is shown, and a failure is a warning, never the pipeline's."""
+    r = subprocess.run(["ncn", *args], capture_output=True, text=True)
+    out = (r.stdout + r.stderr).strip()
+    if out:
+        print(("WARNING: " if r.returncode else "") + out, file=sys.stderr)
+
+
+def _end_pipeline_run(status, log):
+    try:
+        has_run = bool(json.loads(Path(MLFLOW_READY).read_text()).get("run_id"))
+    except (OSError, ValueError):
+        has_run = False
+    logs = [str(f) for f in (log if isinstance(log, (list, tuple)) else [log]) if f]  # Snakemake 9: a list
+    if has_run:
+        _ncn_hook("mlflow-end", "--ready", MLFLOW_READY, "--results", RES, "--status", status, "--log", *logs)
+
+
+# Hooks run only when jobs are about to run, and only in the main process, so a dry run (`-n`) or
+# `--lint` of another config never changes the files under running jobs.
 onstart:
     _write_resolved_config()
+    _ncn_hook("mlflow-init", "--config", CONFIG_JSON, "--out", MLFLOW_READY)
 
 
-def section(*keys):
-    """A stable string of the config sections a rule depends on (a params rerun trigger)."""
-    return json.dumps({k: config.get(k) for k in keys}, sort_keys=True)
+onsuccess:
+    _end_pipeline_run("FINISHED", log)
 
 
-def size_section(size, *keys):
-    """Like section(), plus the definition of one named size: a change to size_defs.m reruns
-    only the jobs of size m."""
-    return json.dumps({"size_def": config["size_defs"][size], **{k: config.get(k) for k in keys}}, sort_keys=True)
+onerror:
+    _end_pipeline_run("FAILED", log)
+
+
+def trigger(stage, size=None):
+    """A rule's `params: cfg=` rerun trigger: the config keys its command reads, from the one list
+    ncn.stages.READS (the command loads exactly that slice). With `size`, only that size's
+    definition: a change to size_defs.m reruns only the jobs of size m."""
+    return stage_trigger(config, stage, size)
 
 
 def size_resource(size, key):
@@ -109,6 +130,31 @@ wildcard_constraints:
     variant="|".join(variant_names()),  # the registry, ncn.variants
     size="[A-Za-z0-9_]+",
     seed=r"\d+",
+
+
+# The report (`snakemake --report RES/report.html`): every item has a category, a label (the
+# report lists labels, not paths) and a caption (workflow/report/<caption>). By file name.
+REPORT_ITEMS = {
+    "loss_curves.png": ("Figures", "Training loss curves", "loss_curves.rst"),
+    "scaling.png": ("Figures", "Scaling with model size", "scaling.rst"),
+    "brainscan.png": ("Figures", "Brain scan: the NCN signals", "brainscan.rst"),
+    "brainscan_dev.png": ("Figures", "Brain scan: deviation from initialisation", "brainscan_dev.rst"),
+    "skip_tradeoff.png": ("Figures", "Block skipping trade-off", "skip_tradeoff.rst"),
+    "runs.csv": ("Tables", "Every run: training and validation metrics", "runs_table.rst"),
+    "ab.csv": ("Tables", "A/B: each variant against the iso-parameter baseline", "ab_table.rst"),
+    "scaling.csv": ("Tables", "Scaling: power-law fits and per-size gaps", "scaling_table.rst"),
+    "leak.csv": ("Tables", "As-run future-token leak", "leak_table.rst"),
+    "skip.csv": ("Tables", "Block skipping: loss and compute per threshold", "skip_table.rst"),
+    "claims.json": ("Tables", "The claims and their verdicts", "claims.rst"),
+    "ncn.pdf": ("Paper", "The paper (PDF)", "paper.rst"),
+}
+REPORT_NOUN = {"Figures": "Figure", "Tables": "Table", "Paper": "Document"}
+
+
+def report_item(path):
+    """report(path) with the category, label and caption of its REPORT_ITEMS entry."""
+    category, label, caption = REPORT_ITEMS[os.path.basename(path)]
+    return report(path, caption=f"../report/{caption}", category=category, labels={REPORT_NOUN[category]: label})
 
 
 # Each rule file appends the final outputs of its stage; `rule all` asks for all of them.

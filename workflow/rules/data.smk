@@ -1,5 +1,5 @@
 # Data stage: fetch TinyStories (NCN_DATA_DIR, data.dir, or the hub), train the tokenizer,
-# tokenize the three splits (train, heldout: the train excerpt's last stories, valid). Every later stage reads results/data/. The tokenizer jobs ask for up to
+# tokenize the three splits (train, heldout: the train excerpt's last stories, valid). Every later stage reads results/<profile>/data/. The tokenizer jobs ask for up to
 # 4 threads (Snakemake caps that at --cores); RAYON_NUM_THREADS holds `tokenizers` to them.
 
 
@@ -15,7 +15,7 @@ rule fetch_data:
         # NCN_DATA_DIR is deliberately not a rerun trigger: it is a machine's path to the data,
         # and an unset variable in one shell must not rebuild (or, offline, delete) the data.
         # manifest.json records the source and sha256; switch data with --forcerun fetch_data.
-        cfg=section("data"),
+        cfg=trigger("data.fetch"),
     log:
         f"{LOGS}/data/fetch.log",
     benchmark:
@@ -36,7 +36,7 @@ rule train_tokenizer:
     params:
         config=CONFIG_JSON,
         data=lambda w, input: os.path.dirname(input.manifest),
-        cfg=section("tokenizer"),
+        cfg=trigger("data.tokenizer"),
     log:
         f"{LOGS}/data/tokenizer.log",
     benchmark:
@@ -65,7 +65,7 @@ rule tokenize:
         config=CONFIG_JSON,
         data=lambda w, input: os.path.dirname(input.manifest),
         out=lambda w, output: os.path.dirname(output.meta),
-        cfg=section("data", "tokenizer"),
+        cfg=trigger("data.tokenize"),
     log:
         f"{LOGS}/data/tokenize.log",
     benchmark:

@@ -15,7 +15,7 @@ rule evaluate:
         config=CONFIG_JSON,
         run=run_dir,
         data=data_dir,
-        cfg=section("eval"),
+        cfg=lambda w: trigger("evaluate", w.size),
     log:
         f"{LOGS}/evaluate/{{variant}}/{{size}}/seed{{seed}}.log",
     benchmark:
@@ -42,7 +42,7 @@ rule generate:
         config=CONFIG_JSON,
         run=run_dir,
         data=data_dir,
-        cfg=section("generate"),
+        cfg=lambda w: trigger("generate", w.size),
     log:
         f"{LOGS}/generate/{{variant}}/{{size}}/seed{{seed}}.log",
     benchmark:

@@ -5,22 +5,20 @@
 # \gentable, \genfigure and \input of a results/ file in paper/**/*.tex is an input of the rule
 # (ncn.paper.generated_inputs), so a table the prose starts to use is built first, and a changed
 # result or sentence rebuilds the PDF; `--forcerun paper` rebuilds it regardless.
-import subprocess
+from ncn.provenance import git_commit
 from glob import glob
 
 from ncn.paper import generated_inputs
 
 PAPER = f"{RES}/paper"
 PAPER_SOURCES = sorted(glob("paper/**/*.tex", recursive=True)) + ["paper/refs.bib"]
-PAPER_GENERATED = generated_inputs("paper", prefix=f"{RES}/")
+PAPER_GENERATED = generated_inputs("paper", results=f"{RES}/")
 # TeX and the pinned Python environment (the rule calls `ncn paper build`) under `--sdm conda`.
 PAPER_CONDA_ENV = "../../envs/paper.yaml"
 
 
 # The commit the paper reports: a new commit regenerates numbers.tex (and so the PDF).
-PAPER_COMMIT = subprocess.run(
-    "git rev-parse --short=12 HEAD 2>/dev/null || echo unknown", shell=True, capture_output=True, text=True
-).stdout.strip()
+PAPER_COMMIT = git_commit()[:12]
 
 
 rule paper_numbers:
@@ -42,7 +40,7 @@ rule paper_numbers:
     params:
         config=CONFIG_JSON,
         # The listing shows the whole resolved config, so any config change regenerates it.
-        cfg=section(*sorted(config)),
+        cfg=trigger("paper.numbers"),
         commit=PAPER_COMMIT,
     log:
         f"{LOGS}/paper/numbers.log",
@@ -64,9 +62,11 @@ rule paper:
         sources=PAPER_SOURCES,
         generated=PAPER_GENERATED,
     output:
-        pdf=report(f"{PAPER}/ncn.pdf", category="Paper"),
+        pdf=report_item(f"{PAPER}/ncn.pdf"),
     params:
-        build=f"{PAPER}/build",
+        # paper/ncn.tex reads results/{paper,tables,figures}/...: latexmk runs in a folder whose
+        # results/ is this profile's folder (relative links: a copied folder keeps them valid)
+        root=f"{PAPER}/root",
     log:
         f"{LOGS}/paper/latexmk.log",
     benchmark:
@@ -75,7 +75,9 @@ rule paper:
     conda:
         PAPER_CONDA_ENV
     shell:
-        "ncn paper build --tex paper/ncn.tex --build-dir {params.build} --out {output.pdf} > {log} 2>&1"
+        "mkdir -p {params.root} && ln -sfn ../../../../paper {params.root}/paper && ln -sfn ../.. {params.root}/results"
+        " && ncn paper build --root {params.root} --tex paper/ncn.tex --build-dir results/paper/build"
+        " --out results/paper/ncn.pdf > {log} 2>&1"
 
 
 TARGETS.append(rules.paper.output.pdf)

@@ -6,23 +6,9 @@
 # failed job before it reruns, but never touches undeclared files, so rerunning the target after
 # a crash or SIGKILL resumes from the latest checkpoint instead of starting over. (No `shadow:`
 # either: a shadow directory would throw the checkpoints away with the failed attempt.)
-
-
-rule mlflow_init:
-    output:
-        MLFLOW_READY,
-    params:
-        config=CONFIG_JSON,
-        cfg=section("profile", "mlflow"),
-    log:
-        f"{LOGS}/mlflow_init.log",
-    benchmark:
-        f"{BENCH}/mlflow_init.tsv"
-    threads: 1
-    conda:
-        CONDA_ENV
-    shell:
-        "ncn mlflow-init --config {params.config} --out {output} > {log} 2>&1"
+#
+# MLflow: each job's run nests under the invocation's pipeline run, which the onstart hook opens
+# (and creates the store for) before any job starts, so parallel jobs never race on the schema.
 
 
 rule train:
@@ -30,9 +16,6 @@ rule train:
         train=rules.tokenize.output.train,
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
-        # The store must exist before parallel jobs write to it; ancient(): recreating the
-        # marker (e.g. a renamed experiment) does not retrain anything.
-        mlflow=ancient(MLFLOW_READY),
     output:
         model=f"{RUN}/model.pt",
         metrics=f"{RUN}/metrics.json",
@@ -41,7 +24,7 @@ rule train:
         config=CONFIG_JSON,
         run=run_dir,
         data=data_dir,
-        cfg=lambda w: size_section(w.size, "model", "train", "ncn_reference"),
+        cfg=lambda w: trigger("train", w.size),
     log:
         f"{LOGS}/train/{{variant}}/{{size}}/seed{{seed}}.log",
     benchmark:

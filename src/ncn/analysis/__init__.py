@@ -14,9 +14,12 @@ Commands (each importable without torch except trace/skip):
   leak      asrun's future-token leak (full vs prefix-only pooling)
   brainscan heatmaps with fixed, shared colour limits
   skip      block skipping (gather out FFN rows where gamma < eps)
+  kvcache   KV-cache compression: uniform vs beta-guided vs oracle vs random bits per layer
+  knobs     beta scale knobs vs entropy, loss and sample diversity (NCN vs the baseline)
   claims    one measured verdict per claim of the original (CLAIMS: one Claim object each)
 Helpers:
   runs      reading runs and train logs; sizes by scale, "the NCN"
+  heldout   teacher-forced scoring on the held-out split (loss, entropy, mean beta per layer)
   stats     t-intervals, paired differences, verdict rules
   options   shared command-line options; figures saved where the rule says
   tables    deterministic CSV and booktabs LaTeX writers, table reading

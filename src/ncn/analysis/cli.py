@@ -12,6 +12,8 @@ Typical order (what workflow/rules/analysis.smk runs):
   ncn analyze leak      --runs-table T --config C --csv ... --tex ...
   ncn analyze brainscan --traces CSV... --config C --pdf ... --png ... --dev-pdf ... --dev-png ...
   ncn analyze skip      --run RUN... --config C --data D --csv ... --timing ... --tex ... --pdf ... --png ...
+  ncn analyze kvcache   --run RUN... --config C --data D --csv ... --summary ... --tex ... --pdf ... --png ...
+  ncn analyze knobs     --run RUN... --config C --data D --csv ... --summary ... --tex ... --pdf ... --png ...
   ncn analyze claims    --runs-table T --traces CSV... --config C --data D --json results/claims.json --tex ...
 """
 
@@ -35,6 +37,10 @@ ANALYSES: dict[str, tuple[str, str]] = {
                   "colour limits + deviation from init"),
     "skip": ("ncn.analysis.skip", "block skipping: skip a token's FFN where gamma < eps; loss, skipped "
              "fraction, wall time"),
+    "kvcache": ("ncn.analysis.kvcache", "KV-cache compression: held-out loss of int8/int4/fp16 caches, uniform vs "
+                "beta-guided vs oracle vs random bits per layer at equal memory"),
+    "knobs": ("ncn.analysis.knobs", "beta scale knobs (global, per layer) vs next-token entropy, held-out loss and "
+              "the distinct-2/3 and repetition of samples; the baseline's queries alike"),
     "claims": ("ncn.analysis.claims", "one measured verdict per claim: claims.json + a LaTeX table"),
 }
 

@@ -3,20 +3,10 @@
 
 from __future__ import annotations
 
-import json
-
 from ncn.analysis.runs import largest_size, ncn_variants, primary_ncn
 from ncn.variants import spec
 
-__all__ = ["params_key", "trace_seed", "claim_variants", "largest_size", "primary_ncn"]
-
-
-def params_key(config: dict, *analysis_keys: str, top=()) -> str:
-    """A stable string of the named analysis.* values and top-level sections: a rule's
-    `params: cfg=` rerun trigger, so only a change to what the command reads reruns it."""
-    a = config["analysis"]
-    return json.dumps({"analysis": {k: a[k] for k in analysis_keys}, **{k: config.get(k) for k in top}},
-                      sort_keys=True)
+__all__ = ["trace_seed", "claim_variants", "largest_size", "primary_ncn"]
 
 
 def trace_seed(config: dict) -> int:

@@ -68,6 +68,24 @@ def pm(mean, low, high, digits: int = 3) -> str:
     return f"${float(mean):.{digits}f} \\pm {half:.{digits}f}$"
 
 
+def _sig(x: float, digits: int) -> str:
+    s = f"{x:.{digits}g}"
+    if "e" in s:
+        m, e = s.split("e")
+        s = f"{m} \\times 10^{{{int(e)}}}"
+    return s
+
+
+def pm_sig(mean, low, high, digits: int = 3) -> str:
+    """Like pm, with `digits` significant digits (small differences such as a Δloss; powers of
+    ten written out)."""
+    if is_missing(mean):
+        return "--"
+    if is_missing(low) or is_missing(high):
+        return f"${_sig(float(mean), digits)}$"
+    return f"${_sig(float(mean), digits)} \\pm {_sig((float(high) - float(low)) / 2, max(1, digits - 1))}$"
+
+
 def ci(low, high, digits: int = 3) -> str:
     if is_missing(low) or is_missing(high):
         return "--"

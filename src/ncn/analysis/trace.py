@@ -124,9 +124,10 @@ def sentences_for(cfg: dict, data_dir: str | Path, tokenizer, meta: dict) -> lis
     return out
 
 
-def load_ncn_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int, why_ncn: str):
+def load_ncn_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: int, why_ncn: str | None):
     """(model, payload, meta) of an NCN run's model.pt, checked against the data and the config
-    with the same refusals as `ncn evaluate`; `why_ncn` completes the error for variant 'none'."""
+    with the same refusals as `ncn evaluate`; `why_ncn` completes the error for variant 'none'
+    (None: the baseline is accepted too)."""
     import torch
 
     from ncn.data import load_meta
@@ -135,7 +136,7 @@ def load_ncn_run(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: 
 
     torch.set_num_threads(threads)
     model, payload = load_model(Path(run_dir) / "model.pt")
-    if model.cfg.spec.is_baseline:
+    if why_ncn and model.cfg.spec.is_baseline:
         raise NCNError(f"{run_dir}: variant '{model.cfg.ncn}' {why_ncn}")
     meta = load_meta(data_dir)
     check_data_matches(payload, meta, Path(run_dir) / "model.pt", Path(data_dir))

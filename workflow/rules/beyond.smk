@@ -1,0 +1,82 @@
+# Beyond the original (issue 16): beta-guided KV-cache compression and modulation knobs, measured on
+# every variant (the baseline too) at the largest size, every seed. Included after analysis.smk,
+# whose names (TABLES, FIGURES, LARGEST, TRACE_RUN) it uses.
+from ncn.analysis.rules import primary_ncn
+
+BEYOND_RUNS = run_dirs(VARIANTS, [LARGEST])
+BEYOND_DATA = dict(
+    heldout=rules.tokenize.output.heldout,
+    meta=rules.tokenize.output.meta,
+    tokenizer=rules.train_tokenizer.output[0],
+)
+# The run `ncn generate --kv-bits` is timed on: "the NCN" at the largest size, the traced seed.
+GEN_RUN = TRACE_RUN.format(variant=primary_ncn(config), size=LARGEST) if primary_ncn(config) else None
+
+
+rule analysis_kvcache:
+    input:
+        models=[f"{d}/model.pt" for d in BEYOND_RUNS],
+        **BEYOND_DATA,
+    output:
+        csv=f"{TABLES}/kvcache.csv",
+        summary=f"{TABLES}/kvcache_summary.csv",
+        claim_json=f"{TABLES}/kvcache_claim.json",
+        claim_tex=f"{TABLES}/kvcache_claim.tex",
+        tex=f"{TABLES}/kvcache.tex",
+        pdf=f"{FIGURES}/kvcache.pdf",
+        png=report(f"{FIGURES}/kvcache.png", caption="../report/kvcache.rst", category="Beyond the original"),
+        gen_csv=f"{RES}/timing/kvcache_generate.csv",
+        gen_tex=f"{TABLES}/kvcache_generate.tex",
+    params:
+        config=CONFIG_JSON,
+        runs=BEYOND_RUNS,
+        gen=f"--gen-run {GEN_RUN}" if GEN_RUN else "",  # no NCN variant: the generation table has no rows
+        data=data_dir,
+        cfg=trigger("analyze.kvcache"),
+    log:
+        f"{LOGS}/analysis/kvcache.log",
+    benchmark:
+        f"{BENCH}/analysis/kvcache.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze kvcache --run {params.runs} --config {params.config} --data {params.data}"
+        " --csv {output.csv} --summary {output.summary} --tex {output.tex} --pdf {output.pdf} --png {output.png}"
+        " --claim-json {output.claim_json} --claim-tex {output.claim_tex}"
+        " {params.gen} --gen-csv {output.gen_csv} --gen-tex {output.gen_tex} --threads {threads} > {log} 2>&1"
+
+
+rule analysis_knobs:
+    input:
+        models=[f"{d}/model.pt" for d in BEYOND_RUNS],
+        **BEYOND_DATA,
+    output:
+        csv=f"{TABLES}/knobs.csv",
+        summary=f"{TABLES}/knobs_summary.csv",
+        claim_json=f"{TABLES}/knobs_claim.json",
+        claim_tex=f"{TABLES}/knobs_claim.tex",
+        tex=f"{TABLES}/knobs.tex",
+        pdf=f"{FIGURES}/knobs.pdf",
+        png=report(f"{FIGURES}/knobs.png", caption="../report/knobs.rst", category="Beyond the original"),
+    params:
+        config=CONFIG_JSON,
+        runs=BEYOND_RUNS,
+        data=data_dir,
+        cfg=trigger("analyze.knobs"),
+    log:
+        f"{LOGS}/analysis/knobs.log",
+    benchmark:
+        f"{BENCH}/analysis/knobs.tsv"
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze knobs --run {params.runs} --config {params.config} --data {params.data}"
+        " --csv {output.csv} --summary {output.summary} --tex {output.tex} --pdf {output.pdf} --png {output.png}"
+        " --claim-json {output.claim_json} --claim-tex {output.claim_tex}"
+        " --threads {threads} > {log} 2>&1"
+
+
+TARGETS.extend(rules.analysis_kvcache.output)
+TARGETS.extend(rules.analysis_knobs.output)
