@@ -386,3 +386,36 @@ def test_init_is_deterministic():
     a, b = make("causal", seed=5), make("causal", seed=5)
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n
+
+
+# ---- the CPU kernels (RMSNorm backward, one-exp cross-entropy): torch's numbers to float rounding
+
+
+def test_rmsnorm_matches_torch_forward_bitwise_and_gradients_to_rounding():
+    torch.manual_seed(0)
+    ours, ref = M.RMSNorm(24, eps=1e-6), torch.nn.RMSNorm(24, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ref.weight.copy_(ours.weight)
+    x, g = torch.randn(3, 5, 24) * 3, torch.randn(3, 5, 24)
+    (xa, ya), (xb, yb) = [(h, m(h)) for m in (ours, ref) for h in [x.clone().requires_grad_()]]
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(ya, yb)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(xa.grad, torch.zeros_like(xa.grad))
+
+
+def test_cross_entropy_matches_torch_with_ignored_targets():
+    torch.manual_seed(0)
+    z, t = torch.randn(40, 11) * 4, torch.randint(0, 11, (40,))
+    t[::7] = -1
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    la = M.cross_entropy(za, t)
+    lb = torch.nn.functional.cross_entropy(zb, t, ignore_index=-1)
+    (la * 2).backward()
+    (lb * 2).backward()
+    torch.testing.assert_close(la, lb, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(za.grad, zb.grad, rtol=1e-5, atol=1e-7)
+    assert torch.equal(za.grad[::7], torch.zeros_like(za.grad[::7]))  # ignored rows get no gradient

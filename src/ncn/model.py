@@ -125,6 +125,68 @@ class ModelOutput:
 
 
 # ----------------------------------------------------------------------------------------------
+# CPU kernels: torch runs RMSNorm and cross-entropy as fused kernels on CUDA, but on CPU RMSNorm's
+# backward is a chain of small autograd ops and cross-entropy takes two exp passes over the
+# (tokens × vocab) logits. These two give the same numbers (forward of the norm bitwise, the rest
+# to float rounding) in fewer passes over memory; CUDA keeps torch's.
+
+
+class _RMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # nn.RMSNorm's ops, in its order
+        xh = x * r
+        ctx.save_for_backward(xh, r, w)
+        return xh * w
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # dx = r·(g·w − x̂·mean(g·w·x̂)),  dw = Σ g·x̂
+        xh, r, w = ctx.saved_tensors
+        gxh = g * xh
+        dot = (gxh @ w).unsqueeze(-1)  # Σ_i g_i·w_i·x̂_i per row, one GEMV
+        dx = torch.addcmul(g * w, xh, dot, value=-1.0 / xh.size(-1)).mul_(r)
+        return dx, gxh.reshape(-1, xh.size(-1)).sum(0), None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (same parameter, same forward bits) with a hand-written backward on CPU."""
+
+    def forward(self, x):
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return _RMSNormFn.apply(x, self.weight, self.eps)
+
+
+class _CrossEntropyFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets):  # logits (N, V), targets (N,) with -1 = ignored
+        keep = targets != -1
+        t = targets.clamp(min=0).unsqueeze(-1)
+        m = logits.amax(-1, keepdim=True)
+        e = (logits - m).exp_()  # kept: the backward's softmax is e / Σe, no second exp pass
+        s = e.sum(-1, keepdim=True)
+        nll = (m + s.log() - logits.gather(-1, t)).squeeze(-1)
+        n = keep.sum()
+        ctx.save_for_backward(e, s, t, keep, n)
+        return (nll * keep).sum() / n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # d/dlogits = (softmax − onehot(target)) · g / n on kept rows
+        e, s, t, keep, n = ctx.saved_tensors
+        scale = ((g / n) * keep).unsqueeze(-1)
+        return (e * (scale / s)).scatter_add_(-1, t, -scale), None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """F.cross_entropy(logits (N, V), targets (N,), ignore_index=-1), in fp32."""
+    if logits.device.type != "cpu":
+        return F.cross_entropy(logits.float(), targets, ignore_index=-1)
+    return _CrossEntropyFn.apply(logits.float(), targets)
+
+
+# ----------------------------------------------------------------------------------------------
 # signals
 
 
@@ -164,18 +226,22 @@ class PrefixPool(nn.Module):
         self.proj = nn.Linear(d_model, d_model, bias=False)
 
     def _scores_values(self, e):
-        B, T, _ = e.shape
-        k, v = self.kv(e).view(B, T, 2, self.n_heads, self.head_dim).unbind(2)  # (B, T, H, hd)
-        scores = torch.einsum("bthd,hd->bth", k, self.query) / math.sqrt(self.head_dim)
-        return scores, k, v
+        """scores (B, T, H) = k·q/√hd and values (B, T, H, hd). kv's rows are the key, then the
+        value projection; k·q = e·(W_kᵀq), so the keys themselves are never formed."""
+        B, T, d = e.shape
+        w_k, w_v = self.kv.weight.split(d)
+        qk = torch.einsum("hjd,hj->hd", w_k.view(self.n_heads, self.head_dim, d), self.query)
+        scores = e @ (qk.t() / math.sqrt(self.head_dim))
+        return scores, F.linear(e, w_v).view(B, T, self.n_heads, self.head_dim)
 
     def forward(self, e: torch.Tensor, causal: bool) -> torch.Tensor:
         B, T, d = e.shape
-        scores, k, v = self._scores_values(e)
+        scores, v = self._scores_values(e)
         if not causal:
             p = torch.softmax(scores, dim=1)  # over all T positions: the future included
             pooled = torch.einsum("bth,bthd->bhd", p, v).reshape(B, 1, d)
         elif PREFIX_POOL_IMPL == "sdpa":  # the O(T²) reference: the query repeated per position
+            k = F.linear(e, self.kv.weight[:d]).view(B, T, self.n_heads, self.head_dim)
             q = self.query.view(1, self.n_heads, 1, self.head_dim).expand(B, -1, T, -1).contiguous()
             pooled = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
             pooled = pooled.transpose(1, 2).reshape(B, T, d)
@@ -186,7 +252,7 @@ class PrefixPool(nn.Module):
     # -- incremental (generation): running softmax sums (max m, denominator, numerator) --------
     def prefix_state(self, e: torch.Tensor):
         """The running-sum state after pooling all of `e` (B, T, d), to continue with `step`."""
-        scores, _, v = self._scores_values(e)
+        scores, v = self._scores_values(e)
         m = scores.amax(dim=1)  # (B, H)
         w = torch.exp(scores - m.unsqueeze(1))
         return m, w.sum(dim=1), torch.einsum("bth,bthd->bhd", w, v)
@@ -194,7 +260,7 @@ class PrefixPool(nn.Module):
     def step(self, e: torch.Tensor, state):
         """Pool one more position e (B, 1, d) onto `state`: O(1) per token, no prefix recompute."""
         B, _, d = e.shape
-        scores, _, v = self._scores_values(e)
+        scores, v = self._scores_values(e)
         s, v = scores[:, 0], v[:, 0]  # (B, H), (B, H, hd)
         m, den, num = state
         m_new = torch.maximum(m, s)
@@ -261,7 +327,7 @@ class NCNController(nn.Module):
         super().__init__()
         self.n_layer, self.per_token = cfg.n_layer, per_token
         self.pool = PrefixPool(cfg.d_model, cfg.ncn_heads)
-        self.norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.norm = RMSNorm(cfg.d_model, eps=1e-6)
         self.fc1 = nn.Linear(cfg.d_model, cfg.ncn_hidden)
         self.fc2 = nn.Linear(cfg.ncn_hidden, 3 * cfg.n_layer)
         self.control = nn.Parameter(torch.zeros(cfg.control_dim, cfg.d_model)) if cfg.control_dim else None
@@ -366,9 +432,9 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1 = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.norm1 = RMSNorm(cfg.d_model, eps=1e-6)
         self.attn = CausalSelfAttention(cfg)
-        self.norm2 = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.norm2 = RMSNorm(cfg.d_model, eps=1e-6)
         self.ffn = FeedForward(cfg)
 
     def forward(self, x, sig=None, kv=None, skip_eps=None):
@@ -406,7 +472,7 @@ class Transformer(nn.Module):
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.norm_f = RMSNorm(cfg.d_model, eps=1e-6)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied
 
@@ -500,7 +566,7 @@ class Transformer(nn.Module):
         reg = self._reg(signals)
         ce = loss = None
         if targets is not None:
-            ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            ce = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
             loss = ce + reg
         if return_signals and self.cfg.spec.static:
             signals = signals.expand(B, T, -1, -1).contiguous()
