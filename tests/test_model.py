@@ -419,3 +419,17 @@ def test_cross_entropy_matches_torch_with_ignored_targets():
     torch.testing.assert_close(la, lb, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(za.grad, zb.grad, rtol=1e-5, atol=1e-7)
     assert torch.equal(za.grad[::7], torch.zeros_like(za.grad[::7]))  # ignored rows get no gradient
+
+
+def test_cross_entropy_near_zero_loss_is_rounded_at_the_loss_not_at_the_logits():
+    # A confident row (target ~9 nats above the rest, all logits shifted by +30: CE is shift-invariant) has a
+    # loss ~1e-3 far below ulp(max logit) ≈ 4e-6. In log_softmax's order, (max − z_t) + log Σe, the error is
+    # that of log Σe with Σe ≈ 1: about ulp(1) = eps. (max + log Σe) − z_t would round at ulp(39) ≈ 32·eps.
+    torch.manual_seed(0)
+    eps = torch.finfo(torch.float32).eps
+    for _ in range(32):
+        z, t = torch.randn(1, 11) + 30.0, torch.randint(0, 11, (1,))
+        z[0, t] += 9.0
+        exact = torch.nn.functional.cross_entropy(z.double(), t).item()
+        assert 1e-5 < exact < 0.1
+        assert abs(M.cross_entropy(z, t).item() - exact) <= 2 * eps

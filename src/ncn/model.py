@@ -166,7 +166,7 @@ class _CrossEntropyFn(torch.autograd.Function):
         m = logits.amax(-1, keepdim=True)
         e = (logits - m).exp_()  # kept: the backward's softmax is e / Σe, no second exp pass
         s = e.sum(-1, keepdim=True)
-        nll = (m + s.log() - logits.gather(-1, t)).squeeze(-1)
+        nll = ((m - logits.gather(-1, t)) + s.log()).squeeze(-1)  # log_softmax's order: no m + log s rounding
         n = keep.sum()
         ctx.save_for_backward(e, s, t, keep, n)
         return (nll * keep).sum() / n
