@@ -433,3 +433,21 @@ def test_cross_entropy_near_zero_loss_is_rounded_at_the_loss_not_at_the_logits()
         exact = torch.nn.functional.cross_entropy(z.double(), t).item()
         assert 1e-5 < exact < 0.1
         assert abs(M.cross_entropy(z, t).item() - exact) <= 2 * eps
+
+
+# ---- bf16 autocast: the signals (and so the regulariser) and the loss stay fp32
+
+
+@pytest.mark.parametrize("variant", ["causal", "static"])
+def test_signals_and_loss_are_fp32_under_bf16_autocast(variant):
+    model = make(variant, lively=True)
+    idx = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx, targets=idx, return_signals=True)
+        z = model._raw_signals(model.tok_emb(idx), model.tok_emb(idx) + model.pos_emb(torch.arange(12)))
+    assert out.signals.dtype == torch.float32 and out.ce.dtype == torch.float32 and out.reg.dtype == torch.float32
+    # the map of the (bf16 or fp32) raw z taken in fp32: exactly what fp32 arithmetic gives on those z
+    ref = M.signal_map(z.float(), model.cfg.beta_max).expand_as(out.signals)
+    assert torch.equal(out.signals, ref)
+    out.loss.backward()  # the mixed-precision graph trains
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

@@ -191,7 +191,9 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def signal_map(z: torch.Tensor, beta_max: float) -> torch.Tensor:
-    """Raw controller outputs z (..., 3) -> signals (..., 3) in order (g, β, γ)."""
+    """Raw controller outputs z (..., 3) -> signals (..., 3) in order (g, β, γ), always in fp32: under
+    bf16 autocast z is bf16, whose sigmoid resolves only ~0.4–0.8% near 1 (a no-op on fp32 z)."""
+    z = z.float()
     g = 2.0 * torch.sigmoid(z[..., 0])
     beta = (F.softplus(z[..., 1]) + 0.01).clamp(max=beta_max)
     gamma = torch.sigmoid(z[..., 2])
