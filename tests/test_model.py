@@ -111,6 +111,25 @@ def test_prefix_softmax_pool_matches_naive(T, chunk, spread):
     torch.testing.assert_close(got.double(), _naive_prefix_pool(scores, v), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("T,chunk", [(16, 4), (13, 4), (7, 32), (30, 7), (1, 4)])
+@pytest.mark.parametrize("spread", [1.0, 1000.0])
+def test_prefix_softmax_pool_gradients_match_naive(T, chunk, spread):
+    """The CPU training path (_PrefixPoolFn, a hand-written backward) against autograd through the
+    naive per-position softmax in float64; also its forward is the plain path's, bit for bit."""
+    torch.manual_seed(T)
+    scores, v, g = torch.randn(2, T, 3) * spread, torch.randn(2, T, 3, 5), torch.randn(2, T, 3, 5)
+    s32, v32 = scores.clone().requires_grad_(), v.clone().requires_grad_()
+    out = M.prefix_softmax_pool(s32, v32, chunk=chunk)
+    assert out.grad_fn is not None and "PrefixPoolFn" in type(out.grad_fn).__name__
+    out.backward(g)
+    s64, v64 = scores.double().requires_grad_(), v.double().requires_grad_()
+    _naive_prefix_pool(s64, v64).backward(g.double())
+    torch.testing.assert_close(s32.grad.double(), s64.grad, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(v32.grad.double(), v64.grad, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(out.detach(), M.prefix_softmax_pool(scores, v, chunk=chunk))
+
+
 def test_prefix_pool_implementations_agree():
     model = make("causal")
     e = torch.randn(3, 16, 32) * 5.0  # wide score range

@@ -286,10 +286,20 @@ def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None
     enter row t (future entries are exact zeros), so the result is exactly causal. The
     reference maxima are detached: the ratio does not depend on them, so this is exact.
     Cost O(T·C·D + T·(T/C)·D): linear in T for a fixed chunk, vs O(T²·D) for attention.
+    On the CPU (no autocast) training uses the same forward with a hand-written backward
+    (`_PrefixPoolFn`): the same gradients to float rounding in far fewer passes.
     """
+    C = min(chunk or POOL_CHUNK, scores.size(1))
+    if (scores.requires_grad or v.requires_grad) and scores.device.type == "cpu" \
+            and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
+        return _PrefixPoolFn.apply(scores, v, C)
+    return _prefix_pool_forward(scores, v, C)[0]
+
+
+def _prefix_pool_forward(scores, v, C):
+    """prefix_softmax_pool's computation: (out (B, T, H, D), the pieces its backward needs)."""
     B, T, H = scores.shape
     D = v.size(-1)
-    C = min(chunk or POOL_CHUNK, T)
     n = -(-T // C)
     s, vv = scores.transpose(1, 2), v.transpose(1, 2)  # (B, H, T), (B, H, T, D)
     if n * C > T:  # pad the last chunk with positions that weigh exactly 0
@@ -299,20 +309,50 @@ def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None
     with torch.no_grad():
         r = s.reshape(B, H, n * C).cummax(dim=-1).values.view(B, H, n, C)  # running max, row t
         mu = s.amax(dim=-1)  # (B, H, n) chunk maxima
-    tri = torch.ones(C, C, dtype=torch.bool, device=s.device).tril()
-    # within the chunk: w[t, j] = exp(s_j − r_t) for j ≤ t
-    w = torch.exp((s.unsqueeze(-2) - r.unsqueeze(-1)).masked_fill(~tri, float("-inf")))  # (B,H,n,C,C)
+    # within the chunk: w[t, j] = exp(s_j − r_t) for j ≤ t, else 0. s_j − r_t ≤ 0 where j ≤ t, so the
+    # clamp changes no kept entry; it keeps exp off −inf and overflow (exp's slow paths on the CPU)
+    tri = torch.ones(C, C, device=s.device, dtype=s.dtype).tril()
+    w = torch.exp((s.unsqueeze(-2) - r.unsqueeze(-1)).clamp_max(0.0)) * tri  # (B, H, n, C, C)
     num = w @ vv  # (B, H, n, C, D)
     den = w.sum(dim=-1)  # (B, H, n, C)
+    a = e = None
     if n > 1:  # earlier chunks i < k: exp(μ_i − r_t) · Σ_{j∈i} exp(s_j − μ_i) v_j
         e = torch.exp(s - mu.unsqueeze(-1))  # (B, H, n, C)
         summ_num = e.unsqueeze(-2) @ vv  # (B, H, n, 1, D)
-        earlier = torch.ones(n, n, dtype=torch.bool, device=s.device).tril(-1).view(n, 1, n)
-        a = torch.exp((mu.view(B, H, 1, 1, n) - r.unsqueeze(-1)).masked_fill(~earlier, float("-inf")))
+        earlier = torch.ones(n, n, device=s.device, dtype=s.dtype).tril(-1).view(n, 1, n)
+        a = torch.exp((mu.view(B, H, 1, 1, n) - r.unsqueeze(-1)).clamp_max(0.0)) * earlier  # μ_i ≤ r_t if i < k
         num = num + (a.reshape(B, H, n * C, n) @ summ_num.reshape(B, H, n, D)).view(B, H, n, C, D)
         den = den + (a * e.sum(dim=-1).view(B, H, 1, 1, n)).sum(dim=-1)
-    out = (num / den.unsqueeze(-1)).reshape(B, H, n * C, D)[:, :, :T]
-    return out.transpose(1, 2)  # (B, T, H, D)
+    out = num / den.unsqueeze(-1)
+    return out.reshape(B, H, n * C, D)[:, :, :T].transpose(1, 2), (vv, w, a, e, den, out)  # (B, T, H, D)
+
+
+class _PrefixPoolFn(torch.autograd.Function):
+    """The prefix pool with its gradient written out. With P_tj = w_tj / den_t (row t's weights)
+    and c_t = ∂out_t · out_t:  ∂v_j = Σ_{t≥j} P_tj ∂out_t,  ∂s_j = v_j · ∂v_j − Σ_{t≥j} P_tj c_t.
+    Both sums are one (C×C)ᵀ product per chunk plus, for earlier chunks, w_tj = a_ti · e_j."""
+
+    @staticmethod
+    def forward(ctx, scores, v, C):
+        out, saved = _prefix_pool_forward(scores, v, C)
+        ctx.save_for_backward(*saved)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        vv, w, a, e, den, out = ctx.saved_tensors
+        B, H, n, C, D = vv.shape
+        T = g.size(1)
+        gx = F.pad(g.transpose(1, 2), (0, 0, 0, n * C - T)).reshape(B, H, n, C, D)
+        y = torch.cat((gx, (gx * out).sum(-1, keepdim=True)), dim=-1) / den.unsqueeze(-1)  # [∂out, c] / den
+        G = w.transpose(-1, -2) @ y  # (B, H, n, C, D + 1): Σ over later t of this chunk
+        if n > 1:  # later chunks: Σ_t a_ti · y_t, times e_j
+            Z = a.reshape(B, H, n * C, n).transpose(-1, -2) @ y.reshape(B, H, n * C, D + 1)
+            G = torch.addcmul(G, e.unsqueeze(-1), Z.unsqueeze(-2))
+        dv = G[..., :D]
+        ds = (vv * dv).sum(-1) - G[..., D]
+        return ds.reshape(B, H, n * C)[:, :, :T].transpose(1, 2), dv.reshape(B, H, n * C, D)[:, :, :T].transpose(1, 2), None
 
 
 class NCNController(nn.Module):
