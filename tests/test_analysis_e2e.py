@@ -176,6 +176,8 @@ def _all(tree: dict, rerun: bool = False) -> None:
            "--measure-csv", str(tab / "skip_measure.csv"),
            *outputs(fig / "skip_tradeoff", "pdf", "png"), "--timing", str(res / "timing" / "skip_wall.csv"), "--repeats", "2")
     ok("claims", *table, "--traces", *traces, "--data", str(tree["data"]), "--json", str(res / "claims.json"),
+       "--skip-measure", str(tab / "skip_measure.csv"), "--leak-measure", str(tab / "leak_measure.csv"),
+       "--regonly", str(tab / "regonly.csv"),
        *outputs(tab / "claims", "tex"), "--paragraphs", str(tab / "claims_text.tex"))
 
 
@@ -285,6 +287,8 @@ def test_claims_json(tree):
     assert by[1]["verdict"] == "supported"  # hand-made: causal better in both seeds
     assert by[2]["verdict"] == "not applicable"  # a bpe tokenizer: 5.5 is a GPT-2 perplexity
     assert "asrun" in by[1]["details"]["also"]
+    gate = next(c for c in doc["claims"] if c["key"] == "gamma_gates")  # the skip grid holds max(gate_eps)
+    assert "no skip measurement" not in gate["reason"], gate["reason"]
     tex = (tree["res"] / "tables" / "claims.tex").read_text()
     assert "\\begin{tabular}" in tex and tex.count("\\\\") == 10  # header + 9 claims
     text = (tree["res"] / "tables" / "claims_text.tex").read_text()

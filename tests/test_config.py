@@ -72,3 +72,26 @@ def test_defaults_filled(tmp_path):
     assert cfg["model"]["reg_lambda"] == 0.01
     assert cfg["mlflow"]["enabled"] is True
     assert cfg["mlflow"]["tracking_uri"] is None  # ncn.tracking.store_uri: results/<profile>/mlflow.db
+
+
+FIDELITY = {"dropout_layout": "original", "ncn_after_dropout": True, "pool_bias": True}
+
+
+def test_fidelity_options_default_off_and_paper_turns_them_on():
+    """The model-side fidelity options (issue 13 item 7): off in every CPU profile (their models are
+    those of before), on in paper.yaml, and they reach every variant's ModelConfig."""
+    for name in ("smoke", "default", "cpu-trunk"):
+        m = load_config(ROOT / "config" / f"{name}.yaml")["model"]
+        assert (m["dropout_layout"], m["ncn_after_dropout"], m["pool_bias"]) == ("single", False, False), name
+    p = load_config(ROOT / "config" / "paper.yaml")
+    assert {k: p["model"][k] for k in FIDELITY} == FIDELITY
+    for variant in p["variants"]:
+        mc = model_config(p, variant, "paper18m", vocab_size=50257)
+        assert {k: getattr(mc, k) for k in FIDELITY} == FIDELITY
+
+
+def test_bad_dropout_layout_is_named(tmp_path):
+    cfg = _base()
+    cfg["model"] = {**cfg.get("model", {}), "dropout_layout": "twice"}
+    with pytest.raises(NCNError, match="dropout_layout"):
+        load_config(_write(tmp_path, cfg))

@@ -163,3 +163,69 @@ def test_optimiser_macros_read_the_largest_sizes_overrides():
     assert seeds["NumSeeds"] == "3--5" and seeds["SeedList"] == "0--2"
     assert seeds["SeedsByVariant"] == (r"\texttt{none}, \texttt{causal}: seeds 0--4; "
                                        r"\texttt{asrun}, \texttt{tonic}, \texttt{static}: seeds 0--2")
+
+
+def _smoke_sources(tmp_path, edit):
+    """paper.Sources over the smoke profile with `edit(raw yaml dict)` applied, and no runs."""
+    from pathlib import Path
+
+    import pandas as pd
+    import yaml
+
+    from ncn.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    raw = yaml.safe_load((root / "config" / "smoke.yaml").read_text())
+    edit(raw)
+    path = tmp_path / f"c{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    return cfg, paper.Sources(cfg, Path("."), {}, pd.DataFrame(columns=["size", "tokens", "epochs", "steps"]))
+
+
+def test_optimiser_macros_follow_an_override_of_the_largest_size_only(tmp_path):
+    """A config whose largest size ("s") overrides lr, micro_batch and grad_accum: the macros are
+    that size's; the same override on the smaller size leaves them at `train`'s."""
+    def big(raw):
+        raw["size_defs"]["s"].update(lr=1.25e-3, micro_batch=3, grad_accum=5)
+
+    cfg, s = _smoke_sources(tmp_path, big)
+    m = paper._design_budget(s)
+    assert cfg["train"]["lr"] != 1.25e-3
+    assert m["LearningRate"] == paper.fmt_cfg(1.25e-3) and m["MicroBatch"] == "3" and m["GradAccum"] == "5"
+    assert m["TokensPerStep"] == paper.fmt_int(3 * 5 * cfg["size_defs"]["s"]["block_size"])
+
+    def small(raw):
+        raw["size_defs"]["xs"].update(lr=1.25e-3, micro_batch=3, grad_accum=5)
+
+    cfg, s = _smoke_sources(tmp_path, small)
+    m = paper._design_budget(s)
+    tr = cfg["train"]
+    assert m["LearningRate"] == paper.fmt_cfg(tr["lr"]) and m["MicroBatch"] == paper.fmt_int(tr["micro_batch"])
+    tokens = tr["micro_batch"] * tr["grad_accum"] * cfg["size_defs"]["s"]["block_size"]
+    assert m["TokensPerStep"] == paper.fmt_int(tokens)
+
+
+def test_fidelity_macros_say_each_options_value(tmp_path):
+    """The fidelity table's option cells: the original's behaviour in paper.yaml, this model's
+    default in the CPU profiles, n/a for a config without the key (a build before the option)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ncn.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "config" / "paper.yaml")
+    on = paper.fidelity(paper.Sources(cfg, Path("."), {}, pd.DataFrame()))
+    on = next(iter(on.values()))
+    assert on["OptDropoutLayout"] == paper.FIDELITY_WORDS["dropout_layout"]["original"]
+    assert on["OptNcnAfterDropout"] == paper.FIDELITY_WORDS["ncn_after_dropout"][True]
+    assert on["OptPoolBias"] == paper.FIDELITY_WORDS["pool_bias"][True]
+    cfg, s = _smoke_sources(tmp_path, lambda raw: None)
+    off = next(iter(paper.fidelity(s).values()))
+    assert off["OptDropoutLayout"] == paper.FIDELITY_WORDS["dropout_layout"]["single"]
+    assert off["OptNcnAfterDropout"] == "before embedding dropout" and off["OptPoolBias"] == "none"
+    old = {**cfg, "model": {k: v for k, v in cfg["model"].items() if k != "pool_bias"}}
+    old_m = next(iter(paper.fidelity(paper.Sources(old, Path("."), {}, pd.DataFrame())).values()))
+    assert old_m["OptPoolBias"] == "n/a"

@@ -78,3 +78,16 @@ def test_rules_build_their_triggers_from_the_stage_lists():
             m = re.match(r"\s+cfg=(.*)", line)
             if m:
                 assert "trigger(" in m.group(1), f"{smk.name}: {line.strip()}"
+
+
+@pytest.mark.parametrize("key, value", [("dropout_layout", "original"), ("ncn_after_dropout", True),
+                                        ("pool_bias", True)])
+def test_fidelity_options_reach_training_and_its_trigger(cfg, key, value):
+    """Each model-side fidelity option is in the train stage's slice and reruns training when it
+    changes (and every stage that checks a loaded model's shape), not the data stages."""
+    assert stages.config_slice(cfg, "train")["model"][key] == cfg["model"][key]
+    other = json.loads(json.dumps(cfg))
+    other["model"][key] = value
+    for stage in ("train", "evaluate", "analyze.skip"):
+        assert stages.trigger(other, stage) != stages.trigger(cfg, stage)
+    assert stages.trigger(other, "data.tokenize") == stages.trigger(cfg, "data.tokenize")

@@ -219,7 +219,7 @@ def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
     parameters (the baseline, `static`'s 3 constants per layer) gets a wider FFN. A variant with
     control reads one control channel per story label and is not matched: it is compared with
     itself (true vs flipped label), and with a zero control it is exactly the reference."""
-    from ncn.model import ModelConfig, count_params, match_params
+    from ncn.model import OFF_BY_DEFAULT, ModelConfig, count_params, match_params
     from ncn.variants import spec
 
     sp = spec(variant)  # names the registered variants if `variant` is not one
@@ -238,6 +238,8 @@ def model_config(cfg: dict, variant: str, size: str, vocab_size: int):
         reg_lambda=m["reg_lambda"],
         beta_max=m["beta_max"],
         gate_init=m["gate_init"],
+        # a config recorded before these options existed (a run's config.json) means them off
+        **{k: m.get(k, OFF_BY_DEFAULT[k]) for k in ("dropout_layout", "ncn_after_dropout", "pool_bias")},
     )
     if sp.control:  # one channel per story label the data stage stores (ncn.control)
         from ncn.control import LABELS

@@ -32,13 +32,29 @@ nanoGPT's `bias` flag); the model reads only the flags, through `ModelConfig.spe
 No controller and no constants is the plain Transformer, the iso-parameter baseline ("none":
 see `match_params`).
 
+Fidelity options (ModelConfig; each default is this model's own choice, each other value the
+original's; config/paper.yaml turns them on):
+  dropout_layout     "single": embedding dropout, attention-probability dropout (SDPA dropout_p),
+                     the attention output dropped once, the FFN output dropped once. "original":
+                     the same plus the attention output dropped a second time and the FFN's
+                     inner activations (after the GELU) dropped: 2 + 2 per layer, as the original.
+  ncn_after_dropout  False: the NCN reads the embeddings before embedding dropout; True: after
+                     it, as the original (the trunk's dropped tensor itself, so the same mask;
+                     a variant without positions drops its token embeddings on its own draw).
+  pool_bias          False: the pool's value and output projections have no bias (a bias there
+                     is redundant with the next Linear's); True: both have one, as the original's
+                     pooling attention, zero at init (the original's init zeroed every bias).
+                     The key projection never has one (softmax is shift-invariant, so a key
+                     bias could never receive a gradient).
+All three are off by default, and off they compute exactly (bitwise) what the model computed
+before they existed; their values are left out of the records while off (`as_dict`).
+
 Design choices where the description is silent:
   * The NCN reads the same token(+position) embeddings the trunk starts from, NOT detached:
     the NCN's gradient also trains the shared embeddings (as a module reading the embedding
-    output would in the original). The NCN input is taken before embedding dropout.
-  * The pool's key projection has no bias (softmax is shift-invariant, so a key bias could
-    never receive a gradient); value and output projections have none either (a bias there
-    is redundant with the next Linear's). The two MLP Linears have biases.
+    output would in the original). By default the NCN input is taken before embedding dropout.
+  * The pool's key projection has no bias; value and output projections have none unless
+    pool_bias. The two MLP Linears have biases.
   * Trunk Linears have no biases (attention, FFN); the baseline and NCN variants share that.
   * The causal prefix pool is a chunked prefix softmax, O(T·C) with chunks of POOL_CHUNK and
     stable for any score range (see `prefix_softmax_pool`); generation updates running softmax
@@ -77,13 +93,18 @@ class ModelConfig:
     beta_max: float = 4.0
     gate_init: float = 0.95
     control_dim: int = 0  # external control vector into the controller's input (ncn.control); 0 = off
+    dropout_layout: str = "single"  # or "original": see the module docstring (fidelity options)
+    ncn_after_dropout: bool = False  # the NCN reads the embeddings after embedding dropout (the original)
+    pool_bias: bool = False  # biases on the pool's value and output projections (the original)
 
     def as_dict(self) -> dict:
-        """The fields, control_dim left out while it is 0 (off): what model.pt, config.json and the
-        checkpoint fingerprint record, so a plain variant's records are those of before control."""
+        """The fields, each of OFF_BY_DEFAULT left out while at its default (off): what model.pt,
+        config.json and the checkpoint fingerprint record, so a run without these options records
+        exactly what it recorded before they existed."""
         d = asdict(self)
-        if not d["control_dim"]:
-            del d["control_dim"]
+        for name, off in OFF_BY_DEFAULT.items():
+            if d[name] == off:
+                del d[name]
         return d
 
     @property
@@ -112,6 +133,14 @@ class ModelConfig:
             raise NCNError(f"ModelConfig.beta_max must be > 1 (the init value of β), got {self.beta_max}")
         if not 0.0 <= self.dropout < 1.0:
             raise NCNError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout_layout not in DROPOUT_LAYOUTS:
+            raise NCNError(f"ModelConfig.dropout_layout must be one of {', '.join(DROPOUT_LAYOUTS)}, "
+                           f"got {self.dropout_layout!r}")
+
+
+DROPOUT_LAYOUTS = ("single", "original")
+# Options that a record leaves out while they are at this value (ModelConfig.as_dict).
+OFF_BY_DEFAULT = {"control_dim": 0, "dropout_layout": "single", "ncn_after_dropout": False, "pool_bias": False}
 
 
 @dataclass
@@ -220,12 +249,14 @@ class PrefixPool(nn.Module):
     scaled_dot_product_attention with the query repeated per position.
     """
 
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, bias: bool = False):
         super().__init__()
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.kv = nn.Linear(d_model, 2 * d_model, bias=False)
         self.query = nn.Parameter(torch.zeros(n_heads, self.head_dim))
-        self.proj = nn.Linear(d_model, d_model, bias=False)
+        self.proj = nn.Linear(d_model, d_model, bias=bias)
+        # the value projection's bias (pool_bias), zero at init; never one on the keys (see above)
+        self.v_bias = nn.Parameter(torch.zeros(n_heads, self.head_dim)) if bias else None
 
     def _scores_values(self, e):
         """scores (B, T, H) = k·q/√hd and values (B, T, H, hd). kv's rows are the key, then the
@@ -234,7 +265,10 @@ class PrefixPool(nn.Module):
         w_k, w_v = self.kv.weight.split(d)
         qk = torch.einsum("hjd,hj->hd", w_k.view(self.n_heads, self.head_dim, d), self.query)
         scores = e @ (qk.t() / math.sqrt(self.head_dim))
-        return scores, F.linear(e, w_v).view(B, T, self.n_heads, self.head_dim)
+        v = F.linear(e, w_v).view(B, T, self.n_heads, self.head_dim)
+        if self.v_bias is not None:
+            v = v + self.v_bias
+        return scores, v
 
     def forward(self, e: torch.Tensor, causal: bool) -> torch.Tensor:
         B, T, d = e.shape
@@ -368,7 +402,7 @@ class NCNController(nn.Module):
     def __init__(self, cfg: ModelConfig, per_token: bool):
         super().__init__()
         self.n_layer, self.per_token = cfg.n_layer, per_token
-        self.pool = PrefixPool(cfg.d_model, cfg.ncn_heads)
+        self.pool = PrefixPool(cfg.d_model, cfg.ncn_heads, bias=cfg.pool_bias)
         self.norm = RMSNorm(cfg.d_model, eps=1e-6)
         self.fc1 = nn.Linear(cfg.d_model, cfg.ncn_hidden)
         self.fc2 = nn.Linear(cfg.ncn_hidden, 3 * cfg.n_layer)
@@ -431,6 +465,8 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.resid_drop = nn.Dropout(cfg.dropout)
+        # the original's layout drops the attention output a second time
+        self.resid_drop2 = nn.Dropout(cfg.dropout) if cfg.dropout_layout == "original" else None
         self.kv_quant = None  # optional tensor -> tensor applied to keys and values (ncn.kvquant)
 
     def forward(self, x, beta=None, gain=None, kv=None):
@@ -456,8 +492,8 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal).transpose(1, 2)
         if gain is not None:  # g·proj(y) = proj(g·y): proj has no bias
             y = y * gain.unsqueeze(-1)
-        y = y.reshape(B, T, C)
-        return self.resid_drop(self.proj(y))
+        y = self.resid_drop(self.proj(y.reshape(B, T, C)))
+        return y if self.resid_drop2 is None else self.resid_drop2(y)
 
 
 class FeedForward(nn.Module):
@@ -466,9 +502,14 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
+        # the original's layout also drops the inner activations (after the GELU)
+        self.inner_drop = nn.Dropout(cfg.dropout) if cfg.dropout_layout == "original" else None
 
     def forward(self, x):
-        return self.drop(self.down(F.gelu(self.up(x))))
+        h = F.gelu(self.up(x))
+        if self.inner_drop is not None:
+            h = self.inner_drop(h)
+        return self.drop(self.down(h))
 
 
 class Block(nn.Module):
@@ -593,12 +634,18 @@ class Transformer(nn.Module):
             raise NCNError(f"sequence length {T} exceeds the model's block_size {self.cfg.block_size}")
         tok = self.tok_emb(idx)
         emb = tok + self.pos_emb(torch.arange(T, device=idx.device))
+        x = None
+        if self.cfg.ncn_after_dropout:  # the NCN reads the dropped embeddings (the original)
+            x = emb = self.drop(emb)
+            if self.controller is not None and not self.cfg.spec.positions:
+                tok = self.drop(tok)  # a content-only NCN input: dropped on its own draw
         z = self._raw_signals(tok, emb, causal_pool, control=control)
         signals = None if z is None else signal_map(z, self.cfg.beta_max)
         if self.modulate is not None:
             signals = self.modulate(signals)
 
-        x = self.drop(emb)
+        if x is None:  # the default: dropped after the NCN read it (this order keeps gradients bitwise)
+            x = self.drop(emb)
         n_skipped = 0
         for l, block in enumerate(self.blocks):
             x, n = block(x, None if signals is None else signals[:, :, l], skip_eps=skip_eps)

@@ -37,6 +37,7 @@ import pandas as pd
 from ncn.analysis.macros import (NA, Macros, Numbers, finite, fmt_bytes, fmt_cfg, fmt_duration, fmt_fixed,
                                  fmt_human, fmt_int, fmt_list, fmt_pct, fmt_sig, macro_name, row, tex_escape,
                                  tex_path)
+from ncn.analysis.options import skip_grid
 from ncn.errors import NCNError
 from ncn.fileio import read_json, write_bytes, write_text
 from ncn.variants import PRIMARY, baseline, names
@@ -63,9 +64,16 @@ ORIGINAL_RECIPE = {
     "OrigBetaOne": 0.9, "OrigBetaTwo": 0.999, "OrigWeightDecay": 0.1, "OrigEpochs": 1,
     "OrigHeldoutPct": 5,
 }
-# The model-side fidelity options (config `model.<key>`), by the macro that prints this profile's value.
+# The model-side fidelity options (config `model.<key>`, ncn.model's docstring), by the macro that
+# prints this profile's value in words; the value that restores the original's behaviour says so.
 FIDELITY_OPTIONS = {"OptDropoutLayout": "dropout_layout", "OptNcnAfterDropout": "ncn_after_dropout",
                     "OptPoolBias": "pool_bias"}
+FIDELITY_WORDS = {
+    "dropout_layout": {"single": "embeddings, attention probabilities, attention output once, FFN output",
+                       "original": "as the original (\texttt{original})"},
+    "ncn_after_dropout": {False: "before embedding dropout", True: "after embedding dropout, as the original"},
+    "pool_bias": {False: "none", True: "on value and output projections, zero at init, as the original"},
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,7 +359,7 @@ def _design_settings(s: Sources) -> dict:
         "ConfidencePct": fmt_cfg(round(100 * float(an["confidence"]), 4)) + r"\%",
         "PPLThreshold": fmt_cfg(an["ppl_threshold"]),
         "GainBandLow": fmt_cfg(an["gain_band"][0]), "GainBandHigh": fmt_cfg(an["gain_band"][1]),
-        "GateEpsList": fmt_list(an["gate_eps"], fmt_cfg), "SkipEpsList": fmt_list(an["skip_eps"], fmt_cfg),
+        "GateEpsList": fmt_list(an["gate_eps"], fmt_cfg), "SkipEpsList": fmt_list(skip_grid(an), fmt_cfg),
     }
 
 
@@ -391,7 +399,7 @@ def fidelity(s: Sources) -> dict:
     model = s.cfg["model"]
     for name, key in FIDELITY_OPTIONS.items():
         v = model.get(key)
-        m[name] = NA if v is None else tex_escape(str(v).lower())
+        m[name] = NA if v is None else FIDELITY_WORDS[key].get(v, tex_escape(str(v).lower()))
     return {"fidelity: the original's recipe and this profile's model-side options": m}
 
 

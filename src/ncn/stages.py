@@ -45,7 +45,7 @@ READS: dict[str, tuple[str, ...]] = {
     "analyze.scaling": ("analysis.confidence", "variant_seeds", *_LAYOUT),
     "analyze.leak": ("analysis.confidence", "variant_seeds", *_LAYOUT),
     "analyze.brainscan": ("analysis.dev_limit", "variants", "model"),
-    "analyze.skip": ("analysis.skip_eps", "analysis.skip_max_tokens", "analysis.skip_tolerance_nats",
+    "analyze.skip": ("analysis.skip_eps", "analysis.gate_eps", "analysis.skip_max_tokens", "analysis.skip_tolerance_nats",
                      "analysis.skip_random_draws", "eval", *_SHAPE),
     "analyze.kvcache": ("analysis.kv_max_tokens", "analysis.kv_uniform_bits", "analysis.kv_budgets",
                         "analysis.kv_spread", "analysis.kv_random_draws", "analysis.confidence", "eval", "generate",

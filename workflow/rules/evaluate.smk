@@ -86,9 +86,12 @@ rule export:
 
 
 TARGETS.extend(run_dirs(pattern=rules.evaluate.output[0]))
-TARGETS.extend(f for out in rules.export.output for f in run_dirs(pattern=out))
-# Samples are for reading, not for statistics (and each job costs a process start): one per
-# variant, from the largest size's first seed. Any other run: ask for its samples.json.
+# Samples and exported models are for reading and sharing, not for statistics (and each job costs
+# a process start): one per variant, from the largest size's first seed. Any other run: ask for
+# its samples.json or hf/model.safetensors (`snakemake results/<profile>/runs/V/S/seedN/hf/...`).
 TARGETS.extend(
-    f for v in VARIANTS for f in run_dirs([v], [largest_size(config)], seeds_of(config, v)[:1], rules.generate.output[0])
+    f
+    for v in VARIANTS
+    for out in (rules.generate.output[0], *rules.export.output)
+    for f in run_dirs([v], [largest_size(config)], seeds_of(config, v)[:1], out)
 )

@@ -53,3 +53,9 @@ def save_figure(fig, pdf, png, tight: bool = True) -> None:
     if Path(png).resolve() != Path(written).resolve():
         Path(png).parent.mkdir(parents=True, exist_ok=True)
         os.replace(written, png)
+
+
+def skip_grid(a: dict) -> list[float]:
+    """The ε grid measured: analysis.skip_eps with 0 (the reference) and max(analysis.gate_eps) (the
+    γ-gate claim's functional leg reads that ε) always added, ascending."""
+    return sorted({float(e) for e in a["skip_eps"]} | {0.0, float(max(a["gate_eps"]))})

@@ -181,7 +181,8 @@ def skip_table(run_dir: str | Path, cfg: dict, data_dir: str | Path, threads: in
     x, y = windows(open_split(data_dir, "heldout", meta), model.cfg.block_size, a["skip_max_tokens"])
     seed = int(payload.get("seed", 0))
     try:
-        df = skip_model(model, x, y, cfg["eval"]["batch_size"], a["skip_eps"], a["skip_random_draws"], seed, repeats)
+        grid = options.skip_grid(a)
+        df = skip_model(model, x, y, cfg["eval"]["batch_size"], grid, a["skip_random_draws"], seed, repeats)
     except NCNError as e:
         raise NCNError(f"{run_dir}: {e}") from None
     df.insert(0, "seed", seed)
