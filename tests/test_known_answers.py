@@ -841,7 +841,7 @@ def test_skip_delta_loss_is_positive_when_skipping_a_useful_ffn(tmp_path):
     without0 = _plain_loss(model, stream, (0,))
     without_both = _plain_loss(model, stream, (0, 1))
     assert dense < 0.1 and without0 > dense + 1.0  # the construction works as described
-    cfg = {"analysis": {"skip_eps": [0.5, 0.95], "skip_max_tokens": None, "skip_random_draws": 2},
+    cfg = {"analysis": {"skip_eps": [0.5, 0.95], "gate_eps": [0.5], "skip_max_tokens": None, "skip_random_draws": 2},
            "eval": {"batch_size": 4}}
     df = skip_table(run, cfg, data).set_index("eps")
     assert list(df.index) == [0.0, 0.5, 0.95]
