@@ -63,14 +63,16 @@ def test_claims_are_objects_in_the_published_order():
     """The paper's prose names claims by number (\\ClaimSevenVerdict): a reorder must be deliberate."""
     assert [c.key for c in claims.CLAIMS] == ["ab_beats_baseline", "baseline_ppl", "layer_specialisation",
                                              "phasic_but", "homeostasis", "gamma_gates", "asrun_leak",
-                                             "block_skipping", "control_steers"]
+                                             "block_skipping", "control_steers", "kvcache_beta_guided",
+                                             "knob_temperature"]
     for c in claims.CLAIMS:
         assert c.text and c.value_label and c.origin in claims.ORIGINS
         assert all(callable(f) for f in (c.statistic, c.null, c.control, c.threshold, c.compute))
     assert {c.key: c.subject for c in claims.CLAIMS if c.subject} == {"baseline_ppl": "none", "asrun_leak": "asrun",
                                                                       "control_steers": "control"}
     assert {c.key: c.origin for c in claims.CLAIMS if c.origin != "original"} == {
-        "asrun_leak": "replication", "control_steers": "original, promise", "block_skipping": "original, future work"}
+        "asrun_leak": "replication", "control_steers": "original, promise", "block_skipping": "original, future work",
+        "kvcache_beta_guided": "original, future work", "knob_temperature": "original, future work"}
 
 
 def _runs(tmp_path: Path, effect: float, seeds=(0, 1, 2)) -> pd.DataFrame:
@@ -108,7 +110,7 @@ def _compute(tmp_path, runs):
 
 def test_compute_judges_every_claim_object_planted_effect(tmp_path):
     by = _compute(tmp_path, _runs(tmp_path, effect=-0.5))
-    assert [c["id"] for c in by.values()] == list(range(1, 10))
+    assert [c["id"] for c in by.values()] == list(range(1, len(claims.CLAIMS) + 1))
     # no control measurements given: the control claim cannot decide
     assert by["control_steers"]["verdict"] == "inconclusive" and by["control_steers"]["variant"] == "control"
     assert by["ab_beats_baseline"]["verdict"] == "supported" and by["ab_beats_baseline"]["variant"] == "causal"
@@ -124,6 +126,9 @@ def test_compute_judges_every_claim_object_planted_effect(tmp_path):
         assert by[key]["verdict"] == "inconclusive" and by[key]["reason"] == "no trace"
     assert by["asrun_leak"]["verdict"] == "inconclusive" and "leak_measure.csv" in by["asrun_leak"]["reason"]
     assert by["block_skipping"]["verdict"] == "inconclusive" and "skip_measure.csv" in by["block_skipping"]["reason"]
+    for key, table in (("kvcache_beta_guided", "kvcache.csv"), ("knob_temperature", "knobs.csv")):
+        assert by[key]["verdict"] == "inconclusive" and table in by[key]["reason"]
+        assert by[key]["origin"] == "original, future work"
     # a bpe tokenizer: the 5.5 GPT-2 perplexity does not apply
     assert by["baseline_ppl"]["verdict"] == "not applicable" and "bpe" in by["baseline_ppl"]["reason"]
 
@@ -150,13 +155,14 @@ def test_the_claims_rule_passes_options_the_command_takes():
     from ncn.analysis.rules import CLAIM_MEASURES, claim_measure_options
 
     assert set(CLAIM_MEASURES) == set(claims.MEASURES)
-    inputs = SimpleNamespace(leak_measure="L.csv", skip_measure=[], regonly="R.csv")
+    inputs = SimpleNamespace(leak_measure="L.csv", skip_measure=[], regonly="R.csv", kvcache="K.csv", knobs="N.csv")
     opts = claim_measure_options(inputs).split()
-    assert opts == ["--leak-measure", "L.csv", "--regonly", "R.csv"]
+    assert opts == ["--leak-measure", "L.csv", "--regonly", "R.csv", "--kvcache", "K.csv", "--knobs", "N.csv"]
     base = ["claims", "--runs-table", "r.csv", "--config", "c.json", "--data", "d", "--json", "j", "--tex", "t",
             "--paragraphs", "p"]
     args = analysis_cli.parser("claims").parse_args(base + opts)
     assert (args.leak_measure, args.skip_measure, args.regonly) == ("L.csv", None, "R.csv")
+    assert (args.kvcache, args.knobs) == ("K.csv", "N.csv")
 
 
 def test_claims_numbers_are_one_macro_set_per_claim():
@@ -164,6 +170,6 @@ def test_claims_numbers_are_one_macro_set_per_claim():
                        "value": -0.25, "ci_low": -0.5 if i == 1 else None, "ci_high": -0.1 if i == 1 else None,
                        "verdict": "supported" if i == 1 else "inconclusive"} for i, c in enumerate(claims.CLAIMS, 1)]}
     (group, m), = claims.numbers(doc, {}).items()
-    assert m["ClaimsTotal"] == "9" and m["ClaimsSupported"] == "1" and m["ClaimsInconclusive"] == "8"
+    assert m["ClaimsTotal"] == "11" and m["ClaimsSupported"] == "1" and m["ClaimsInconclusive"] == "10"
     assert m["ClaimOneCI"].endswith("[$-$0.500, $-$0.100]") and m["ClaimTwoCI"] == "no interval"
     assert m["ClaimSevenStatistic"] == r"s\_1" and m["ClaimOneValue"] == "$-$0.250"

@@ -214,3 +214,49 @@ def test_sampling_settings_default_to_the_config():
     assert sampling(g, top_k=None).top_k is None and sampling(g, prompts=["q"]).source == "--prompt"
     with pytest.raises(NCNError, match=r"generate.prompts\[0\] is empty"):
         sampling({**g, "prompts": [""]})
+
+
+# ---- --kv-bits: the compressed cache is the one generation uses, its memory and speed reported --------
+
+
+@pytest.mark.parametrize("kv, want", [("8", [8, 8]), ("4", [4, 4]), ("beta:6", None)])
+def test_kv_bits_generates_from_the_compressed_cache_and_reports_memory_and_speed(run, capsys, monkeypatch, kv,
+                                                                                  want, tmp_path):
+    from ncn import kvquant
+    from ncn.data.tokenizer import load
+    from ncn.model import load_model
+
+    built = []
+    real = kvquant.QuantKVCache.__init__
+
+    def spy(self, cfg, batch, device, dtype, bits):
+        real(self, cfg, batch, device, dtype, bits)
+        if str(device) != "meta":  # the byte count is taken on a meta cache; generation fills a real one
+            built.append((list(bits), self))
+
+    monkeypatch.setattr(kvquant.QuantKVCache, "__init__", spy)
+    out = tmp_path / "kv.json"
+    rc, stdout, err = cli(["--run", str(run.dir), "--prompt", "Once upon a time", "--num-samples", "2",
+                           "--max-new-tokens", "6", "--temperature", "0", "--kv-bits", kv, "--out", str(out)], capsys)
+    assert rc == 0, err
+    rec = json.loads(out.read_text())
+    bits = rec["kv_bits"]
+    assert bits == want if want else sorted(bits) == [4, 8]  # beta:6 -> 6 -/+ 2 by the layers' mean beta
+    # every sample (and the warm-up) filled a compressed cache at those bits, holding the tokens it generated
+    assert len(built) == 1 + 2 and all(b == bits for b, _ in built)
+    assert all(c.length > 0 for _, c in built)
+    model, _ = load_model(run.dir / "model.pt")
+    fp32 = 2 * model.cfg.n_layer * model.cfg.block_size * model.cfg.d_model * 4
+    assert rec["kv_cache_bytes_uncompressed"] == fp32
+    assert rec["kv_cache_bytes"] == built[-1][1].nbytes < fp32 / 2
+    assert rec["tokens_per_s"] > 0 and all(s["tokens_per_s"] > 0 for s in rec["samples"])
+    assert f"KV cache at {','.join(map(str, bits))} bits per layer: {rec['kv_cache_bytes']} bytes" in err
+    assert "tokens/s" in err.splitlines()[-1]
+    # greedy decoding from the compressed cache is the fake-quantised model's argmax continuation
+    kvquant.set_fake_quant(model, bits)
+    tok = load(run.data / "tokenizer.json")
+    ids = [json.loads((run.data / "meta.json").read_text())["eot_id"]] + tok.encode("Once upon a time").ids
+    x = torch.tensor([ids])
+    for _ in range(6):
+        x = torch.cat([x, model(x[:, -model.cfg.block_size:]).logits[:, -1:].argmax(-1)], dim=1)
+    assert rec["samples"][0]["completion"] == tok.decode(x[0, len(ids):].tolist())

@@ -142,3 +142,18 @@ def test_export_refuses_an_unfinished_run(tmp_path, capsys):
     (tmp_path / "half").mkdir()
     assert main(["export", "--run", str(tmp_path / "half")]) == 2
     assert "is not finished" in capsys.readouterr().err
+
+
+def test_evaluate_export_writes_the_same_folder_as_ncn_export(run, tmp_path):
+    """The pipeline's evaluate job writes RUN/hf in the same process (`--export`): the same bytes as
+    `ncn export`, with the card quoting the eval.json it has just written."""
+    from ncn.cli import main
+
+    assert main(["export", "--run", str(run.dir), "--out", str(tmp_path / "by_export")]) == 0
+    assert main(["evaluate", "--run", str(run.dir), "--export", str(tmp_path / "by_evaluate")]) == 0
+    a = {p.name: p.read_bytes() for p in (tmp_path / "by_export").iterdir()}
+    b = {p.name: p.read_bytes() for p in (tmp_path / "by_evaluate").iterdir()}
+    assert sorted(a) == ["README.md", "config.json", "model.safetensors", "tokenizer.json"] and a == b
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--run", str(run.dir), "--export", str(tmp_path / "x"), "--kv-bits", "8", "--out",
+              str(tmp_path / "e.json")])

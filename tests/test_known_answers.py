@@ -59,7 +59,8 @@ def analysis_cfg(**over) -> dict:
     a = {"confidence": 0.95, "ppl_threshold": 5.5, "layer_effect_floor": 0.03, "gain_band": [0.9, 1.1],
          "gain_min_fraction": 0.75, "activity_min_ratio": 2.0, "reg_bound": 0.1, "gate_eps": [0.05, 0.1, 0.2],
          "gate_branch_ratio": 0.05, "gate_min_fraction": 0.01, "skip_tolerance_nats": 0.01,
-         "skip_min_fraction": 0.01, "probe_word": "but", "control_sentences": ["c"] * 19}
+         "skip_min_fraction": 0.01, "probe_word": "but", "control_sentences": ["c"] * 19, "kv_budgets": [4, 6],
+         "kv_spread": 2, "knob_scales": [0.5, 0.7, 1.0, 1.4, 2.0]}
     a.update(over)
     return {"analysis": a, "model": {"reg_lambda": 0.01}}
 
@@ -655,6 +656,38 @@ def _control_runs(gaps, steers):
                          "frac_off": [0.5 - x / 2 for x in steers], "base_rate": 0.5})
 
 
+def _kv_table(beta_gain: float, seeds=SEEDS, noise=0.0005, bytes_beta=None) -> pd.DataFrame:
+    """ncn analyze kvcache's per-run table: dloss per seed and budget, uniform 0.02, beta
+    0.02 - beta_gain, oracle 0.005, random 0.025 (scaled by 4 / budget), plus seeded noise; every
+    policy at a budget holds the same bytes per token unless bytes_beta says otherwise."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed in seeds:
+        for budget in (4, 6):
+            for policy, d in (("uniform", 0.02), ("beta", 0.02 - beta_gain), ("oracle", 0.005), ("random", 0.025)):
+                bpt = bytes_beta if policy == "beta" and bytes_beta else 24.0 * budget
+                rows.append({"variant": "causal", "size": "s", "seed": seed, "policy": policy, "budget_bits": budget,
+                             "delta_loss": d * 4 / budget + rng.normal(0, noise), "bytes_per_token": bpt})
+    return pd.DataFrame(rows)
+
+
+KNOB_SCALES = (0.5, 0.7, 1.0, 1.4, 2.0)
+
+
+def _knob_grid(strength: dict, seeds=SEEDS, noise=0.01, bump=None) -> pd.DataFrame:
+    """ncn analyze knobs' per-run table: entropy = 3 - strength[variant] * log2(s) (+ seeded noise
+    on the strength); bump=(variant, seed): a kink that breaks the monotone fall."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for v, k in strength.items():
+        for seed in seeds:
+            for s in KNOB_SCALES:
+                h = 3 - (k + rng.normal(0, noise)) * math.log2(s) + (1.0 if bump == (v, seed) and s == 1.4 else 0.0)
+                rows.append({"variant": v, "size": "s", "seed": seed, "target": "all", "scale": s, "entropy": h,
+                             "loss": 3.0})
+    return pd.DataFrame(rows)
+
+
 def _merge_traces(*frames):
     return pd.concat(frames, ignore_index=True)
 
@@ -684,6 +717,10 @@ def _known(tmp_path, key, arm):
         benefit = [-0.2, -0.22, -0.19] if planted else [0.001, 0.002, 0.0015]
         leak = _leak_table(benefit[: len(seeds)], seeds=seeds)
         s = _setting(tmp_path, runs=MISMATCH, measures={"leak_measure": leak})
+    elif key == "kvcache_beta_guided":
+        s = _setting(tmp_path, measures={"kvcache": _kv_table(0.01 if planted else 0.0, seeds)})
+    elif key == "knob_temperature":
+        s = _setting(tmp_path, measures={"knobs": _knob_grid({"causal": 0.5, "none": 0.1 if planted else 0.5}, seeds)})
     elif key == "control_steers":
         gaps, steers = ([0.05, 0.06, 0.055], [0.3, 0.35, 0.32]) if planted else ([0.0] * 3, [0.3, 0.35, 0.32])
         s = _setting(tmp_path, control=_control_runs(gaps[: len(seeds)], steers[: len(seeds)]))

@@ -217,7 +217,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--kv-bits", metavar="BITS", help="fake-quantise the keys and values: 8, 4, 16 or a per-layer "
                    "list like 8,4,4,8; needs --out")
     p.add_argument("--out", help="write the record here instead of RUN/eval.json (required with --modulate/--kv-bits)")
+    p.add_argument("--export", metavar="DIR", help="then also write the run's Hugging Face-style model folder "
+                   "there, as `ncn export --out DIR` does (its card quotes the eval.json just written)")
     a = p.parse_args(argv)
+    if a.export and (a.modulate or a.kv_bits):
+        p.error("--export writes the plain model's folder; it does not go with --modulate or --kv-bits")
     from ncn.config import load_config
 
     cfg = load_config(a.config, stage="evaluate") if a.config else None
@@ -226,4 +230,8 @@ def main(argv: list[str]) -> int:
     for split, p in EVAL_SETS:
         print(f"{a.run}: {split:8s} loss {out[f'{p}_loss']:.4f}  ppl {out[f'{p}_ppl']:.2f}  "
               f"bpb {out[f'{p}_bpb']:.4f}  ({out[f'{p}_tokens']} tokens)")
+    if a.export:
+        from ncn.hub import export
+
+        print(f"{a.run}: wrote {export(Path(a.run), a.data, a.export)}/")
     return 0

@@ -30,7 +30,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -194,13 +194,32 @@ def gpu_name() -> str:
     return f"{n}$\\times$ {name}" if n > 1 else name
 
 
+def public_path(path: str, folder: str | None = None) -> str:
+    """A path as the paper prints it, never machine-local: a relative path or a name (a hub file,
+    words) stays; an absolute one becomes relative to `folder`, led by that folder's name
+    (/x/tinystories/train.txt -> tinystories/train.txt), else its own last two parts."""
+    p = PurePosixPath(path)
+    if not p.is_absolute():
+        return str(path)
+    if folder is not None and PurePosixPath(folder).is_absolute() and p.is_relative_to(folder):
+        return str(PurePosixPath(PurePosixPath(folder).name) / p.relative_to(folder))
+    return str(PurePosixPath(*p.parts[-2:])) if len(p.parts) > 2 else p.name
+
+
+def local_folder(src: str | None) -> str | None:
+    """The folder of a manifest.json "source" of kind local, else None."""
+    kind, _, rest = (src or "").partition(":")
+    return rest if kind == "local" else None
+
+
 def describe_source(src: str | None) -> str:
-    """manifest.json "source" in words: "local:/folder" or "hub:name" (`ncn data fetch`)."""
+    """manifest.json "source" in words: "local:/folder" (printed by the folder's name: the PDF
+    holds no machine-local path) or "hub:name" (`ncn data fetch`)."""
     if src is None:
         return NA
     kind, _, rest = src.partition(":")
     if kind == "local":
-        return rf"the local folder \texttt{{{tex_path(rest)}}}"
+        return rf"the local folder \texttt{{{tex_path(PurePosixPath(rest).name or rest)}}}"
     return rf"the Hugging Face hub (\texttt{{{tex_path(rest)}}})"
 
 
@@ -256,7 +275,8 @@ def data(s: Sources) -> dict:
     for split in ("train", "valid"):
         S = split.capitalize()
         text, tokens = manifest.get(split, {}), meta.get(split, {})
-        m[f"Data{S}From"] = rf"\texttt{{{tex_path(text['from'])}}}" if text else NA
+        where = public_path(text["from"], local_folder(manifest.get("source"))) if text else None
+        m[f"Data{S}From"] = rf"\texttt{{{tex_path(where)}}}" if text else NA
         m[f"Data{S}Sha"] = text["sha256"][:12] if text else NA
         # meta.json counts the story text that was tokenized (bytes: the denominator of bits-per-byte)
         m[f"Data{S}Bytes"] = fmt_int(tokens.get("bytes"))

@@ -120,6 +120,11 @@ def control_names(variants=None) -> list[str]:
     return [v for v in (names() if variants is None else variants) if spec(v).control]
 
 
+def future_names(variants=None) -> list[str]:
+    """The variants whose pool sees the future (spec.sees_future: the as-run leak)."""
+    return [v for v in (names() if variants is None else variants) if spec(v).sees_future]
+
+
 def baseline() -> str:
     """The name of the baseline variant (the first one whose spec has no signals)."""
     return next(v for v, s in REGISTRY.items() if s.is_baseline)

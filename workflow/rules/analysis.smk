@@ -18,6 +18,9 @@ CLAIM_VARIANTS = claim_variants(config)
 ALL_RUNS = run_dirs()
 NCN_RUNS = run_dirs(NCN_VARIANTS) if NCN_VARIANTS else []
 NCN_LARGEST_RUNS = run_dirs(NCN_VARIANTS, [LARGEST]) if NCN_VARIANTS else []
+# The per-run tables of beyond.smk (included after this file) that the claims rule reads.
+KVCACHE_TABLE = f"{TABLES}/kvcache.csv"
+KNOBS_TABLE = f"{TABLES}/knobs.csv"
 # Sizes in order of scale (size_defs) and the variants decide the tables' rows and order.
 LAYOUT = ("variants", "sizes", "size_defs")
 
@@ -255,6 +258,9 @@ rule analysis_claims:
         leak_measure=rules.analysis_leakprobe.output.csv,
         skip_measure=rules.analysis_skip.output.measure if NCN_VARIANTS else [],
         regonly=rules.analysis_regonly.output.csv,
+        # the beyond-the-original claims (beyond.smk): beta-guided KV-cache bits, the temperature knob
+        kvcache=KVCACHE_TABLE,
+        knobs=KNOBS_TABLE,
         # claim 5 (the level of L_reg) reads the train logs of these runs
         logs=[f"{d}/train_log.csv" for d in run_dirs(CLAIM_VARIANTS, [LARGEST])] if CLAIM_VARIANTS else [],
         meta=rules.tokenize.output.meta,

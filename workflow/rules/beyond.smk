@@ -1,6 +1,7 @@
 # Beyond the original (issue 16): beta-guided KV-cache compression and modulation knobs, measured on
 # every variant (the baseline too) at the largest size, every seed. Included after analysis.smk,
-# whose names (TABLES, FIGURES, LARGEST) it uses.
+# whose names (TABLES, FIGURES, LARGEST, KVCACHE_TABLE, KNOBS_TABLE) it uses; the claims rule
+# there reads the two per-run tables (claims 10 and 11).
 from ncn.analysis.rules import primary_ncn
 
 BEYOND_RUNS = run_dirs(VARIANTS, [LARGEST])
@@ -18,7 +19,7 @@ rule analysis_kvcache:
         models=[f"{d}/model.pt" for d in BEYOND_RUNS],
         **BEYOND_DATA,
     output:
-        csv=f"{TABLES}/kvcache.csv",
+        csv=KVCACHE_TABLE,
         summary=f"{TABLES}/kvcache_summary.csv",
         claim_json=f"{TABLES}/kvcache_claim.json",
         claim_tex=f"{TABLES}/kvcache_claim.tex",
@@ -52,7 +53,7 @@ rule analysis_knobs:
         models=[f"{d}/model.pt" for d in BEYOND_RUNS],
         **BEYOND_DATA,
     output:
-        csv=f"{TABLES}/knobs.csv",
+        csv=KNOBS_TABLE,
         summary=f"{TABLES}/knobs_summary.csv",
         claim_json=f"{TABLES}/knobs_claim.json",
         claim_tex=f"{TABLES}/knobs_claim.tex",

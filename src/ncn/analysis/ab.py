@@ -194,7 +194,7 @@ def loss_curves(runs: pd.DataFrame, cfg: dict, pdf, png) -> None:
     import matplotlib.pyplot as plt
 
     sizes = [s for s in sizes_by_scale(cfg) if (runs["size"] == s).any()]
-    fig, axes = plt.subplots(1, max(1, len(sizes)), figsize=(4.2 * max(1, len(sizes)), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(sizes)), figsize=(plots.TEXT_WIDTH_IN, 2.6), squeeze=False, sharey=True)
     for ax, size in zip(axes[0], sizes):
         for variant in cfg["variants"]:
             sub = runs[(runs["variant"] == variant) & (runs["size"] == size)]
@@ -212,10 +212,11 @@ def loss_curves(runs: pd.DataFrame, cfg: dict, pdf, png) -> None:
                 ax.fill_between(curve["tokens"], curve["min"], curve["max"], color=color, alpha=0.2, lw=0)
         ax.set_title(f"size {size}")
         ax.set_xlabel("training tokens")
-        ax.set_ylabel("training cross-entropy (nats/token)")
+        plots.count_axis(ax.xaxis)
+    axes[0][0].set_ylabel("training cross-entropy (nats/token)")
     if sizes:
-        axes[0][0].legend(fontsize=7, frameon=False)
-    fig.suptitle("Loss curves: mean over seeds, band = min–max across seeds", fontsize=9)
+        axes[0][0].legend(frameon=False)
+    fig.suptitle("Loss curves: mean over seeds, band = min–max across seeds")
     options.save_figure(fig, pdf, png)
 
 

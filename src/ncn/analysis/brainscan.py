@@ -1,4 +1,5 @@
-"""Brain scans: heatmaps (layers × tokens) of g, β, γ on the seed's sentence, one row per variant,
+"""Brain scans: heatmaps (layers × tokens) of g, β, γ on the seed's sentence, one group of stacked
+panels per signal and in it one panel per variant, as wide as the paper's text,
 each cell the MEAN over the seeds traced (every trace given of that variant; the sentences and
 their tokens are the same in every seed's trace, which is checked).
 
@@ -97,48 +98,66 @@ def dev_limit(scans: dict, cfg: dict) -> float:
     return nice_ceil(worst)
 
 
+# Print-size layout (inches): the figure is as wide as the text, so its fonts print at their size.
+PANEL_IN_PER_LAYER, PANEL_MIN_IN, GROUP_GAP_IN, TOKENS_IN, TITLE_IN = 0.06, 0.28, 0.1, 0.55, 0.45
+CBAR_LEFT, CBAR_WIDTH, AXES_LEFT, AXES_RIGHT = 0.905, 0.014, 0.09, 0.89
+
+
+def scan_layout(n_variants: int, n_layers: int) -> tuple[float, list[float]]:
+    """(figure height, height ratios): one stacked group of n_variants panels per signal, a gap
+    between groups, every panel the full text width (so a token gets room for a legible label)."""
+    panel = max(PANEL_MIN_IN, PANEL_IN_PER_LAYER * n_layers)
+    ratios = []
+    for j in range(len(SIGNALS)):
+        ratios += [panel] * n_variants + ([GROUP_GAP_IN] if j < len(SIGNALS) - 1 else [])
+    return sum(ratios) + TOKENS_IN + TITLE_IN, ratios
+
+
+def _panel(ax, data, labels, vmin, vmax, cmap, variant: str, bottom: bool):
+    im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.grid(False)
+    layers = data.shape[0]
+    ax.set_yticks(sorted({0, layers - 1}))  # first and last layer: a short panel holds no more
+    ax.set_ylabel(f"{variant}\nlayer", rotation=0, ha="right", va="center", labelpad=10)
+    ax.set_xticks(range(len(labels)))
+    # Every panel shows the same sentence: token labels under the bottom panel only.
+    ax.set_xticklabels(labels if bottom else [], rotation=90)
+    return im
+
+
 def _heatmaps(scans: dict, cfg: dict, pdf, png, deviation: bool, note: str = "") -> None:
     import matplotlib.pyplot as plt
 
     plots.setup()
     variants = list(scans)
-    n_tok = max(len(labels) for _, labels in scans.values())
-    fig_w = 3 * max(3.0, 0.22 * n_tok + 1.2)
-    fig, axes = plt.subplots(len(variants), 3, figsize=(fig_w, 1.0 + 1.1 * len(variants) + 0.12 * n_tok / 3),
-                             squeeze=False)
+    n_layers = max(m["g"].shape[0] for m, _ in scans.values())
+    height, ratios = scan_layout(len(variants), n_layers)
+    fig = plt.figure(figsize=(plots.TEXT_WIDTH_IN, height))
+    grid = fig.add_gridspec(len(ratios), 1, height_ratios=ratios, hspace=0.2, left=AXES_LEFT, right=AXES_RIGHT,
+                            top=1 - TITLE_IN / height, bottom=TOKENS_IN / height)
     lim = natural_limits(cfg["model"])
     dlim = dev_limit(scans, cfg) if deviation else None
     for j, s in enumerate(SIGNALS):
+        group = []
         for i, variant in enumerate(variants):
             mats, labels = scans[variant]
-            init = init_values(variant, cfg["model"])
-            ax = axes[i][j]
             if deviation:
-                data, vmin, vmax, cmap = mats[s] - init[s], -dlim, dlim, "RdBu_r"
+                data, (vmin, vmax), cmap = mats[s] - init_values(variant, cfg["model"])[s], (-dlim, dlim), "RdBu_r"
             else:
-                (vmin, vmax), data, cmap = lim[s], mats[s], "viridis"
-            im = ax.imshow(data, aspect="auto", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax)
-            ax.grid(False)
-            ax.set_yticks(range(data.shape[0]))
-            if j == 0:
-                ax.set_ylabel(f"{variant}\nlayer")
-            else:
-                ax.set_yticklabels([])
-            # Every row shows the same sentence: token labels on the bottom row only.
-            ax.set_xticks(range(len(labels)))
-            if i == len(variants) - 1:
-                ax.set_xticklabels(labels, rotation=90, fontsize=6)
-            else:
-                ax.set_xticklabels([])
-            if i == 0:
-                ax.set_title(SIGNAL_TEX[s] + (" − init" if deviation else ""))
-        # One colour bar per signal: the limits are shared by every model in the column.
-        cb = fig.colorbar(im, ax=list(axes[:, j]), fraction=0.05, pad=0.02)
-        cb.ax.tick_params(labelsize=6)
+                data, (vmin, vmax), cmap = mats[s], lim[s], "viridis"
+            ax = fig.add_subplot(grid[j * (len(variants) + 1) + i])
+            bottom = j == len(SIGNALS) - 1 and i == len(variants) - 1
+            im = _panel(ax, data, labels, vmin, vmax, cmap, variant, bottom)
+            group.append(ax)
+        # One colour bar per signal, beside its group: the limits are shared by every model in it.
+        top, low = group[0].get_position(), group[-1].get_position()
+        cax = fig.add_axes((CBAR_LEFT, low.y0, CBAR_WIDTH, top.y1 - low.y0), label=f"colour bar {s}")
+        cb = fig.colorbar(im, cax=cax)
+        cb.set_label(SIGNAL_TEX[s] + (" − init" if deviation else ""))
     title = ("Deviation from the initial value; symmetric limit ±%g shared by all models" % dlim if deviation
              else "Signals per layer and token; fixed colour limits = natural ranges, shared by all models")
-    fig.suptitle(f"{title}; {note}" if note else title, fontsize=9)
-    options.save_figure(fig, pdf, png, tight=False)  # the shared colour bars manage their own space
+    fig.suptitle(f"{title};\n{note}" if note else title, y=1 - 0.04 / height)
+    options.save_figure(fig, pdf, png, tight=False)  # the layout is fixed above, in inches
 
 
 def add_arguments(p) -> None:

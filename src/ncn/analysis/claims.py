@@ -46,6 +46,14 @@ refutes it). Every claim about trained models reads every seed; `reason` says wh
  9 control_steers       (ncn.analysis.control) the control variant at its largest size: stories
                          with the label under label=1 minus label=0, and held-out loss with the
                          flipped minus the true label, paired over seeds; both CIs > 0.
+10 kvcache_beta_guided   (tables/kvcache.csv, ncn.analysis.kvcache) held-out dloss of beta-guided
+                         minus uniform KV-cache bits at the same average bits (equal bytes per
+                         token, checked), mean over budgets, paired over seeds: CI < 0; the oracle
+                         and random allocations minus uniform reported as the bounds.
+11 knob_temperature      (tables/knobs.csv, ncn.analysis.knobs) two legs: entropy falls strictly
+                         monotonically in the beta scale in every seed; the knob strength
+                         -dH/dlog2(s) minus the same knob's on the baseline (its query scale),
+                         paired over seeds, CI > 0.
 """
 
 from __future__ import annotations
@@ -58,17 +66,22 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import control, options, tables
-from ncn.analysis.macros import finite, fmt_sig, macro_name, tex_escape
+from ncn.analysis import control, knobs, kvcache, options, tables
+from ncn.analysis.macros import finite, fmt_sig, macro_name
 from ncn.analysis.runs import SIGNALS, largest_size, load_runs_table, per_seed, primary_ncn, read_train_log
 from ncn.analysis.stats import (INCONCLUSIVE, NOT_APPLICABLE, NOT_SUPPORTED, SUPPORTED, VERDICTS, Interval, all_of,
                                 blocked_anova, ci_verdict, fisher_interval, friedman, nan_to_none,
                                 paired_differences, partial_spearman, prediction_interval, t_interval)
 from ncn.errors import NCNError
 from ncn.fileio import write_json
-from ncn.variants import control_names, spec
+from ncn.variants import baseline, control_names, future_names, spec
 
 NAN = math.nan
+# The variants the claims name, from the registry (ncn.variants), never spelled out here: the
+# baseline, the one whose pool sees the future (the leak), the one that takes external control.
+BASELINE = baseline()
+LEAKY = future_names()[0]
+CONTROLLED = control_names()[0]
 ORIGINS = ("original", control.CLAIM_ORIGIN, "original, future work", "replication")
 # The original's budget: one epoch of TinyStories, about 520M GPT-2 tokens (its README). Claim 2
 # speaks of that budget: it applies within a factor BUDGET_FACTOR of it.
@@ -82,11 +95,13 @@ TRACE_RESOLUTION = 1e-6
 # The measurement tables (ncn analyze leakprobe, skip, regonly): name (the claims rule's input and,
 # dashed, the option) -> the file under results/ the reasons quote, and the columns read.
 MEASURES = {"leak_measure": "tables/leak_measure.csv", "skip_measure": "tables/skip_measure.csv",
-            "regonly": "tables/regonly.csv"}
+            "regonly": "tables/regonly.csv", "kvcache": "tables/kvcache.csv", "knobs": "tables/knobs.csv"}
 MEASURE_COLUMNS = {
     "leak_measure": ("variant", "size", "seed", "max_abs_dlogit_past", "loss_true_future", "loss_replaced_future"),
     "skip_measure": ("variant", "size", "seed", "eps", "loss_dense", "loss_skip", "loss_random", "skip_frac"),
     "regonly": ("variant", "size", "seed", "var_trained", "var_regonly"),
+    "kvcache": ("variant", "size", "seed", "policy", "budget_bits", "delta_loss", "bytes_per_token"),
+    "knobs": ("variant", "size", "seed", "target", "scale", "entropy"),
 }
 
 
@@ -129,18 +144,18 @@ def _rows(df: pd.DataFrame | None, variant: str, size: str) -> pd.DataFrame:
 
 # -- claim 1: the A/B -------------------------------------------------------------------------------
 def ab_claim(runs, variant, size, conf):
-    seeds, d = paired_differences(per_seed(runs, variant, size, "val_ppl"), per_seed(runs, "none", size, "val_ppl"))
+    seeds, d = paired_differences(per_seed(runs, variant, size, "val_ppl"), per_seed(runs, BASELINE, size, "val_ppl"))
     if not seeds:
-        return _result(reason=f"no paired runs of {variant} and none at size {size}")
+        return _result(reason=f"no paired runs of {variant} and {BASELINE} at size {size}")
     iv = t_interval(d, conf)
-    _, dl = paired_differences(per_seed(runs, variant, size, "val_loss"), per_seed(runs, "none", size, "val_loss"))
+    _, dl = paired_differences(per_seed(runs, variant, size, "val_loss"), per_seed(runs, BASELINE, size, "val_loss"))
     ld = t_interval(dl, conf)
     v = ci_verdict(iv.low, iv.high, 0.0, "below")
     return _result(iv.mean, iv.low, iv.high, v, _side_why(v, iv, 0.0, "below"),
                    variant=variant, size=size, seeds=seeds, dppl_per_seed=list(d), n_pairs=len(seeds),
                    dloss_mean=ld.mean, dloss_ci_low=ld.low, dloss_ci_high=ld.high,
                    ppl_variant=t_interval(per_seed(runs, variant, size, "val_ppl").values(), conf).mean,
-                   ppl_baseline=t_interval(per_seed(runs, "none", size, "val_ppl").values(), conf).mean)
+                   ppl_baseline=t_interval(per_seed(runs, BASELINE, size, "val_ppl").values(), conf).mean)
 
 
 # -- claim 2: the baseline's perplexity at the original's budget ---------------------------------------
@@ -162,8 +177,8 @@ def baseline_applies(kind: str, tokens: float) -> str:
 def baseline_ppl_claim(runs, size, cfg, meta):
     a = cfg["analysis"]
     conf, thr = a["confidence"], a["ppl_threshold"]
-    ppl = t_interval(per_seed(runs, "none", size, "val_ppl").values(), conf)
-    budget = per_seed(runs, "none", size, "tokens")
+    ppl = t_interval(per_seed(runs, BASELINE, size, "val_ppl").values(), conf)
+    budget = per_seed(runs, BASELINE, size, "tokens")
     tokens = float(np.median(list(budget.values()))) if budget else NAN
     kind = meta.get("tokenizer_kind", "unknown")
     details = dict(size=size, tokenizer_kind=kind, tokens_trained=tokens, original_tokens=ORIGINAL_TOKENS,
@@ -452,21 +467,22 @@ def leak_structure(leak, size) -> dict:
     return {str(v): float(x) for v, x in sub.groupby("variant", sort=True)["max_abs_dlogit_past"].max().items()}
 
 
-def prefix_pool_mismatch(rows: pd.DataFrame, runs, size) -> dict:
-    """{seed: loss with prefix-only pooling - loss with the whole-window pooling asrun trained
-    with}: what evaluating it off its training regime costs (no measure of leak); from the leak
+def prefix_pool_mismatch(rows: pd.DataFrame, runs, size, variant: str = LEAKY) -> dict:
+    """{seed: loss with prefix-only pooling - loss with the whole-window pooling `variant` (the
+    one whose pool sees the future) trained with}: what evaluating it off its training regime
+    costs (no measure of leak); from the leak
     measurement's eval.json columns, else from the runs table."""
     if {"loss_prefix_pool", "loss_full_pool"} <= set(rows.columns):
         return {int(s): float(p) - float(f) for s, p, f in zip(rows["seed"], rows["loss_prefix_pool"],
                                                                 rows["loss_full_pool"]) if finite(p) and finite(f)}
-    seeds, mm = paired_differences(per_seed(runs, "asrun", size, "val_loss_prefix_pool"),
-                                   per_seed(runs, "asrun", size, "val_loss"))
+    seeds, mm = paired_differences(per_seed(runs, variant, size, "val_loss_prefix_pool"),
+                                   per_seed(runs, variant, size, "val_loss"))
     return dict(zip(seeds, map(float, mm)))
 
 
-def leak_claim(leak, runs, size, conf):
-    rows = _rows(leak, "asrun", size)
-    mm = prefix_pool_mismatch(rows, runs, size)
+def leak_claim(leak, runs, size, conf, variant: str = LEAKY):
+    rows = _rows(leak, variant, size)
+    mm = prefix_pool_mismatch(rows, runs, size, variant)
     mismatch = _seed_interval(mm, conf)
     structure = leak_structure(leak, size)
     benefit = {int(s): float(t) - float(r) for s, t, r in
@@ -476,13 +492,14 @@ def leak_claim(leak, runs, size, conf):
                    prefix_pool_mismatch=mismatch.mean, prefix_pool_mismatch_ci=[mismatch.low, mismatch.high],
                    prefix_pool_mismatch_per_seed=mm)
     if rows.empty:
-        return _result(reason=f"no leak measurement of asrun at size {size} ({MEASURES['leak_measure']})", **details)
-    if structure.get("asrun", NAN) == 0.0:  # exactly: a causal pool gives 0, not a small number
+        return _result(reason=f"no leak measurement of {variant} at size {size} ({MEASURES['leak_measure']})",
+                       **details)
+    if structure.get(variant, NAN) == 0.0:  # exactly: a causal pool gives 0, not a small number
         return _result(iv.mean, iv.low, iv.high, NOT_SUPPORTED, "structural: changing the tokens after t changes "
-                       f"no logit at positions <= t (max |dlogit| {_f(structure.get('asrun'))}): nothing can leak",
+                       f"no logit at positions <= t (max |dlogit| {_f(structure.get(variant))}): nothing can leak",
                        **details)
     v = ci_verdict(iv.low, iv.high, 0.0, "below")
-    return _result(iv.mean, iv.low, iv.high, v, f"structural max |dlogit| {_f(structure['asrun'])} > 0; benefit: "
+    return _result(iv.mean, iv.low, iv.high, v, f"structural max |dlogit| {_f(structure[variant])} > 0; benefit: "
                    + _side_why(v, iv, 0.0, "below", "true - replaced future loss CI"), **details)
 
 
@@ -531,6 +548,69 @@ def skipping_claim(skip, variant, size, cfg):
     return _result(iv.mean, iv.low, iv.high, v, f"at eps = {best['eps']:g} ({_f(best['skip_frac'])} of the FFN "
                    f"evaluations skipped, loss change CI {_ci(best['delta'])} within {_f(tol)} nats): "
                    + _side_why(v, iv, 0.0, "below", "gated - random CI"), **details)
+
+
+# -- claims 10 and 11: beyond the original (ncn.analysis.kvcache, ncn.analysis.knobs) -----------------------------
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """A per-run measurement table with size as text and seed as an integer, as the analyses wrote them."""
+    return df.assign(size=df["size"].astype(str), seed=df["seed"].astype(int))
+
+
+def _unequal_memory(sub: pd.DataFrame, budgets) -> list:
+    """The budgets at which a beta-guided cache and the uniform one differ in bytes per token."""
+    by = sub.groupby(["policy", "budget_bits"])["bytes_per_token"].max()
+    return [b for b in budgets if ("uniform", b) not in by or not np.isclose(by[("beta", b)], by[("uniform", b)])]
+
+
+def kvcache_claim(table, variant, size, conf):
+    """Claim 10: beta-guided minus uniform KV-cache bits at equal average bits (ncn.analysis.kvcache.claim),
+    paired by seed; the oracle and random allocations minus uniform as the bounds."""
+    if table is None or table.empty:
+        return _result(reason=f"no KV-cache measurement ({MEASURES['kvcache']})")
+    df = _typed(table)
+    res = kvcache.claim(df, variant, size, conf)
+    d = res["details"]
+    if "reason" in d:
+        return _result(reason=d.pop("reason"), **d)
+    b = d["beta_minus_uniform"]
+    iv = Interval(b["mean"], b["ci_low"], b["ci_high"], len(b["seeds"]), NAN)
+    bounds = ", ".join(f"{p} - uniform {_f(d[f'{p}_minus_uniform']['mean'])} {_ci(_bound(d, p))}"
+                       for p in ("oracle", "random"))
+    unequal = _unequal_memory(df[(df["variant"] == variant) & (df["size"] == size)], d["budgets"])
+    if unequal:
+        return _result(b["mean"], b["ci_low"], b["ci_high"], INCONCLUSIVE, "the beta-guided and uniform caches "
+                       f"differ in bytes per token at budget(s) {', '.join(map(str, unequal))}", **d)
+    if iv.n < MIN_SEEDS:
+        return _result(b["mean"], b["ci_low"], b["ci_high"], INCONCLUSIVE,
+                       f"{iv.n} paired seed(s): no interval over seeds; bounds: {bounds}", **d)
+    v = res["verdict"]
+    return _result(b["mean"], b["ci_low"], b["ci_high"], v,
+                   _side_why(v, iv, 0.0, "below", "beta - uniform CI") + f"; bounds: {bounds}", **d)
+
+
+def _bound(d: dict, policy: str) -> Interval:
+    x = d[f"{policy}_minus_uniform"]
+    return Interval(x["mean"], x["ci_low"], x["ci_high"], len(x["seeds"]), NAN)
+
+
+def knob_claim(table, variant, size, conf):
+    """Claim 11: the precision knob's strength (-dH/dlog2 s) minus the same knob's on the baseline,
+    paired by seed, and entropy falling monotonically in every seed (ncn.analysis.knobs.claim)."""
+    if table is None or table.empty:
+        return _result(reason=f"no knob measurement ({MEASURES['knobs']})")
+    res = knobs.claim(_typed(table), variant, BASELINE, size, conf)
+    d = res["details"]
+    if "reason" in d:
+        return _result(res["value"], res["ci_low"], res["ci_high"], INCONCLUSIVE, d.pop("reason"), **d)
+    seeds, mono = d["seeds"], d["monotone_seeds"]
+    iv = Interval(res["value"], res["ci_low"], res["ci_high"], len(seeds), NAN)
+    mono_v = SUPPORTED if len(mono) == len(seeds) else NOT_SUPPORTED
+    strength_v = ci_verdict(iv.low, iv.high, 0.0, "above")
+    legs = {"monotone": (mono_v, f"entropy falls monotonically in {len(mono)} of {len(seeds)} seeds"),
+            f"stronger than on {BASELINE}": (strength_v,
+                                             _side_why(strength_v, iv, 0.0, "above", "strength difference CI"))}
+    d["legs"] = {k: v for k, (v, _) in legs.items()}
+    return _result(iv.mean, iv.low, iv.high, all_of(mono_v, strength_v), _legs_reason(legs), **d)
 
 
 # -- the registry ----------------------------------------------------------------------------------------------
@@ -608,21 +688,22 @@ def _skip_eps_note(s: Setting) -> str:
 CLAIMS = [
     Claim(key="ab_beats_baseline", text="The NCN beats an iso-parameter baseline", origin="original",
           value_label="dPPL",
-          statistic=lambda s, v: (f"mean paired dPPL = PPL({v}) - PPL(none) over seeds at size {s.size}, "
+          statistic=lambda s, v: (f"mean paired dPPL = PPL({v}) - PPL({BASELINE}) over seeds at size {s.size}, "
                                   f"{s.pct} t-CI"),
           null=lambda s: "the NCN's perplexity equals the baseline's (mean paired dPPL = 0)",
-          control=lambda s: ("the iso-parameter baseline (none): the same Transformer with d_ff widened to the NCN's "
-                             "parameter count, trained on the same batches in the same order, paired by seed"),
+          control=lambda s: (f"the iso-parameter baseline ({BASELINE}): the same Transformer with d_ff widened to "
+                             "the NCN's parameter count, trained on the same batches in the same order, paired by seed"),
           threshold=lambda s: "supported if the CI lies below 0; not supported if it lies at or above 0",
           compute=lambda s, v: ab_claim(s.runs, v, s.size, s.conf)),
     Claim(key="baseline_ppl", text="A standard Transformer struggles to break 5.5 PPL at the original's budget",
           origin="original", value_label="PPL",
-          statistic=lambda s, v: f"validation PPL of the baseline (none) at size {s.size}, {s.pct} t-CI over seeds",
+          statistic=lambda s, v: (f"validation PPL of the baseline ({BASELINE}) at size {s.size}, {s.pct} t-CI over "
+                                  "seeds"),
           null=lambda s: f"the baseline's PPL is at most {s.a['ppl_threshold']:g}",
           control=lambda s: (f"the premise: the GPT-2 tokenizer and a budget within {BUDGET_FACTOR:g}x of the "
                              f"original's {ORIGINAL_TOKENS / 1e6:g}M tokens; otherwise the claim is not applicable"),
           threshold=lambda s: f"supported if the CI lies above {s.a['ppl_threshold']:g}; not supported if at or below",
-          compute=lambda s, v: baseline_ppl_claim(s.runs, s.size, s.cfg, s.meta), subject="none"),
+          compute=lambda s, v: baseline_ppl_claim(s.runs, s.size, s.cfg, s.meta), subject=BASELINE),
     Claim(key="layer_specialisation", text="Layers specialise: the mean precision beta differs across layers",
           origin="original", value_label="beta contrast",
           statistic=lambda s, v: (f"per-(seed, layer) mean beta of {v} on held-out sentences at size {s.size}: the "
@@ -685,7 +766,7 @@ CLAIMS = [
           compute=lambda s, v: gate_claim(s.traces.get(v), s.measure("skip_measure"), v, s.size, s.cfg)),
     Claim(key="asrun_leak", text="The as-run NCN uses future tokens through its pooling", origin="replication",
           value_label="dloss, true - replaced future",
-          statistic=lambda s, v: (f"loss of asrun at size {s.size} with the true future minus with the tokens after "
+          statistic=lambda s, v: (f"loss of {v} at size {s.size} with the true future minus with the tokens after "
                                   "t replaced by another window's (whole-window pooling both, scored at positions <= "
                                   f"t), paired by seed, {s.pct} t-CI; the structural max |dlogit| at positions <= t "
                                   "and the prefix-pool mismatch reported apart"),
@@ -694,7 +775,7 @@ CLAIMS = [
                              "causal variants, whose structural max |dlogit| must be 0"),
           threshold=lambda s: ("supported if the CI lies below 0; not supported if it lies at or above 0, or the "
                                "structural max |dlogit| is 0"),
-          compute=lambda s, v: leak_claim(s.measure("leak_measure"), s.runs, s.size, s.conf), subject="asrun"),
+          compute=lambda s, v: leak_claim(s.measure("leak_measure"), s.runs, s.size, s.conf, v), subject=LEAKY),
     Claim(key="block_skipping", text="Skipping the FFN where the gate is low saves computation within a loss tolerance",
           origin="original, future work", value_label="dloss, gated - random skip",
           statistic=lambda s, v: (f"for {v} at size {s.size}, at the eps skipping the largest fraction (at least "
@@ -714,8 +795,37 @@ CLAIMS = [
           control=lambda s: (f"the same model with {control.LABEL}=0 (generation) and with the flipped label "
                              "(held-out loss), paired by seed"),
           threshold=lambda s: "supported if both CIs lie above 0; not supported if either lies at or below 0",
-          compute=lambda s, v: _reason_up(control.control_claim(s.control, s.cfg)),
-          subject=(control_names() or ["control"])[0]),
+          compute=lambda s, v: _reason_up(control.control_claim(s.control, s.cfg, v)),
+          subject=CONTROLLED),
+    Claim(key=kvcache.CLAIM_KEY, text=kvcache.CLAIM_TEXT, origin=kvcache.CLAIM_ORIGIN,
+          value_label="dloss, beta - uniform bits",
+          statistic=lambda s, v: (f"held-out loss change of {v} at size {s.size} with its KV cache quantised by "
+                                  "beta-guided bits per layer (more bits to the layers of high mean beta) minus "
+                                  "uniform bits at the same average (budgets "
+                                  f"{', '.join(map(str, s.a['kv_budgets']))} bits, levels +/- {s.a['kv_spread']}), "
+                                  f"mean over budgets, paired by seed, {s.pct} t-CI; the oracle (bits by measured "
+                                  "per-layer sensitivity) and random allocations minus uniform reported as the bounds"),
+          null=lambda s: "beta-guided allocation loses at least as much as uniform allocation at equal cache memory",
+          control=lambda s: ("uniform allocation at the same average bits per cached element (equal bytes per token) "
+                             "on the same held-out tokens and seed; the oracle and random allocations as the best and "
+                             "the chance bound"),
+          threshold=lambda s: ("supported if the CI lies below 0; not supported if it lies at or above 0; "
+                               "inconclusive if the two caches differ in memory"),
+          compute=lambda s, v: kvcache_claim(s.measure("kvcache"), v, s.size, s.conf)),
+    Claim(key=knobs.CLAIM_KEY, text=knobs.CLAIM_TEXT, origin=knobs.CLAIM_ORIGIN,
+          value_label=f"knob strength, NCN - {BASELINE}",
+          statistic=lambda s, v: (f"knob strength -dH/dlog2(s), the least-squares slope of held-out next-token "
+                                  f"entropy H against log2 of the factor s scaling beta in every layer (s in "
+                                  f"{', '.join(f'{x:g}' for x in s.a['knob_scales'])}), of {v} minus that of the "
+                                  f"same knob on {BASELINE} (its queries scaled) at size {s.size}, paired by seed, "
+                                  f"{s.pct} t-CI; and the seeds in which H falls strictly monotonically in s"),
+          null=lambda s: (f"scaling beta moves the entropy no more than scaling the queries of {BASELINE}, or not "
+                          "monotonically"),
+          control=lambda s: (f"the same knob on the baseline ({BASELINE}), whose queries it scales, on the same "
+                             "held-out tokens, paired by seed"),
+          threshold=lambda s: ("supported if the entropy falls monotonically in every seed and the CI lies above 0; "
+                               "not supported if a seed is not monotone or the CI lies at or below 0"),
+          compute=lambda s, v: knob_claim(s.measure("knobs"), v, s.size, s.conf)),
 ]
 
 
@@ -768,18 +878,24 @@ def _value_ci(c: dict) -> str:
     return val
 
 
+# The claims table's columns: the claim's words take what the fixed columns leave of the line.
+CLAIMS_TABLE_ALIGN = ("@{}r" + tables.ragged("X") + tables.ragged("0.11") + tables.ragged("0.14")
+                      + tables.ragged("0.19") + "l@{}")
+
+
 def claims_tex(doc: dict) -> str:
+    """The claims table: a tabularx as wide as the line, every column of words ragged right."""
     header = [r"\#", "Claim", "Origin", "Value", "Value [interval]", "Verdict"]
-    rows = [[str(c["id"]), tables.escape(c["claim"]), tables.escape(c["origin"]), tables.escape(c["value_label"]),
+    rows = [[str(c["id"]), tables.prose(c["claim"]), tables.prose(c["origin"]), tables.prose(c["value_label"]),
              _value_ci(c), tables.escape(c["verdict"])] for c in doc["claims"]]
-    return tables.booktabs(header, rows, r"@{}r p{0.28\linewidth} p{0.13\linewidth} p{0.14\linewidth} l l@{}")
+    return tables.booktabs(header, rows, CLAIMS_TABLE_ALIGN, full_width=True)
 
 
 def claims_paragraphs(doc: dict) -> str:
     """One paragraph per claim: its test, null hypothesis, control, decision rule and result."""
     out = []
     for c in doc["claims"]:
-        e = tables.escape
+        e = tables.prose
         out.append(f"\\paragraph{{Claim {c['id']} ({e(c['origin'])}): {e(c['claim'])}.}}\n"
                    f"\\emph{{Test:}} {e(c['statistic'])}. \\emph{{Null hypothesis:}} {e(c['null'])}. "
                    f"\\emph{{Control:}} {e(c['control'])}. \\emph{{Decision:}} {e(c['threshold'])}. "
@@ -879,9 +995,9 @@ def numbers(doc: dict, cfg: dict) -> dict:
         # Claims judged by a constant or a measurement have no interval (null bounds).
         m[stem + "CI"] = (rf"\ConfidencePct{{}} interval [{fmt_sig(c['ci_low'])}, {fmt_sig(c['ci_high'])}]"
                           if finite(c["ci_low"]) and finite(c["ci_high"]) else "no interval")
-        m[stem + "Statistic"] = tex_escape(c["statistic"])
-        m[stem + "Threshold"] = tex_escape(c["threshold"])
-        m[stem + "Text"] = tex_escape(c["claim"])
-        m[stem + "Origin"] = tex_escape(c.get("origin", ""))
-        m[stem + "Reason"] = tex_escape(c.get("reason") or "")
+        m[stem + "Statistic"] = tables.prose(c["statistic"])
+        m[stem + "Threshold"] = tables.prose(c["threshold"])
+        m[stem + "Text"] = tables.prose(c["claim"])
+        m[stem + "Origin"] = tables.prose(c.get("origin", ""))
+        m[stem + "Reason"] = tables.prose(c.get("reason") or "")
     return {"claims (results/claims.json)": m}

@@ -154,10 +154,13 @@ def summary_table(runs: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols + ["loss_gap_per_seed", "steer_per_seed"])
 
 
-def control_claim(runs: pd.DataFrame | None, cfg: dict) -> dict:
-    """The claim's result (value = steer, its CI; the loss gap in details), in claims.json's form."""
+def control_claim(runs: pd.DataFrame | None, cfg: dict, variant: str | None = None) -> dict:
+    """The claim's result (value = steer, its CI; the loss gap in details), in claims.json's form;
+    of `variant`'s runs only when given (one variant's seeds are the pairs)."""
     conf = cfg["analysis"]["confidence"]
     sizes = control_sizes(cfg)
+    if runs is not None and variant is not None and not runs.empty:
+        runs = runs[runs["variant"].astype(str) == variant]
     empty = runs is None or runs.empty
     if not sizes or empty:
         why = "control.sizes is empty: no control runs" if not sizes else "no control measurements"

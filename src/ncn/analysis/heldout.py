@@ -73,10 +73,11 @@ def claim_tex(entry: dict) -> str:
     val = tables.pm_sig(entry["value"], None, None)
     if not tables.is_missing(entry["ci_low"]):
         val += f" {tables.ci(entry['ci_low'], entry['ci_high'], 4)}"
-    row = [tables.escape(entry["claim"]) + f" ({tables.escape(entry['origin'])})", tables.escape(entry["statistic"]),
-           val, tables.escape(entry["threshold"]), tables.escape(entry["verdict"])]
-    return tables.booktabs(["Claim", "Statistic", "Value [CI]", "Threshold", "Verdict"], [row],
-                           r"@{}p{0.22\linewidth} p{0.3\linewidth} l p{0.16\linewidth} l@{}")
+    row = [tables.prose(entry["claim"]) + f" ({tables.prose(entry['origin'])})", tables.prose(entry["statistic"]),
+           val, tables.prose(entry["threshold"]), tables.escape(entry["verdict"])]
+    align = "@{}" + tables.ragged("0.22") + tables.ragged("X") + tables.ragged("0.18") + tables.ragged("0.16") + "l@{}"
+    return tables.booktabs(["Claim", "Statistic", "Value [CI]", "Threshold", "Verdict"], [row], align,
+                           full_width=True)
 
 
 def write_claim(entry: dict, json_path, tex_path) -> None:

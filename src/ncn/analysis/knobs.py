@@ -29,7 +29,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import options, plots, tables
+from ncn.analysis import options, tables
 from ncn.analysis.stats import INCONCLUSIVE, NOT_SUPPORTED, ci_verdict, paired_differences, t_interval
 
 CLAIM_KEY = "knob_temperature"
@@ -201,10 +201,12 @@ def knobs_figure(df: pd.DataFrame, pdf, png) -> None:
     (mean over seeds)."""
     import matplotlib.pyplot as plt
 
+    from ncn.analysis import plots
+
     plots.setup()
     panels = (("entropy", "next-token entropy (nats)"), ("loss", "held-out loss (nats)"),
               ("distinct2", "distinct-2 of samples"), ("repetition", f"repetition (seq-rep-{REP_N})"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(11, 2.8))
+    fig, axes = plt.subplots(1, len(panels), figsize=(plots.TEXT_WIDTH_IN * 1.25, 2.6))
     al = df[df["target"] == "all"]
     for variant, g in al.groupby("variant", sort=False):
         m = g.groupby("scale")[[p for p, _ in panels]].mean()

@@ -31,7 +31,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ncn.analysis import options, plots, tables
+from ncn.analysis import options, tables
 from ncn.analysis.stats import INCONCLUSIVE, ci_verdict, paired_differences, t_interval
 
 POLICIES = ("uniform", "beta", "oracle", "random")
@@ -181,9 +181,12 @@ def curve_figure(sm: pd.DataFrame, pdf, png) -> None:
     """Δloss against cache bytes per token: one panel per variant, one line per policy."""
     import matplotlib.pyplot as plt
 
+    from ncn.analysis import plots
+
     plots.setup()
     variants = list(dict.fromkeys(sm["variant"]))
-    fig, axes = plt.subplots(1, len(variants), figsize=(2.6 * len(variants), 2.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(variants), figsize=(max(plots.TEXT_WIDTH_IN, 1.6 * len(variants)), 2.4),
+                             sharey=True, squeeze=False)
     styles = {"uniform": ("0.3", "o-"), "beta": ("#1b9e77", "s-"), "oracle": ("#7570b3", "^--"),
               "random": ("#d95f02", "x:")}
     for ax, variant in zip(axes[0], variants):

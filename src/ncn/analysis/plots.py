@@ -30,6 +30,12 @@ def variant_label(variant: str) -> str:
     return REGISTRY[variant].label if variant in REGISTRY else variant
 
 
+# The paper's text block (A4, 2.5 cm margins: 16 cm) in inches. A figure made this wide is printed
+# at its own size (\\genfigure scales it to \\linewidth), so FONT_PT is the size on paper.
+TEXT_WIDTH_IN = 6.3
+FONT_PT = 8
+
+
 def setup() -> None:
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.0)
     plt.rcParams.update({
@@ -37,7 +43,33 @@ def setup() -> None:
         "figure.dpi": 100,
         "savefig.dpi": 150,
         "savefig.bbox": "tight",
+        "font.size": FONT_PT, "axes.titlesize": FONT_PT, "axes.labelsize": FONT_PT,
+        "xtick.labelsize": FONT_PT - 1, "ytick.labelsize": FONT_PT - 1, "legend.fontsize": FONT_PT - 1,
+        "figure.titlesize": FONT_PT + 1,
     })
+
+
+def count_label(x: float, pos=None) -> str:
+    """A tick label for a count (tokens, parameters): 0, 500, 2k, 12k, 1.5k, 16.4k, 2M, 1.2B."""
+    if x == 0:
+        return "0"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def count_axis(axis, nbins: int = 5) -> None:
+    """At most about `nbins` short tick labels on a count axis (count_label): "10k" rather than
+    "10000", so neighbours never run together. A log axis gets ticks at 1, 2 and 5 x 10^k."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    if axis.get_scale() == "log":
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=nbins + 1))
+        axis.set_minor_formatter(NullFormatter())
+    else:
+        axis.set_major_locator(MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10]))
+    axis.set_major_formatter(FuncFormatter(count_label))
 
 
 def save(fig, stem: str | os.PathLike, tight: bool = True) -> list[Path]:

@@ -39,12 +39,12 @@ def static_variants(config: dict) -> list[str]:
     return [v for v in config["variants"] if spec(v).static]
 
 
-CLAIM_MEASURES = ("leak_measure", "skip_measure", "regonly")
+CLAIM_MEASURES = ("leak_measure", "skip_measure", "regonly", "kvcache", "knobs")
 
 
 def claim_measure_options(input) -> str:
     """The claims rule's measurement inputs as `ncn analyze claims` options (--leak-measure CSV,
-    --skip-measure CSV, --regonly CSV); none for an input that is not there (no NCN variant: no
-    skip table)."""
+    --skip-measure CSV, --regonly CSV, --kvcache CSV, --knobs CSV); none for an input that is not
+    there (no NCN variant: no skip table)."""
     return " ".join(f"--{k.replace('_', '-')} {getattr(input, k)}" for k in CLAIM_MEASURES
                     if getattr(input, k, None))

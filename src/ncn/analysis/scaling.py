@@ -80,7 +80,7 @@ def scaling_figure(df: pd.DataFrame, pdf, png) -> None:
     import matplotlib.pyplot as plt
 
     plots.setup()
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.3))
+    fig, axes = plt.subplots(1, 2, figsize=(plots.TEXT_WIDTH_IN, 2.8))
     ax, gx = axes
     base = baseline()
     for variant, sub in df.groupby("variant", sort=False):
@@ -105,16 +105,18 @@ def scaling_figure(df: pd.DataFrame, pdf, png) -> None:
         axis.set_major_formatter(FormatStrFormatter("%.2f"))
         axis.set_minor_formatter(FormatStrFormatter("%.2f"))
     ax.set_xlabel("non-embedding parameters")
+    plots.count_axis(ax.xaxis)
     ax.set_ylabel("held-out loss (nats/token)")
     ax.set_title("loss vs size (lines: power-law fits)")
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(frameon=False)
     gx.axhline(0.0, color="0.5", lw=0.8, ls="--")
     gx.set_xscale("log")
     gx.set_xlabel("non-embedding parameters")
+    plots.count_axis(gx.xaxis)
     gx.set_ylabel("held-out loss − baseline (paired by seed)")
     gx.set_title("NCN – baseline gap (< 0: NCN better)")
     if gx.get_legend_handles_labels()[0]:
-        gx.legend(fontsize=7, frameon=False)
+        gx.legend(frameon=False)
     options.save_figure(fig, pdf, png)
 
 

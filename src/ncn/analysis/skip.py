@@ -224,7 +224,7 @@ def tradeoff_figure(df: pd.DataFrame, pdf, png) -> None:
 
     plots.setup()
     m = by_eps(df)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    fig, axes = plt.subplots(1, 2, figsize=(plots.TEXT_WIDTH_IN, 2.8))
     for variant, sub in m.groupby("variant", sort=False):
         c = plots.variant_colour(variant)
         axes[0].plot(sub["skip_frac"], sub["delta_loss"], "o-", color=c, label=f"{variant}: gate")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Sequence
 
 import pandas as pd
@@ -45,6 +46,46 @@ def read_table(path: str | os.PathLike | None) -> pd.DataFrame:
 def escape(text) -> str:
     """Escape LaTeX special characters in plain text."""
     return "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+
+
+# Plain-text notation in the claims' words (claims.json keeps it plain) and its LaTeX: `prose`.
+_GREEK = {"alpha": r"\alpha", "beta": r"\beta", "gamma": r"\gamma", "rho": r"\rho", "sigma": r"\sigma",
+          "lambda": r"\lambda", "eps": r"\varepsilon", "epsilon": r"\varepsilon"}
+_PROSE = re.compile(
+    r"(?P<le><=)|(?P<ge>>=)|(?P<cmp>(?<= )[<>](?= ))|(?P<delta>\bd(?=(?:PPL|loss|logit)\b))"
+    r"|(?P<sub>\b[A-Z]_[a-z]+\b)|(?P<greek>\b(?:" + "|".join(_GREEK) + r")\b)|(?P<log>\blog10\b)"
+    r"|(?P<times>(?<=\d)x\b|(?<= )x(?= ))|(?P<minus>(?<= )-(?= ))|(?P<norm>\|\|)"
+    r"|(?P<open1>(?<![\w`])'(?=\S))|(?P<open2>(?<![\w`])\"(?=\S))|(?P<close2>\")")
+
+
+def _prose_token(m: re.Match) -> str:
+    kind, tok = m.lastgroup, m.group(0)
+    if kind == "sub":
+        base, sub = tok.split("_")
+        return rf"${base}_{{\mathrm{{{sub}}}}}$"
+    if kind == "greek":
+        return f"${_GREEK[tok]}$"
+    return {"le": r"$\le$", "ge": r"$\ge$", "cmp": f"${tok}$", "delta": r"$\Delta$", "log": r"$\log_{10}$",
+            "times": r"$\times$", "minus": "$-$", "norm": r"$\|$", "open1": "`", "open2": "``",
+            "close2": "''"}[kind]
+
+
+def prose(text) -> str:
+    """Plain text with ASCII notation as LaTeX: escaped, with <= and >= as relations, dPPL/dloss/
+    dlogit as a Delta, L_reg as a subscript, Greek letter names (beta, rho, eps) as letters,
+    "2x" and " x " as a times sign, " - " as a minus, log10, || as a norm bar, and straight quotes
+    as TeX's opening and closing quotes (an apostrophe inside a word stays one)."""
+    text, out, last = str(text), [], 0
+    for m in _PROSE.finditer(text):
+        out += [escape(text[last:m.start()]), _prose_token(m)]
+        last = m.end()
+    return "".join(out) + escape(text[last:])
+
+
+def ragged(width: str) -> str:
+    """A ragged-right column of this width (`X`, or a fraction of the line: "0.15")."""
+    col = "X" if width == "X" else rf"p{{{width}\linewidth}}"
+    return rf">{{\raggedright\arraybackslash}}{col}"
 
 
 def is_missing(x) -> bool:
@@ -104,19 +145,22 @@ def sci(x, digits: int = 2) -> str:
 
 
 def booktabs(header: Sequence[str], rows: Sequence[Sequence[str]], align: str,
-             midrules_after: Sequence[int] = ()) -> str:
+             midrules_after: Sequence[int] = (), full_width: bool = False) -> str:
     """A `tabular` body with booktabs rules. Header and cells are already-formatted LaTeX
-    (escape plain text with `escape`). `midrules_after` lists row indices followed by a
-    \\midrule (groups)."""
+    (escape plain text with `escape`, words with notation with `prose`). `midrules_after` lists
+    row indices followed by a \\midrule (groups). full_width: a `tabularx` exactly as wide as the
+    line, \\small, for tables of words (`align` then holds X columns, see `ragged`)."""
     if any(len(r) != len(header) for r in rows):
         raise ValueError("every row needs one cell per header column")
-    lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule",
+    begin = (rf"\small\begin{{tabularx}}{{\linewidth}}{{{align}}}" if full_width
+             else f"\\begin{{tabular}}{{{align}}}")
+    lines = [begin, "\\toprule",
              " & ".join(header) + " \\\\", "\\midrule"]
     for i, r in enumerate(rows):
         lines.append(" & ".join(r) + " \\\\")
         if i in midrules_after and i != len(rows) - 1:
             lines.append("\\midrule")
-    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    lines += ["\\bottomrule", "\\end{tabularx}" if full_width else "\\end{tabular}", ""]
     return "\n".join(lines)
 
 
