@@ -111,6 +111,25 @@ def test_prefix_softmax_pool_matches_naive(T, chunk, spread):
     torch.testing.assert_close(got.double(), _naive_prefix_pool(scores, v), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("T,chunk", [(16, 4), (13, 4), (7, 32), (30, 7), (1, 4)])
+@pytest.mark.parametrize("spread", [1.0, 1000.0])
+def test_prefix_softmax_pool_gradients_match_naive(T, chunk, spread):
+    """The CPU training path (_PrefixPoolFn, a hand-written backward) against autograd through the
+    naive per-position softmax in float64; also its forward is the plain path's, bit for bit."""
+    torch.manual_seed(T)
+    scores, v, g = torch.randn(2, T, 3) * spread, torch.randn(2, T, 3, 5), torch.randn(2, T, 3, 5)
+    s32, v32 = scores.clone().requires_grad_(), v.clone().requires_grad_()
+    out = M.prefix_softmax_pool(s32, v32, chunk=chunk)
+    assert out.grad_fn is not None and "PrefixPoolFn" in type(out.grad_fn).__name__
+    out.backward(g)
+    s64, v64 = scores.double().requires_grad_(), v.double().requires_grad_()
+    _naive_prefix_pool(s64, v64).backward(g.double())
+    torch.testing.assert_close(s32.grad.double(), s64.grad, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(v32.grad.double(), v64.grad, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(out.detach(), M.prefix_softmax_pool(scores, v, chunk=chunk))
+
+
 def test_prefix_pool_implementations_agree():
     model = make("causal")
     e = torch.randn(3, 16, 32) * 5.0  # wide score range
@@ -386,3 +405,68 @@ def test_init_is_deterministic():
     a, b = make("causal", seed=5), make("causal", seed=5)
     for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p, q), n
+
+
+# ---- the CPU kernels (RMSNorm backward, one-exp cross-entropy): torch's numbers to float rounding
+
+
+def test_rmsnorm_matches_torch_forward_bitwise_and_gradients_to_rounding():
+    torch.manual_seed(0)
+    ours, ref = M.RMSNorm(24, eps=1e-6), torch.nn.RMSNorm(24, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ref.weight.copy_(ours.weight)
+    x, g = torch.randn(3, 5, 24) * 3, torch.randn(3, 5, 24)
+    (xa, ya), (xb, yb) = [(h, m(h)) for m in (ours, ref) for h in [x.clone().requires_grad_()]]
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(ya, yb)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(xa.grad, torch.zeros_like(xa.grad))
+
+
+def test_cross_entropy_matches_torch_with_ignored_targets():
+    torch.manual_seed(0)
+    z, t = torch.randn(40, 11) * 4, torch.randint(0, 11, (40,))
+    t[::7] = -1
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    la = M.cross_entropy(za, t)
+    lb = torch.nn.functional.cross_entropy(zb, t, ignore_index=-1)
+    (la * 2).backward()
+    (lb * 2).backward()
+    torch.testing.assert_close(la, lb, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(za.grad, zb.grad, rtol=1e-5, atol=1e-7)
+    assert torch.equal(za.grad[::7], torch.zeros_like(za.grad[::7]))  # ignored rows get no gradient
+
+
+def test_cross_entropy_near_zero_loss_is_rounded_at_the_loss_not_at_the_logits():
+    # A confident row (target ~9 nats above the rest, all logits shifted by +30: CE is shift-invariant) has a
+    # loss ~1e-3 far below ulp(max logit) ≈ 4e-6. In log_softmax's order, (max − z_t) + log Σe, the error is
+    # that of log Σe with Σe ≈ 1: about ulp(1) = eps. (max + log Σe) − z_t would round at ulp(39) ≈ 32·eps.
+    torch.manual_seed(0)
+    eps = torch.finfo(torch.float32).eps
+    for _ in range(32):
+        z, t = torch.randn(1, 11) + 30.0, torch.randint(0, 11, (1,))
+        z[0, t] += 9.0
+        exact = torch.nn.functional.cross_entropy(z.double(), t).item()
+        assert 1e-5 < exact < 0.1
+        assert abs(M.cross_entropy(z, t).item() - exact) <= 2 * eps
+
+
+# ---- bf16 autocast: the signals (and so the regulariser) and the loss stay fp32
+
+
+@pytest.mark.parametrize("variant", ["causal", "static"])
+def test_signals_and_loss_are_fp32_under_bf16_autocast(variant):
+    model = make(variant, lively=True)
+    idx = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx, targets=idx, return_signals=True)
+        z = model._raw_signals(model.tok_emb(idx), model.tok_emb(idx) + model.pos_emb(torch.arange(12)))
+    assert out.signals.dtype == torch.float32 and out.ce.dtype == torch.float32 and out.reg.dtype == torch.float32
+    # the map of the (bf16 or fp32) raw z taken in fp32: exactly what fp32 arithmetic gives on those z
+    ref = M.signal_map(z.float(), model.cfg.beta_max).expand_as(out.signals)
+    assert torch.equal(out.signals, ref)
+    out.loss.backward()  # the mixed-precision graph trains
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

@@ -154,11 +154,75 @@ class ModelOutput:
 
 
 # ----------------------------------------------------------------------------------------------
+# CPU kernels: torch runs RMSNorm and cross-entropy as fused kernels on CUDA, but on CPU RMSNorm's
+# backward is a chain of small autograd ops and cross-entropy takes two exp passes over the
+# (tokens × vocab) logits. These two give the same numbers (forward of the norm bitwise, the rest
+# to float rounding) in fewer passes over memory; CUDA keeps torch's.
+
+
+class _RMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, eps):
+        r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # nn.RMSNorm's ops, in its order
+        xh = x * r
+        ctx.save_for_backward(xh, r, w)
+        return xh * w
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # dx = r·(g·w − x̂·mean(g·w·x̂)),  dw = Σ g·x̂
+        xh, r, w = ctx.saved_tensors
+        gxh = g * xh
+        dot = (gxh @ w).unsqueeze(-1)  # Σ_i g_i·w_i·x̂_i per row, one GEMV
+        dx = torch.addcmul(g * w, xh, dot, value=-1.0 / xh.size(-1)).mul_(r)
+        return dx, gxh.reshape(-1, xh.size(-1)).sum(0), None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (same parameter, same forward bits) with a hand-written backward on CPU."""
+
+    def forward(self, x):
+        if x.device.type != "cpu":
+            return super().forward(x)
+        return _RMSNormFn.apply(x, self.weight, self.eps)
+
+
+class _CrossEntropyFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets):  # logits (N, V), targets (N,) with -1 = ignored
+        keep = targets != -1
+        t = targets.clamp(min=0).unsqueeze(-1)
+        m = logits.amax(-1, keepdim=True)
+        e = (logits - m).exp_()  # kept: the backward's softmax is e / Σe, no second exp pass
+        s = e.sum(-1, keepdim=True)
+        nll = ((m - logits.gather(-1, t)) + s.log()).squeeze(-1)  # log_softmax's order: no m + log s rounding
+        n = keep.sum()
+        ctx.save_for_backward(e, s, t, keep, n)
+        return (nll * keep).sum() / n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):  # d/dlogits = (softmax − onehot(target)) · g / n on kept rows
+        e, s, t, keep, n = ctx.saved_tensors
+        scale = ((g / n) * keep).unsqueeze(-1)
+        return (e * (scale / s)).scatter_add_(-1, t, -scale), None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """F.cross_entropy(logits (N, V), targets (N,), ignore_index=-1), in fp32."""
+    if logits.device.type != "cpu":
+        return F.cross_entropy(logits.float(), targets, ignore_index=-1)
+    return _CrossEntropyFn.apply(logits.float(), targets)
+
+
+# ----------------------------------------------------------------------------------------------
 # signals
 
 
 def signal_map(z: torch.Tensor, beta_max: float) -> torch.Tensor:
-    """Raw controller outputs z (..., 3) -> signals (..., 3) in order (g, β, γ)."""
+    """Raw controller outputs z (..., 3) -> signals (..., 3) in order (g, β, γ), always in fp32: under
+    bf16 autocast z is bf16, whose sigmoid resolves only ~0.4–0.8% near 1 (a no-op on fp32 z)."""
+    z = z.float()
     g = 2.0 * torch.sigmoid(z[..., 0])
     beta = (F.softplus(z[..., 1]) + 0.01).clamp(max=beta_max)
     gamma = torch.sigmoid(z[..., 2])
@@ -195,20 +259,25 @@ class PrefixPool(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(n_heads, self.head_dim)) if bias else None
 
     def _scores_values(self, e):
-        B, T, _ = e.shape
-        k, v = self.kv(e).view(B, T, 2, self.n_heads, self.head_dim).unbind(2)  # (B, T, H, hd)
+        """scores (B, T, H) = k·q/√hd and values (B, T, H, hd). kv's rows are the key, then the
+        value projection; k·q = e·(W_kᵀq), so the keys themselves are never formed."""
+        B, T, d = e.shape
+        w_k, w_v = self.kv.weight.split(d)
+        qk = torch.einsum("hjd,hj->hd", w_k.view(self.n_heads, self.head_dim, d), self.query)
+        scores = e @ (qk.t() / math.sqrt(self.head_dim))
+        v = F.linear(e, w_v).view(B, T, self.n_heads, self.head_dim)
         if self.v_bias is not None:
             v = v + self.v_bias
-        scores = torch.einsum("bthd,hd->bth", k, self.query) / math.sqrt(self.head_dim)
-        return scores, k, v
+        return scores, v
 
     def forward(self, e: torch.Tensor, causal: bool) -> torch.Tensor:
         B, T, d = e.shape
-        scores, k, v = self._scores_values(e)
+        scores, v = self._scores_values(e)
         if not causal:
             p = torch.softmax(scores, dim=1)  # over all T positions: the future included
             pooled = torch.einsum("bth,bthd->bhd", p, v).reshape(B, 1, d)
         elif PREFIX_POOL_IMPL == "sdpa":  # the O(T²) reference: the query repeated per position
+            k = F.linear(e, self.kv.weight[:d]).view(B, T, self.n_heads, self.head_dim)
             q = self.query.view(1, self.n_heads, 1, self.head_dim).expand(B, -1, T, -1).contiguous()
             pooled = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
             pooled = pooled.transpose(1, 2).reshape(B, T, d)
@@ -219,7 +288,7 @@ class PrefixPool(nn.Module):
     # -- incremental (generation): running softmax sums (max m, denominator, numerator) --------
     def prefix_state(self, e: torch.Tensor):
         """The running-sum state after pooling all of `e` (B, T, d), to continue with `step`."""
-        scores, _, v = self._scores_values(e)
+        scores, v = self._scores_values(e)
         m = scores.amax(dim=1)  # (B, H)
         w = torch.exp(scores - m.unsqueeze(1))
         return m, w.sum(dim=1), torch.einsum("bth,bthd->bhd", w, v)
@@ -227,7 +296,7 @@ class PrefixPool(nn.Module):
     def step(self, e: torch.Tensor, state):
         """Pool one more position e (B, 1, d) onto `state`: O(1) per token, no prefix recompute."""
         B, _, d = e.shape
-        scores, _, v = self._scores_values(e)
+        scores, v = self._scores_values(e)
         s, v = scores[:, 0], v[:, 0]  # (B, H), (B, H, hd)
         m, den, num = state
         m_new = torch.maximum(m, s)
@@ -251,10 +320,20 @@ def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None
     enter row t (future entries are exact zeros), so the result is exactly causal. The
     reference maxima are detached: the ratio does not depend on them, so this is exact.
     Cost O(T·C·D + T·(T/C)·D): linear in T for a fixed chunk, vs O(T²·D) for attention.
+    On the CPU (no autocast) training uses the same forward with a hand-written backward
+    (`_PrefixPoolFn`): the same gradients to float rounding in far fewer passes.
     """
+    C = min(chunk or POOL_CHUNK, scores.size(1))
+    if (scores.requires_grad or v.requires_grad) and scores.device.type == "cpu" \
+            and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
+        return _PrefixPoolFn.apply(scores, v, C)
+    return _prefix_pool_forward(scores, v, C)[0]
+
+
+def _prefix_pool_forward(scores, v, C):
+    """prefix_softmax_pool's computation: (out (B, T, H, D), the pieces its backward needs)."""
     B, T, H = scores.shape
     D = v.size(-1)
-    C = min(chunk or POOL_CHUNK, T)
     n = -(-T // C)
     s, vv = scores.transpose(1, 2), v.transpose(1, 2)  # (B, H, T), (B, H, T, D)
     if n * C > T:  # pad the last chunk with positions that weigh exactly 0
@@ -264,20 +343,50 @@ def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None
     with torch.no_grad():
         r = s.reshape(B, H, n * C).cummax(dim=-1).values.view(B, H, n, C)  # running max, row t
         mu = s.amax(dim=-1)  # (B, H, n) chunk maxima
-    tri = torch.ones(C, C, dtype=torch.bool, device=s.device).tril()
-    # within the chunk: w[t, j] = exp(s_j − r_t) for j ≤ t
-    w = torch.exp((s.unsqueeze(-2) - r.unsqueeze(-1)).masked_fill(~tri, float("-inf")))  # (B,H,n,C,C)
+    # within the chunk: w[t, j] = exp(s_j − r_t) for j ≤ t, else 0. s_j − r_t ≤ 0 where j ≤ t, so the
+    # clamp changes no kept entry; it keeps exp off −inf and overflow (exp's slow paths on the CPU)
+    tri = torch.ones(C, C, device=s.device, dtype=s.dtype).tril()
+    w = torch.exp((s.unsqueeze(-2) - r.unsqueeze(-1)).clamp_max(0.0)) * tri  # (B, H, n, C, C)
     num = w @ vv  # (B, H, n, C, D)
     den = w.sum(dim=-1)  # (B, H, n, C)
+    a = e = None
     if n > 1:  # earlier chunks i < k: exp(μ_i − r_t) · Σ_{j∈i} exp(s_j − μ_i) v_j
         e = torch.exp(s - mu.unsqueeze(-1))  # (B, H, n, C)
         summ_num = e.unsqueeze(-2) @ vv  # (B, H, n, 1, D)
-        earlier = torch.ones(n, n, dtype=torch.bool, device=s.device).tril(-1).view(n, 1, n)
-        a = torch.exp((mu.view(B, H, 1, 1, n) - r.unsqueeze(-1)).masked_fill(~earlier, float("-inf")))
+        earlier = torch.ones(n, n, device=s.device, dtype=s.dtype).tril(-1).view(n, 1, n)
+        a = torch.exp((mu.view(B, H, 1, 1, n) - r.unsqueeze(-1)).clamp_max(0.0)) * earlier  # μ_i ≤ r_t if i < k
         num = num + (a.reshape(B, H, n * C, n) @ summ_num.reshape(B, H, n, D)).view(B, H, n, C, D)
         den = den + (a * e.sum(dim=-1).view(B, H, 1, 1, n)).sum(dim=-1)
-    out = (num / den.unsqueeze(-1)).reshape(B, H, n * C, D)[:, :, :T]
-    return out.transpose(1, 2)  # (B, T, H, D)
+    out = num / den.unsqueeze(-1)
+    return out.reshape(B, H, n * C, D)[:, :, :T].transpose(1, 2), (vv, w, a, e, den, out)  # (B, T, H, D)
+
+
+class _PrefixPoolFn(torch.autograd.Function):
+    """The prefix pool with its gradient written out. With P_tj = w_tj / den_t (row t's weights)
+    and c_t = ∂out_t · out_t:  ∂v_j = Σ_{t≥j} P_tj ∂out_t,  ∂s_j = v_j · ∂v_j − Σ_{t≥j} P_tj c_t.
+    Both sums are one (C×C)ᵀ product per chunk plus, for earlier chunks, w_tj = a_ti · e_j."""
+
+    @staticmethod
+    def forward(ctx, scores, v, C):
+        out, saved = _prefix_pool_forward(scores, v, C)
+        ctx.save_for_backward(*saved)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        vv, w, a, e, den, out = ctx.saved_tensors
+        B, H, n, C, D = vv.shape
+        T = g.size(1)
+        gx = F.pad(g.transpose(1, 2), (0, 0, 0, n * C - T)).reshape(B, H, n, C, D)
+        y = torch.cat((gx, (gx * out).sum(-1, keepdim=True)), dim=-1) / den.unsqueeze(-1)  # [∂out, c] / den
+        G = w.transpose(-1, -2) @ y  # (B, H, n, C, D + 1): Σ over later t of this chunk
+        if n > 1:  # later chunks: Σ_t a_ti · y_t, times e_j
+            Z = a.reshape(B, H, n * C, n).transpose(-1, -2) @ y.reshape(B, H, n * C, D + 1)
+            G = torch.addcmul(G, e.unsqueeze(-1), Z.unsqueeze(-2))
+        dv = G[..., :D]
+        ds = (vv * dv).sum(-1) - G[..., D]
+        return ds.reshape(B, H, n * C)[:, :, :T].transpose(1, 2), dv.reshape(B, H, n * C, D)[:, :, :T].transpose(1, 2), None
 
 
 class NCNController(nn.Module):
@@ -294,7 +403,7 @@ class NCNController(nn.Module):
         super().__init__()
         self.n_layer, self.per_token = cfg.n_layer, per_token
         self.pool = PrefixPool(cfg.d_model, cfg.ncn_heads, bias=cfg.pool_bias)
-        self.norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.norm = RMSNorm(cfg.d_model, eps=1e-6)
         self.fc1 = nn.Linear(cfg.d_model, cfg.ncn_hidden)
         self.fc2 = nn.Linear(cfg.ncn_hidden, 3 * cfg.n_layer)
         self.control = nn.Parameter(torch.zeros(cfg.control_dim, cfg.d_model)) if cfg.control_dim else None
@@ -406,9 +515,9 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1 = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.norm1 = RMSNorm(cfg.d_model, eps=1e-6)
         self.attn = CausalSelfAttention(cfg)
-        self.norm2 = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.norm2 = RMSNorm(cfg.d_model, eps=1e-6)
         self.ffn = FeedForward(cfg)
 
     def forward(self, x, sig=None, kv=None, skip_eps=None):
@@ -446,7 +555,7 @@ class Transformer(nn.Module):
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.norm_f = RMSNorm(cfg.d_model, eps=1e-6)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied
 
@@ -546,7 +655,7 @@ class Transformer(nn.Module):
         reg = self._reg(signals)
         ce = loss = None
         if targets is not None:
-            ce = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            ce = cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
             loss = ce + reg
         if return_signals and self.cfg.spec.static:
             signals = signals.expand(B, T, -1, -1).contiguous()
