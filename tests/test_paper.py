@@ -407,7 +407,9 @@ def test_numbers_from_fake_results(tmp_path):
     assert (tmp_path / "results" / "paper" / "sizes_table.tex").read_text().count(r"\texttt{") >= 2
     runs_tex = (tmp_path / "results" / "paper" / "runs_table.tex").read_text()
     # header + one row per planned run: 20 written, 4 more planned by variant_seeds (none, causal seed 2) read n/a
-    assert runs_tex.count(r"\\") == 1 + 24 and "2.922" in runs_tex and runs_tex.count("n/a") >= 4
+    # caption + the header twice (first page, continued pages) + a row per run
+    assert runs_tex.count(r"\\") == 3 + 24 and "2.922" in runs_tex and runs_tex.count("n/a") >= 4
+    assert r"\begin{longtable}" in runs_tex and r"\endhead" in runs_tex  # breaks across pages
     listing = (tmp_path / "results" / "paper" / "config_listing.tex").read_text()
     assert listing.startswith(r"\begin{Verbatim}") and "profile: smoke" in listing
     assert claims["claims"][0]["value"] == -0.3127
