@@ -776,6 +776,16 @@ def test_param_count_by_hand():
     assert count_params(ModelConfig(**TINY, ncn="static")) == 18656 + 2 * 3  # one (g, beta, gamma) per layer
 
 
+def test_param_count_on_meta_equals_a_built_model_for_every_variant():
+    """count_params builds on the meta device and skips every initialiser; the count is the real one."""
+    from ncn.model import ModelConfig, Transformer, count_params
+    from ncn.variants import names
+
+    for v in names():
+        cfg = ModelConfig(**TINY, ncn=v)
+        assert count_params(cfg) == Transformer(cfg).num_params(), v
+
+
 def test_match_params_honours_the_tolerance():
     """"static" adds 6 parameters; one step of d_ff adds 2 layers * 2 * 32 = 128. No d_ff gets
     closer than 6 below the target (18662): within a tolerance of 6/18662, refused below it."""

@@ -566,6 +566,8 @@ class Transformer(nn.Module):
         # there and the hook returns per-layer constants (its implicit g = beta = gamma = 1, modulated)
         self.modulate = None
 
+        if self.tok_emb.weight.is_meta:  # a parameter count (count_params): no values to set
+            return
         # nanoGPT init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2·n_layer).
         # The global pass zeroes every bias (as the original's did); init "zeroed" keeps that.
         self.apply(self._init_weights)
@@ -764,9 +766,20 @@ def sample_next(logits, temperature=1.0, top_k=None, generator=None):
 # parameter matching and loading
 
 
+class _SkipNormalInit(torch.overrides.TorchFunctionMode):
+    """normal_ initialisation as a no-op: on the meta device it imports torch._dynamo (~2-3 s of a
+    job's start-up, for values a parameter count never reads)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.normal_ or func is torch.nn.init.normal_:
+            kw = kwargs or {}
+            return args[0] if args else kw.get("tensor", kw.get("self"))
+        return func(*args, **(kwargs or {}))
+
+
 def count_params(cfg: ModelConfig) -> int:
-    """Total parameters of Transformer(cfg), counted on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
+    """Total parameters of Transformer(cfg), counted on the meta device (no memory, no init)."""
+    with torch.device("meta"), _SkipNormalInit():
         return Transformer(cfg).num_params()
 
 
