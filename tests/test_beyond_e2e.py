@@ -111,3 +111,40 @@ def test_claim_entries(tree):
         assert doc["key"] == key and doc["origin"] == "original, future work" and doc["variant"] == "causal"
         assert doc["size"] == "s" and doc["verdict"] in ("supported", "not supported", "inconclusive")
         assert "\\toprule" in (tree["out"] / f"{what}_claim.tex").read_text()
+
+
+def test_per_run_rows_give_byte_identical_outputs(tree):
+    """The workflow's per-run jobs (`ncn analyze rows`, resources.analysis_per_run) then `--rows`
+    give the same bytes as measuring every run in the analysis's own job (`--run`)."""
+    cfg = ["--config", str(tree["cfg_path"]), "--data", str(tree["data"])]
+    out, rows_dir = tree["out"] / "via_rows", tree["out"] / "rows"
+    causal = [r for r in tree["runs_xs"] if "/causal/" in r]
+    cases = {"kvcache": (tree["runs_xs"], ["--gen-csv", str(out / "g.csv"), "--gen-tex", str(out / "g.tex")]),
+             "knobs": (tree["runs_xs"], []), "skip": (causal, [])}
+    for what, (runs, extra) in cases.items():
+        rows = [str(rows_dir / f"{what}_{i}.csv") for i in range(len(runs))]
+        for run, path in zip(runs, rows):
+            assert ncn_main(["analyze", "rows", what, "--run", run, *cfg, "--out", path]) == 0
+        for src, stem in ((["--run", *runs], out / f"{what}_run"), (["--rows", *rows], out / f"{what}_rows")):
+            if what == "skip":
+                opts = ["--measure-csv", f"{stem}_summary.csv", "--timing", f"{stem}_timing.csv"]
+            else:
+                opts = ["--summary", f"{stem}_summary.csv", "--claim-json", f"{stem}_claim.json",
+                        "--claim-tex", f"{stem}_claim.tex", *extra]
+            assert ncn_main(["analyze", what, *src, *cfg, *outputs(stem, "csv", "tex", "pdf", "png"), *opts]) == 0
+        # skip's tex holds measured wall-time ratios; its csv and measure csv hold every number but those
+        names = [".csv", "_summary.csv"] + ([] if what == "skip" else [".tex", "_claim.json", "_claim.tex"])
+        differ = [n for n in names if (out / f"{what}_run{n}").read_bytes() != (out / f"{what}_rows{n}").read_bytes()]
+        assert differ == [], what
+
+
+def test_rows_and_run_are_exclusive_and_empty_rows_fail(tree, capsys):
+    cfg = ["--config", str(tree["cfg_path"]), "--data", str(tree["data"])]
+    stem = tree["out"] / "bad"
+    args = [*cfg, *outputs(stem, "csv", "tex", "pdf", "png"), "--measure-csv", f"{stem}_m.csv", "--timing", f"{stem}_t.csv"]
+    with pytest.raises(SystemExit):  # argparse: not both
+        ncn_main(["analyze", "skip", "--run", tree["runs_xs"][0], "--rows", "x.csv", *args])
+    empty = tree["out"] / "empty_rows.csv"
+    empty.write_text("")
+    assert ncn_main(["analyze", "skip", "--rows", str(empty), *args]) != 0
+    assert "no rows" in capsys.readouterr().err

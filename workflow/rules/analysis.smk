@@ -189,9 +189,38 @@ rule analysis_brainscan:
         " > {log} 2>&1"
 
 
+# Per-run measurements: see `measured` in common.smk.
+rule analysis_rows:
+    input:
+        model=f"{RUN}/model.pt",
+        heldout=rules.tokenize.output.heldout,
+        meta=rules.tokenize.output.meta,
+        tokenizer=rules.train_tokenizer.output[0],
+    output:
+        f"{RUN}/analysis/{{what}}.csv",
+    wildcard_constraints:
+        what="|".join(PER_RUN_ANALYSES),
+    params:
+        config=CONFIG_JSON,
+        run=lambda w, input: os.path.dirname(input.model),
+        data=data_dir,
+        cfg=lambda w: trigger(f"analyze.{w.what}"),
+    log:
+        f"{LOGS}/analysis/{{what}}/{{variant}}_{{size}}_seed{{seed}}.log",
+    benchmark:
+        f"{BENCH}/analysis/{{what}}/{{variant}}/{{size}}/seed{{seed}}.tsv"
+    # one thread, like the other analysis jobs (skip times its passes)
+    threads: 1
+    conda:
+        CONDA_ENV
+    shell:
+        "ncn analyze rows {wildcards.what} --run {params.run} --config {params.config} --data {params.data}"
+        " --out {output} --threads {threads} > {log} 2>&1"
+
+
 rule analysis_skip:
     input:
-        models=[f"{d}/model.pt" for d in NCN_LARGEST_RUNS],
+        measured=measured("skip", NCN_LARGEST_RUNS),
         heldout=rules.tokenize.output.heldout,
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
@@ -204,7 +233,7 @@ rule analysis_skip:
         png=report_item(f"{FIGURES}/skip_tradeoff.png"),
     params:
         config=CONFIG_JSON,
-        runs=lambda w, input: [os.path.dirname(m) for m in input.models],
+        source=measured_option("skip", NCN_LARGEST_RUNS),
         data=data_dir,
         cfg=trigger("analyze.skip"),
     log:
@@ -216,7 +245,7 @@ rule analysis_skip:
     conda:
         CONDA_ENV
     shell:
-        "ncn analyze skip --run {params.runs} --config {params.config} --data {params.data}"
+        "ncn analyze skip {params.source} --config {params.config} --data {params.data}"
         " --csv {output.csv} --measure-csv {output.measure} --timing {output.timing} --tex {output.tex}"
         " --pdf {output.pdf} --png {output.png} --threads {threads} > {log} 2>&1"
 

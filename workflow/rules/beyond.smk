@@ -16,7 +16,7 @@ GEN_RUN = run_dirs([primary_ncn(config)], [LARGEST], [min(SEEDS)])[0] if primary
 
 rule analysis_kvcache:
     input:
-        models=[f"{d}/model.pt" for d in BEYOND_RUNS],
+        measured=measured("kvcache", BEYOND_RUNS),
         **BEYOND_DATA,
     output:
         csv=KVCACHE_TABLE,
@@ -30,7 +30,7 @@ rule analysis_kvcache:
         gen_tex=f"{TABLES}/kvcache_generate.tex",
     params:
         config=CONFIG_JSON,
-        runs=BEYOND_RUNS,
+        source=measured_option("kvcache", BEYOND_RUNS),
         gen=f"--gen-run {GEN_RUN}" if GEN_RUN else "",  # no NCN variant: the generation table has no rows
         data=data_dir,
         cfg=trigger("analyze.kvcache"),
@@ -42,7 +42,7 @@ rule analysis_kvcache:
     conda:
         CONDA_ENV
     shell:
-        "ncn analyze kvcache --run {params.runs} --config {params.config} --data {params.data}"
+        "ncn analyze kvcache {params.source} --config {params.config} --data {params.data}"
         " --csv {output.csv} --summary {output.summary} --tex {output.tex} --pdf {output.pdf} --png {output.png}"
         " --claim-json {output.claim_json} --claim-tex {output.claim_tex}"
         " {params.gen} --gen-csv {output.gen_csv} --gen-tex {output.gen_tex} --threads {threads} > {log} 2>&1"
@@ -50,7 +50,7 @@ rule analysis_kvcache:
 
 rule analysis_knobs:
     input:
-        models=[f"{d}/model.pt" for d in BEYOND_RUNS],
+        measured=measured("knobs", BEYOND_RUNS),
         **BEYOND_DATA,
     output:
         csv=KNOBS_TABLE,
@@ -62,7 +62,7 @@ rule analysis_knobs:
         png=report(f"{FIGURES}/knobs.png", caption="../report/knobs.rst", category="Beyond the original"),
     params:
         config=CONFIG_JSON,
-        runs=BEYOND_RUNS,
+        source=measured_option("knobs", BEYOND_RUNS),
         data=data_dir,
         cfg=trigger("analyze.knobs"),
     log:
@@ -73,7 +73,7 @@ rule analysis_knobs:
     conda:
         CONDA_ENV
     shell:
-        "ncn analyze knobs --run {params.runs} --config {params.config} --data {params.data}"
+        "ncn analyze knobs {params.source} --config {params.config} --data {params.data}"
         " --csv {output.csv} --summary {output.summary} --tex {output.tex} --pdf {output.pdf} --png {output.png}"
         " --claim-json {output.claim_json} --claim-tex {output.claim_tex}"
         " --threads {threads} > {log} 2>&1"

@@ -8,6 +8,7 @@ from pathlib import Path
 from ncn.stages import trigger as stage_trigger
 from ncn.config import seeds_of
 from ncn.fileio import write_json
+from ncn.analysis.rows import MEASURES as PER_RUN_ANALYSES
 from ncn.variants import names as variant_names, ncn_names, spec as variant_spec
 
 # The config is validated (defaults filled) in the Snakefile before this file is included.
@@ -113,6 +114,23 @@ def size_resource(size, key):
 def run_dir(w, output):
     """params helper: the run folder of a job (derived from its first output)."""
     return os.path.dirname(output[0])
+
+
+# Per-run measurements (ncn.analysis.rows): with resources.analysis_per_run, skip, kvcache and
+# knobs score each run in a job of its own (analysis_rows), started as soon as that run is trained
+# so that it overlaps training, and their rules read the rows (--rows); else each of those rules
+# measures all its runs in its one job (--run).
+PER_RUN = config["resources"]["analysis_per_run"]
+
+
+def measured(what, dirs):
+    """The inputs of an analysis that scores every run in `dirs`: their rows, or their models."""
+    return [f"{d}/analysis/{what}.csv" if PER_RUN else f"{d}/model.pt" for d in dirs]
+
+
+def measured_option(what, dirs):
+    """Its source option, matching `measured`: --rows CSV... or --run RUN..."""
+    return ("--rows " + " ".join(measured(what, dirs))) if PER_RUN else ("--run " + " ".join(dirs))
 
 
 def data_dir(w, input):

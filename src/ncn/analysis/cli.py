@@ -16,6 +16,8 @@ Typical order (what workflow/rules/analysis.smk runs):
   ncn analyze kvcache   --run RUN... --config C --data D --csv ... --summary ... --tex ... --pdf ... --png ...
   ncn analyze knobs     --run RUN... --config C --data D --csv ... --summary ... --tex ... --pdf ... --png ...
   ncn analyze control   --run RUN... --config C --data D --runs-csv ... --csv ... --tex ... --pdf ... --png ...
+  ncn analyze rows      skip|kvcache|knobs --run RUN --config C --data D --out RUN/analysis/skip.csv
+                        (one run's rows; skip, kvcache and knobs then take --rows CSV... instead of --run)
   ncn analyze regonly   --run RUN... --config C --data D --csv results/tables/regonly.csv
   ncn analyze claims    --runs-table T --traces CSV... [--leak-measure CSV --skip-measure CSV --regonly CSV]
                         --config C --data D [--control CSV] --json ... --tex ... --paragraphs ...
@@ -52,6 +54,8 @@ ANALYSES: dict[str, tuple[str, str]] = {
               "the distinct-2/3 and repetition of samples; the baseline's queries alike"),
     "control": ("ncn.analysis.control", "external control: held-out loss with the true vs flipped story label, "
                 "and stories with dialogue sampled under dialogue=1/0/a random label"),
+    "rows": ("ncn.analysis.rows", "one run's measurement rows of skip, kvcache or knobs (the workflow's per-run "
+             "jobs; the analysis then reads them with --rows)"),
     "claims": ("ncn.analysis.claims", "one measured verdict per claim: claims.json, a LaTeX table and one "
                "paragraph per claim"),
 }
@@ -80,12 +84,15 @@ def parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     only = argv[0] if argv and argv[0] in ANALYSES else None
     a = parser(only).parse_args(argv)
+    mod = importlib.import_module(ANALYSES[a.what][0])
     cfg = None
     if getattr(a, "config", None):
         from ncn.config import load_config
 
-        cfg = load_config(a.config, stage=f"analyze.{a.what}")
-    return int(importlib.import_module(ANALYSES[a.what][0]).main(a, cfg) or 0)
+        # the config slice it reads (ncn.stages.READS): its own, or the one its module names
+        stage = mod.stage(a) if hasattr(mod, "stage") else f"analyze.{a.what}"
+        cfg = load_config(a.config, stage=stage)
+    return int(mod.main(a, cfg) or 0)
 
 
 if __name__ == "__main__":

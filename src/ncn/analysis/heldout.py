@@ -94,8 +94,9 @@ def add_arguments(p, summary: str, figure: str) -> None:
     """The options of `kvcache` and `knobs`: the runs, config, data, and every output the rule names."""
     from ncn.analysis import options
 
-    p.add_argument("--run", nargs="+", required=True, metavar="RUN",
-                   help="run folders holding model.pt (every variant, the baseline too; every seed)")
+    from ncn.analysis import rows
+
+    rows.add_source(p, "run folders holding model.pt (every variant, the baseline too; every seed), measured here")
     options.add_config(p)
     options.add_data(p)
     options.add_table(p)
@@ -107,13 +108,10 @@ def add_arguments(p, summary: str, figure: str) -> None:
 
 
 def measure(table, args, cfg: dict, what: str):
-    """table(run, cfg, data, threads) of every --run, in the registry's order, and the CSV written."""
-    import pandas as pd
+    """table(run, cfg, data, threads) of every --run (or the rows of --rows), in the registry's order,
+    and the CSV written."""
+    from ncn.analysis import rows, tables
 
-    from ncn.analysis import tables
-    from ncn.progress import bar
-
-    tabs = [table(r, cfg, args.data, args.threads) for r in bar(args.run, desc=what)]
-    df = by_registry(pd.concat(tabs, ignore_index=True))
+    df = by_registry(rows.gather(args, lambda r: table(r, cfg, args.data, args.threads), what))
     tables.write_csv(df, args.csv)
     return df

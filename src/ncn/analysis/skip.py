@@ -245,7 +245,9 @@ def tradeoff_figure(df: pd.DataFrame, pdf, png) -> None:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--run", nargs="+", required=True, metavar="RUN", help="NCN run folder(s) holding model.pt")
+    from ncn.analysis import rows
+
+    rows.add_source(p, "NCN run folder(s) holding model.pt, measured here")
     options.add_config(p)
     options.add_data(p)
     options.add_table(p)
@@ -260,7 +262,9 @@ def add_arguments(p) -> None:
 
 
 def main(args, cfg: dict) -> None:
-    df = pd.concat([skip_table(r, cfg, args.data, args.threads, args.repeats) for r in args.run], ignore_index=True)
+    from ncn.analysis import rows
+
+    df = rows.gather(args, lambda r: skip_table(r, cfg, args.data, args.threads, args.repeats), "skip")
     tables.write_csv(df[SKIP], args.csv)
     tables.write_csv(measure_table(df, cfg["analysis"]["skip_tolerance_nats"]), args.measure_csv)
     tables.write_csv(df[["variant", "size", "seed", "eps", *TIMING]], args.timing)
