@@ -155,7 +155,7 @@ def test_import_costs_names_the_packages():
 
 def test_probe_stamps_steps_and_exit(tmp_path):
     """The probe's hooks see a forward and optimizer steps in any torch program, and print at exit."""
-    code = bench.PROBE.replace("from ncn.cli import main\nsys.exit(main(sys.argv[1:]))",
+    code = bench.PROBE.replace("from ncn.cli import run\nrun()  # what the `ncn` script runs",
                                "m = torch.nn.Linear(2, 2); o = torch.optim.SGD(m.parameters(), 0.1)\n"
                                "for _ in range(3): m(torch.ones(1, 2)).sum().backward(); o.step()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,6 +1,7 @@
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,24 @@ def test_progress_log_lines_every_n_iterable_bytes_and_initial():
         b.update(5)
         b.update(3)
     assert [ln.split(",")[0] for ln in log.getvalue().splitlines()] == ["valid: 5 it", "valid: 8 it"]
+
+
+def test_the_console_script_exits_fast_but_runs_exit_handlers_and_flushes(tmp_path):
+    """run() (the `ncn` script) skips the interpreter's teardown (os._exit) but not what a normal
+    exit does: the atexit handlers run, buffered stdout (a file, as under Snakemake's `> log`)
+    reaches the file, and the exit code is main()'s."""
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
+            "from ncn.cli import run\n"
+            "sys.argv = ['ncn', 'config', '--config', sys.argv[1]]\n"
+            "run()\n")
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        r = subprocess.run([sys.executable, "-c", code, "config/smoke.yaml"], stdout=f, stderr=subprocess.PIPE,
+                           text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "handler ran" in r.stderr
+    assert "profile: smoke" in out.read_text()  # the resolved config, flushed before os._exit
+    r = subprocess.run([sys.executable, "-c", code.replace("sys.argv[1]]", "'no/such.yaml']"), "x"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "handler ran" in r.stderr and "no/such.yaml" in r.stderr

@@ -162,3 +162,36 @@ def test_generate_writes_samples(trained, tmp_path):
     assert out["tokens_per_s"] > 0 and out["kv_cache"] is True
     main(["--run", str(run), "--out", str(tmp_path / "b.json")])  # seeded: the same sample again
     assert json.loads((tmp_path / "b.json").read_text())["samples"][0]["text"] == s["text"]
+
+
+def test_the_prefix_pool_loss_scores_the_same_capped_tokens(trained, tmp_path, monkeypatch):
+    """With eval.max_tokens, every pass (full pool and prefix pool, both sets) reads the same cap."""
+    import ncn.evaluate
+
+    caps = []
+    real = ncn.evaluate.stream_ce
+    monkeypatch.setattr(ncn.evaluate, "stream_ce", lambda *a, **k: caps.append(a[5]) or real(*a, **k))
+    cfg = tiny_config(tmp_path, eval={"max_tokens": 100, "batch_size": 3})
+    from ncn.config import load_config
+
+    ncn.evaluate.evaluate(trained.runs["asrun"], cfg=load_config(cfg))
+    assert len(caps) == 4 and set(caps) == {100}  # (val, heldout) x (full pool, prefix pool)
+
+
+def test_a_changed_model_is_scored_to_out_only(trained, tmp_path):
+    """--modulate/--kv-bits write their record to --out, never over RUN/eval.json, and change the score."""
+    from ncn.evaluate import evaluate
+
+    run = trained.runs["causal"]
+    plain = evaluate(run)
+    before = (run / "eval.json").read_bytes()
+    for kw in ({"modulate": ["beta=4.0"]}, {"kv_bits": "4"}):
+        with pytest.raises(NCNError, match="--out"):
+            evaluate(run, **kw)
+        with pytest.raises(NCNError, match="--out"):
+            evaluate(run, **kw, out_path=run / "eval.json")
+        out = tmp_path / "changed.json"
+        ev = evaluate(run, **kw, out_path=out)
+        assert json.loads(out.read_text())["heldout_loss"] == ev["heldout_loss"] != plain["heldout_loss"], kw
+        assert (run / "eval.json").read_bytes() == before
+    assert ev["kv_bits"] == [4] * 2 and json.loads(out.read_text())["kv_bits"] == [4] * 2

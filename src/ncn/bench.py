@@ -336,8 +336,8 @@ def _step(opt, args, kwargs):
     T["last_step_done"] = now()
 register_optimizer_step_post_hook(_step)
 atexit.register(lambda: print("NCN_BENCH_TIMES " + json.dumps({**T, "atexit": now()}), file=sys.stderr, flush=True))
-from ncn.cli import main
-sys.exit(main(sys.argv[1:]))
+from ncn.cli import run
+run()  # what the `ncn` script runs
 """
 PHASES = {  # name -> (from stamp, to stamp); "start" and "exit" are the parent's
     "start_to_first_step": ("start", "first_forward"),
