@@ -69,6 +69,10 @@ EXCLUDE = [
     r"\blogging\.",
     r"\bwarnings\.warn\(",
     r"\btqdm\(",
+    # argparse's text for people (--help); the whole line, so an option's type or default written on
+    # that line is left alone too (tests/test_cli.py and each stage's tests check the options)
+    r"\b(help|description|epilog|metavar)=",
+    r'^\s*[rf]?"[^"]*"\s*[,)]*\s*$',  # a line holding only a string: the continuation of a message or help text above
 ]
 # pytest's options for every mutmut run: the fast tests, without the style tests that read the source
 # text (mutants break them by construction), and without the tests that copy the checkout with git to

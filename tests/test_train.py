@@ -356,3 +356,29 @@ def test_no_function_in_the_trainer_is_longer_than_60_lines():
         long = [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= 60]
         assert not long, (name, long)
+
+
+def test_rng_state_round_trips_every_generator(monkeypatch):
+    """rng_state/set_rng_state restore torch, numpy and Python's generators, and the CUDA ones
+    when the same number of GPUs is there (faked here: the CPU machine has none)."""
+    import random
+
+    import numpy as np
+
+    from ncn import checkpoint
+
+    saved = checkpoint.rng_state()
+    draws = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint.set_rng_state(saved)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(draws[0], again[0]) and np.array_equal(draws[1], again[1]) and draws[2] == again[2]
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append(states))
+    gpu = [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
+    checkpoint.set_rng_state({**saved, "cuda": gpu})
+    assert len(restored) == 1 and [int(s) for s in restored[0]] == [1, 2]
+    checkpoint.set_rng_state({**saved, "cuda": gpu[:1]})  # another GPU count: the CUDA states stay as they are
+    assert len(restored) == 1
