@@ -146,7 +146,7 @@ def test_refuses_missing_unfinished_and_mismatched(trained, tmp_path):
         main(["--run", str(half)])
     # data tokenized with another vocabulary
     other = make_data(tmp_path / "other", vocab=280)
-    with pytest.raises(NCNError, match="vocabulary mismatch"):
+    with pytest.raises(NCNError, match=r"vocabulary mismatch: \S*causal/model\.pt has vocab_size"):
         main(["--run", str(trained.runs["causal"]), "--data", str(other)])
 
 
@@ -195,3 +195,34 @@ def test_a_changed_model_is_scored_to_out_only(trained, tmp_path):
         assert json.loads(out.read_text())["heldout_loss"] == ev["heldout_loss"] != plain["heldout_loss"], kw
         assert (run / "eval.json").read_bytes() == before
     assert ev["kv_bits"] == [4] * 2 and json.loads(out.read_text())["kv_bits"] == [4] * 2
+
+
+def test_a_config_describing_another_shape_is_named_in_the_refusal(trained):
+    """evaluate(cfg=...) refuses a config whose size differs from the checkpoint, naming where the
+    config came from (the default source: --config) and the checkpoint."""
+    import copy
+
+    from ncn.evaluate import evaluate
+
+    cfg = copy.deepcopy(json.loads((trained.runs["causal"] / "config.json").read_text())["config"])
+    size = json.loads((trained.runs["causal"] / "config.json").read_text())["size"]
+    cfg["size_defs"][size]["n_layer"] += 1
+    with pytest.raises(NCNError, match=r"n_layer is \d+ in --config but \d+ in \S*model\.pt"):
+        evaluate(trained.runs["causal"], cfg=cfg)
+
+
+def test_a_cpu_forward_holds_at_most_the_cpu_logits_budget(monkeypatch):
+    """stream_ce joins batches into one forward up to FORWARD_LOGITS[device] logits (the CPU's
+    budget on the CPU), never fewer than batch_size windows; the loss is the same either way."""
+    import ncn.evaluate as ev
+
+    tokens = np.arange(10 * 8 + 1) % 7
+    losses = []
+    for budget in (8 * 7 * 4, 8 * 7 * 1):  # 4 windows of T=8, V=7 per forward; then 1 (below batch_size 2)
+        monkeypatch.setattr(ev, "FORWARD_LOGITS", {"cpu": budget, "cuda": 1 << 30})
+        model = Uniform(7)
+        model.cfg = SimpleNamespace(vocab_size=7)
+        ce, n = ev.stream_ce(model, tokens, 8, 2, torch.device("cpu"), None)
+        assert max(b for b, _ in model.seen) == (4 if budget > 8 * 7 else 2)
+        losses.append((ce, n))
+    assert losses[0] == losses[1]
