@@ -56,11 +56,11 @@ paper: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/$(PROFILE).yaml --forcerun paper results/$(PROFILE)/paper/ncn.pdf
 
 # model: every variant vs a textbook GPT (tokens/s, ratios, MFU); startup: a smoke `ncn train`'s
-# start-up and exit; stages: the last Snakemake run's wall time per stage (bench/README.md)
+# start-up and exit; stages: the last Snakemake run of PROFILE, wall time per stage (bench/README.md)
 bench: setup
 	$(VENV)/bin/ncn bench model --out results/bench/model.csv
 	$(VENV)/bin/ncn bench startup --out results/bench/startup.csv
-	@if [ -d results/benchmarks ]; then $(VENV)/bin/ncn bench stages --out results/timing/stages.csv; fi
+	@if [ -d results/$(PROFILE)/benchmarks ]; then $(VENV)/bin/ncn bench stages --benchmarks results/$(PROFILE)/benchmarks --out results/$(PROFILE)/timing/stages.csv; fi
 
 # Mutation testing (mutmut, pinned in envs/mutate.txt; not in the main environment, not in CI).
 # MUTATE_SAMPLE mutants per module (seeded); MUTATE_SAMPLE=0 runs every mutant (hours).

@@ -145,6 +145,9 @@ def test_friedman_matches_scipy_and_handles_two_columns():
     assert stats.friedman([[1, 2, 3, 4]] * 3)[0] == pytest.approx(9.0)
     assert stats.friedman([[1, 2], [1, 3], [0, 5]])[0] == pytest.approx(3.0)  # k = 2: Q = 3, p = 0.083
     assert all(math.isnan(x) for x in stats.friedman([[1, 1], [2, 2]]))  # every row tied
+    assert all(math.isnan(x) for x in stats.friedman([[1, 2, 3]]))  # one block: no test
+    assert all(math.isnan(x) for x in stats.friedman([[1], [2], [3]]))  # one column: no test
+    assert all(math.isnan(x) for x in stats.friedman([[1, 2, 3], [1, math.nan, 3]]))  # a missing value
 
 
 def test_partial_spearman_matches_the_first_order_formula():

@@ -486,3 +486,26 @@ def test_real_tinystories(tmp_path, monkeypatch):
     assert int((train == meta["eot_id"]).sum()) == 2199  # between the 2200 stories
     assert int((open_split(out, "heldout", meta) == meta["eot_id"]).sum()) == 115
     assert 2.0 < meta["train"]["bytes"] / meta["train"]["tokens"] < 2.7  # ~2.3 bytes/token at vocab 512
+
+
+def test_encoding_adds_no_special_tokens_of_the_tokenizer(tmp_path, monkeypatch):
+    """A tokenizer whose post-processor wraps every text in special tokens (a BOS here): the
+    stream still holds the stories' own ids and one EOT between stories, nothing else."""
+    import io
+
+    from tokenizers.processors import TemplateProcessing
+
+    from ncn.data.tokenize import encode_file
+
+    folder = write_corpus(tmp_path / "src", stories(6, seed=3), stories(2, 4))
+    monkeypatch.setenv("NCN_DATA_DIR", str(folder))
+    out = pipeline(tmp_path, write_config(tmp_path / "c.yaml"), tmp_path / "out")
+    meta = load_meta(out)
+    ids = open_split(out, "train", meta).tolist()
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    bos = meta["eot_id"]  # any special token: a BOS made of the EOT token
+    tok.post_processor = TemplateProcessing(single=f"<|endoftext|> $A", special_tokens=[("<|endoftext|>", bos)])
+    assert tok.encode("Once upon a time").ids[0] == bos  # the post-processor is active when asked
+    buf = io.BytesIO()
+    encode_file(tok, out / "train.txt", buf, "uint16", meta["eot_id"], True, batch_size=3, chunk_bytes=64)
+    assert np.frombuffer(buf.getvalue(), dtype=np.uint16).tolist() == ids

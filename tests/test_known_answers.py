@@ -80,6 +80,7 @@ def test_ab_claim_planted_improvement_is_supported():
     assert value(res) == pytest.approx(-1.066667, abs=1e-6)
     assert ci(res) == pytest.approx((-1.066667 - 0.143422, -1.066667 + 0.143422), abs=1e-5)
     assert verdict(res) == "supported"
+    assert res["reason"] == "CI [-1.21, -0.923] below 0"  # the interval, where it lies, the threshold
     d = details(res)
     assert d["n_pairs"] == 3 and d["dppl_per_seed"] == pytest.approx([-1.0, -1.1, -1.1])
     dl = [math.log(a) - math.log(b) for a, b in zip([10.0, 10.5, 9.8], [11.0, 11.6, 10.9])]
@@ -88,8 +89,8 @@ def test_ab_claim_planted_improvement_is_supported():
 
 def test_ab_claim_no_improvement_is_not_supported():
     # the NCN worse on every seed: the CI lies above 0
-    assert verdict(claims.ab_claim(_ab_runs([11.0, 11.6, 10.9], [10.0, 10.5, 9.8]), "causal", "s", 0.95)) == \
-        "not supported"
+    res = claims.ab_claim(_ab_runs([11.0, 11.6, 10.9], [10.0, 10.5, 9.8]), "causal", "s", 0.95)
+    assert verdict(res) == "not supported" and res["reason"].endswith("] not below 0")
     # equal on average, noisy: the CI straddles 0
     assert verdict(claims.ab_claim(_ab_runs([10.0, 11.0, 10.5], [10.5, 10.5, 10.5]), "causal", "s", 0.95)) == \
         "inconclusive"
