@@ -69,7 +69,7 @@ EXCLUDE = [
     r"\blogging\.",
     r"\bwarnings\.warn\(",
     r"\btqdm\(",
-    r"\b(progress\.)?bar\(",  # ncn.progress.bar, our tqdm wrapper
+    r"^\s*(with\s+)?(progress\.)?bar\(",  # a statement opening ncn.progress.bar (our tqdm); not `for x in bar(xs)`
     # argparse's text for people (--help); the whole line, so an option's type or default written on
     # that line is left alone too (tests/test_cli.py and each stage's tests check the options)
     r"\b(help|description|epilog|metavar)=",
