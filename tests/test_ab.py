@@ -63,6 +63,10 @@ def test_mde_has_the_stated_power_by_simulation():
     assert stats.mde_paired(sd, 100) == pytest.approx(0.283 * sd, rel=0.01)  # the normal limit: 2.80/√n
     assert math.isnan(stats.mde_paired(sd, 1)) and math.isnan(stats.mde_paired(math.nan, 5))
     assert stats.mde_paired(0.0, 5) == 0.0
+    # power is a probability at every effect size, even where scipy's wrong-sign tail is nan (nc 40)
+    for effect in (0.0, 1.0, 5.0, 40 / math.sqrt(5), 100.0):
+        assert 0.0 <= stats.paired_power(effect, 1.0, 5, 0.05) <= 1.0, effect
+    assert stats.paired_power(0.0, 1.0, 5, 0.05) == pytest.approx(0.05)  # no effect: the test's level
 
 
 def test_holm_verdict():

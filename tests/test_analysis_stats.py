@@ -162,11 +162,23 @@ def test_partial_spearman_matches_the_first_order_formula():
     assert stats.partial_spearman(x, y, [])[0] == pytest.approx(stats.spearman(x, y)[0])
     assert math.isnan(stats.partial_spearman([1, 2, 3], [1, 2, 3], [[1, 2, 3]])[0])  # no df left
     assert math.isnan(stats.partial_spearman(z, y, [z])[0])  # x is its covariate
+    # p: with no covariate it is Spearman's own test (t with n - 2 df), as scipy computes it
+    import scipy.stats as sps
+
+    assert stats.partial_spearman(x, y, [])[1] == pytest.approx(sps.spearmanr(x, y).pvalue, rel=1e-9)
+    # one degree of freedom left (n 4, one covariate) is enough: rho and its t-test with 1 df
+    rho1, p1, _ = stats.partial_spearman([1, 3, 2, 4], [2, 1, 4, 3], [[1, 2, 4, 3]])
+    assert math.isfinite(rho1) and abs(rho1) < 1
+    assert p1 == pytest.approx(2 * sps.t.sf(abs(rho1) / math.sqrt(1 - rho1**2), 1), rel=1e-12)
 
 
 def test_fisher_interval_and_all_of():
     iv = stats.fisher_interval([0.5, 0.5, 0.5])
     assert iv.mean == pytest.approx(0.5) and iv.low == pytest.approx(0.5)
+    # a perfect correlation (rho = -1 or 1) is clipped, not an infinite z
+    for edge in (-1.0, 1.0):
+        iv, near = stats.fisher_interval([edge, 0.5 * edge, 0.8 * edge]), stats.fisher_interval([0.999999 * edge, 0.5 * edge, 0.8 * edge])
+        assert math.isfinite(iv.mean) and (iv.mean, iv.low, iv.high) == (near.mean, near.low, near.high)
     iv = stats.fisher_interval([0.2, 0.5, 0.8])
     z = np.arctanh([0.2, 0.5, 0.8])
     assert iv.mean == pytest.approx(math.tanh(z.mean())) and iv.low < 0.2

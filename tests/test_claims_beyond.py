@@ -171,3 +171,4 @@ def test_no_variant_name_is_compared_in_claims():
     code = "\n".join(line for line in code.splitlines() if '["kind"]' not in line and "getattr(args" not in line)
     for v in names():
         assert not re.search(rf'[=!]=\s*"{v}"|"{v}"\s*[=!]=|\(\s*"{v}"|,\s*"{v}"\s*[,)]|subject="{v}"', code), v
+
