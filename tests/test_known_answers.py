@@ -558,6 +558,15 @@ def test_block_skipping_tolerance_is_absolute_nats():
     assert verdict(looser) == "supported" and value(looser) == pytest.approx(4.5451 - 4.8)
 
 
+def test_block_skipping_a_loss_change_straddling_the_tolerance_is_inconclusive():
+    """No eps keeps the CI within 0.01 nats, but the CI reaches below it: not refuted either."""
+    rows = [{"variant": "causal", "size": "s", "seed": s, "eps": 0.5, "loss_dense": 4.5,
+             "loss_skip": 4.5 + (0.0, 0.012, 0.024)[s % 3], "loss_random": 4.8, "skip_frac": 0.3} for s in SEEDS]
+    res = claims.skipping_claim(pd.DataFrame(rows), "causal", "s", analysis_cfg())
+    lo, hi = details(res)["by_eps"][0]["dloss_ci"]
+    assert lo < 0.01 < hi and verdict(res) == "inconclusive" and "0.01 nats" in res["reason"]
+
+
 def test_block_skipping_thin_or_nothing_skipped():
     _, skip = _gate_inputs(informative=True, seeds=(0,))
     assert verdict(claims.skipping_claim(skip, "causal", "s", analysis_cfg())) == "inconclusive"
