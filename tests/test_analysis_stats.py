@@ -311,6 +311,8 @@ def test_skip_eps_zero_is_exactly_unskipped(ncn):
     tokens = np.random.default_rng(0).integers(0, 64, 16 * 7 + 1).astype(np.uint16)
     x, y = windows(tokens, 16, None)
     assert x.shape == (7, 16)
+    assert windows(tokens, 16, 16 * 3)[0].shape == (3, 16)  # a cap of k windows' tokens: k windows (targets are the +1)
+    assert torch.equal(windows(tokens, 16, 16 * 3)[1], y[:3])
     ref, frac_ref, _ = evaluate(_tiny(ncn), x, y, 3, None)
     loss, frac, _ = evaluate(_tiny(ncn), x, y, 3, 0.0)
     assert loss == ref and frac == 0.0  # bitwise equal, not approximately

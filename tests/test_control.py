@@ -121,9 +121,15 @@ def test_cached_generation_with_control_equals_recompute():
         ctl.controller.control.normal_(std=3.0)
     idx = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(4))
     c = torch.tensor([[1.0], [-1.0]])
-    a = ctl.generate(idx, 8, generator=torch.Generator().manual_seed(0), control=c, use_cache=True)
-    b = ctl.generate(idx, 8, generator=torch.Generator().manual_seed(0), control=c, use_cache=False)
+    a, la = ctl.generate(idx, 8, generator=torch.Generator().manual_seed(0), control=c, use_cache=True,
+                         return_logits=True)
+    b, lb = ctl.generate(idx, 8, generator=torch.Generator().manual_seed(0), control=c, use_cache=False,
+                         return_logits=True)
     assert torch.equal(a, b)
+    assert (la - lb).abs().max() < 1e-4  # the cached path reads the control as the full forward does
+    _, lc = ctl.generate(idx, 8, generator=torch.Generator().manual_seed(0), control=-c, use_cache=True,
+                         return_logits=True)
+    assert (lc[:, 0] - la[:, 0]).abs().max() > 1e-4  # and the control changes them
 
 
 def test_control_errors_name_the_culprit():

@@ -15,6 +15,7 @@ and 18 degrees of freedom), log2(5.5) = 2.4594316.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -492,6 +493,8 @@ def test_gate_claim_informative_gates_are_supported():
     assert value(res) == pytest.approx(0.2) and details(res)["skip_frac"] == pytest.approx(0.2)
     assert details(res)["legs"] == {"scale-aware closed fraction": "supported", "function": "supported"}
     assert verdict(res) == "supported"
+    assert details(res)["variant"] == "causal" and details(res)["size"] == "s"
+    assert re.search(r"gated - random loss CI \[\S+, \S+\] below 0\b", res["reason"]), res["reason"]
 
 
 def test_random_gates_do_not_beat_random_skipping():
@@ -546,6 +549,7 @@ def test_block_skipping_planted_is_supported():
     ok = [e for e, r in by.items() if r["skip_frac"] >= 0.01 and r["dloss_ci"][1] <= 0.01]
     assert d["eps"] == max(ok) and value(res) == pytest.approx(by[d["eps"]]["gated_minus_random"])
     assert ci(res)[1] < 0 and verdict(res) == "supported"
+    assert re.search(r"\): gated - random CI \[\S+, \S+\] below 0$", res["reason"]), res["reason"]
 
 
 def test_block_skipping_tolerance_is_absolute_nats():
