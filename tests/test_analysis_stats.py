@@ -382,3 +382,28 @@ def test_validation_sentences_with_and_without_eot():
             "The little dog ran to the big red barn in the sun.", "A very small bird sang a happy song for all of the kids."]
     with pytest.raises(NCNError, match="n_valid_sentences"):
         validation_sentences(without, 1, tok, 3)
+
+
+def test_skip_tex_prints_the_means_over_seeds_of_each_variant_and_eps():
+    """The skip table in the paper: one row per (variant, eps), the mean over seeds of each column,
+    written out by hand here; a rule between variants."""
+    import pandas as pd
+
+    from ncn.analysis.skip import skip_tex
+
+    def row(v, seed, eps, loss, dl, dr, frac, wall):
+        return {"variant": v, "size": "s", "seed": seed, "eps": eps, "loss": loss, "ppl": math.exp(loss),
+                "delta_loss": dl, "delta_random": dr, "skip_frac": frac, "ffn_flops_saved": frac, "wall_ratio": wall}
+
+    df = pd.DataFrame([row("causal", 0, 0.0, 3.0, 0.0, 0.0, 0.0, 1.0), row("causal", 1, 0.0, 3.2, 0.0, 0.0, 0.0, 1.0),
+                       row("causal", 0, 0.5, 3.1, 0.1, 0.3, 0.2, 0.9), row("causal", 1, 0.5, 3.3, 0.1, 0.5, 0.3, 0.8),
+                       row("asrun", 0, 0.5, 4.0, 0.02, 0.04, 0.5, 0.7)])
+    lines = skip_tex(df).splitlines()
+    assert lines[0] == r"\begin{tabular}{lrrrrrrr}"
+    assert lines[2] == (r"Variant & $\varepsilon$ & Seeds & Loss & $\Delta$loss, gate & $\Delta$loss, random & "
+                        r"FFN skipped & Wall time ratio \\")
+    body = [line for line in lines[4:] if line.endswith(r"\\")]
+    assert body == [r"causal & $0.00$ & 2 & $3.1000$ & $0.0000$ & $0.0000$ & $0.0\%$ & $1.00$ \\",
+                    r"causal & $0.50$ & 2 & $3.2000$ & $0.1000$ & $0.4000$ & $25.0\%$ & $0.85$ \\",
+                    r"asrun & $0.50$ & 1 & $4.0000$ & $0.0200$ & $0.0400$ & $50.0\%$ & $0.70$ \\"]
+    assert lines[lines.index(body[1]) + 1] == r"\midrule"  # between the variants

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -260,3 +261,15 @@ def test_kv_bits_generates_from_the_compressed_cache_and_reports_memory_and_spee
     for _ in range(6):
         x = torch.cat([x, model(x[:, -model.cfg.block_size:]).logits[:, -1:].argmax(-1)], dim=1)
     assert rec["samples"][0]["completion"] == tok.decode(x[0, len(ids):].tolist())
+
+
+def test_sampling_temperature_divides_the_logits():
+    """sample_next draws from softmax(logits / T): two tokens with logits 0 and 1 at T = 0.5 give
+    the second with probability sigmoid(2) = 0.881 (at T = 2: sigmoid(0.5) = 0.622)."""
+    from ncn.model import sample_next
+
+    logits = torch.tensor([[0.0, 1.0]]).repeat(20000, 1)
+    for temp, p in ((0.5, 1 / (1 + math.exp(-2))), (2.0, 1 / (1 + math.exp(-0.5)))):
+        draws = sample_next(logits, temperature=temp, generator=torch.Generator().manual_seed(0))
+        assert abs(draws.float().mean().item() - p) < 0.01, temp  # 4.6 SE of 20,000 draws
+    assert sample_next(logits[:3], temperature=0).tolist() == [[1]] * 3

@@ -375,6 +375,9 @@ def test_rng_state_round_trips_every_generator(monkeypatch):
 
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu_states = [torch.tensor([7], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: gpu_states)
+    assert checkpoint.rng_state()["cuda"] is gpu_states  # saved with the others when a GPU is there
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.append(states))
     gpu = [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
