@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import json
 import os
+import shutil
 import random
 import subprocess
 import sys
@@ -385,3 +386,22 @@ def test_rng_state_round_trips_every_generator(monkeypatch):
     assert len(restored) == 1 and [int(s) for s in restored[0]] == [1, 2]
     checkpoint.set_rng_state({**saved, "cuda": gpu[:1]})  # another GPU count: the CUDA states stay as they are
     assert len(restored) == 1
+
+
+def test_checkpoints_of_other_settings_are_moved_aside_and_training_starts_over(reference, data, tmp_path):
+    """A run folder whose checkpoints were made with another config (here another lr): they go to
+    ckpt.stale (replacing an older ckpt.stale) and the run trains from step 0, like a fresh one."""
+    cfg, ref_run, _ = reference
+    other = tiny_config(tmp_path, "other.yaml", train={"lr": 1e-3})
+    fresh = run_train(other, tmp_path / "fresh", data)
+    run = tmp_path / "run"
+    for attempt in range(2):  # the second time an older ckpt.stale is there
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(ref_run / "ckpt", run / "ckpt")
+        if attempt:
+            (run / "ckpt.stale").mkdir()
+            (run / "ckpt.stale" / "old.txt").write_text("older")
+        m = run_train(other, run, data)
+        assert m["resumed_at_steps"] == [] and comparable(m) == comparable(fresh)
+        assert sorted(p.name for p in (run / "ckpt.stale").glob("step_*.pt")) == ["step_000015.pt", "step_000020.pt"]
+        assert not (run / "ckpt.stale" / "old.txt").exists()
