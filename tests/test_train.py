@@ -10,8 +10,8 @@ import csv
 import dataclasses
 import json
 import os
-import shutil
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
