@@ -81,7 +81,10 @@ EXCLUDE = [
 PYTEST_ARGS = ["-m", "not slow and not source", "-p", "no:cacheprovider", "--ignore=tests/test_workflow.py",
                "--deselect=tests/test_paper.py::test_the_paper_rule_inputs_follow_the_tex"]
 # Status names of mutmut 3's exit codes (mutmut.stats.status_by_exit_code) -> our columns.
-COLUMN_OF_STATUS = {"killed": "killed", "survived": "survived", "timeout": "timeouts", "no tests": "no_tests"}
+# "segfault" is mutmut's name for exit -9/-11: a mutant stuck in a loop is SIGKILLed by its runner
+# one CPU-second after the SIGXCPU of its time limit (exit -9), so it is a timeout (detected).
+COLUMN_OF_STATUS = {"killed": "killed", "survived": "survived", "timeout": "timeouts", "segfault": "timeouts",
+                    "no tests": "no_tests"}
 COLUMNS = ["module", "mutants", "killed", "survived", "timeouts", "no_tests", "other", "score"]
 SKIP_COPY = {".git", ".venv", "results", "mutants", ".snakemake", ".pytest_cache", "__pycache__", "mlruns"}
 
@@ -179,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="parallel mutants (mutmut --max-children)")
     p.add_argument("--work", default=str(ROOT / "results" / "bench" / "mutmut"))
     p.add_argument("--out", default=str(ROOT / "results" / "bench" / "mutation.csv"))
+    p.add_argument("--tally-only", action="store_true",
+                   help="no run: tally the mutants of --work as the last run left them (same --modules/--sample/--seed)")
     a = p.parse_args(argv)
 
     work = Path(a.work).resolve()
@@ -186,20 +191,22 @@ def main(argv=None) -> int:
         p.error(f"--work {work} lies inside the checkout it copies; use a folder under results/ or outside")
     files = [MODULES[m][0] for m in a.modules]
     t0 = time.monotonic()
-    prepare(work, files, a.tests)
-    generate(work, a.jobs)
+    mutmut = Path(sys.executable).with_name("mutmut")
+    if not a.tally_only:
+        prepare(work, files, a.tests)
+        generate(work, a.jobs)
     chosen = select(work, a.modules, a.sample, a.seed)
     names = [k for m in a.modules for k in chosen[m]]
     print(f"mutate: {len(names)} mutants in {', '.join(f'{m} {len(chosen[m])}' for m in a.modules)}", file=sys.stderr)
-    mutmut = Path(sys.executable).with_name("mutmut")
-    log = Path(a.out).with_name("mutmut.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        r = subprocess.run([str(mutmut), "run", "--max-children", str(a.jobs), *names], cwd=work, env=env_for(work),
-                           stdout=f, stderr=subprocess.STDOUT)
-    if r.returncode != 0:
-        print(f"mutate: mutmut exited with {r.returncode}; see {log}", file=sys.stderr)
-        return r.returncode
+    if not a.tally_only:
+        log = Path(a.out).with_name("mutmut.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            r = subprocess.run([str(mutmut), "run", "--max-children", str(a.jobs), *names], cwd=work,
+                               env=env_for(work), stdout=f, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            print(f"mutate: mutmut exited with {r.returncode}; see {log}", file=sys.stderr)
+            return r.returncode
     rows, survivors = tally(work, chosen)
     write_csv_rows(a.out, COLUMNS, rows)
     diffs = [subprocess.run([str(mutmut), "show", k], cwd=work, env=env_for(work), capture_output=True,
