@@ -218,3 +218,33 @@ def test_variant_seeds():
     assert all(len(seeds_of(default, v)) >= (5 if v in ("none", "causal") else 3) for v in default["variants"])
 
 
+
+
+def test_tex_rows_by_hand():
+    """Every cell of the A/B table for a hand-made table: the baseline row (its own metrics, no
+    test), a "vs baseline" row (its metrics and parameters, and the test), a "without the future"
+    row (its metrics, no parameters) and a contrast between NCNs (only the test); the header."""
+    nan = math.nan
+
+    def row(kind, variant, contrast, **kw):
+        base = dict(size="l", variant=variant, contrast=contrast, kind=kind, n_params=1386700.0, loss_mean=4.1,
+                    loss_ci_low=4.0, loss_ci_high=4.2, ppl_mean=60.34, ppl_ci_low=54.6, ppl_ci_high=66.7,
+                    dloss_mean=-0.0123, dloss_ci_low=-0.0223, dloss_ci_high=-0.0023, dppl_mean=-0.74,
+                    mde_loss=0.01394, p_holm=0.0312, n_pairs=5, n_seeds=5, verdict="NCN better")
+        return {**base, **kw}
+
+    table = pd.DataFrame([row("baseline", "none", "none", dloss_mean=nan, verdict="reference"),
+                          row("vs baseline", "causal", "causal - none"),
+                          row("without the future", "asrun", "asrun (prefix pool) - none", n_pairs=3),
+                          row("context", "causal", "causal - static", n_pairs=3, verdict="no significant difference")])
+    lines = ab.ab_tex(table, 0.9).splitlines()
+    assert lines[0] == r"\begin{tabular}{llrrrrrrrrl}"
+    assert lines[2] == (r"Size & Variant / contrast & Params & Loss & PPL & $\Delta$loss $\pm$ 90\% CI & "
+                        r"$\Delta$PPL & MDE & $p_\mathrm{Holm}$ & $n$ & Verdict \\")
+    params, metrics = r"$1.39 \times 10^{6}$", r"$4.100 \pm 0.100$ & $60.34 \pm 6.05$"
+    test = r"$-0.0123 \pm 0.0100$ & $-0.74$ & $0.0139$ & $0.031$"
+    assert lines[4:8] == [
+        rf"l & none (baseline) & {params} & {metrics} & -- & -- & -- & -- & 5 & reference \\",
+        rf"l & causal - none & {params} & {metrics} & {test} & 5 & NCN better \\",
+        rf"l & asrun (prefix pool) - none &  & {metrics} & {test} & 3 & NCN better \\",
+        rf"l & causal - static &  &  &  & {test} & 3 & no significant difference \\"]

@@ -278,6 +278,7 @@ def test_ab_and_leak_numbers(tree):
 def test_claims_json(tree):
     doc = json.loads((tree["res"] / "claims.json").read_text())
     assert doc["profile"] == "smoke" and doc["size"] == "s" and doc["ncn_variant"] == "causal"
+    assert doc["tokenizer_kind"] == "bpe"  # read from --data's meta.json
     from ncn.analysis.claims import CLAIMS
 
     assert [c["id"] for c in doc["claims"]] == list(range(1, len(CLAIMS) + 1)) and len(CLAIMS) >= 11

@@ -160,6 +160,8 @@ def test_outputs_and_loss_falls(reference):
     assert by_step[4]["beta_mean_l1"] and not by_step[2]["beta_mean_l1"]
     # final_* = means over the last log_every (2) steps = the last row's values
     assert m["final_loss"] == pytest.approx(float(rows[-1]["loss"]), rel=1e-12)
+    # reg_init is the first step's regulariser (the step-1 row holds that step alone), reg_final the last rows'
+    assert m["reg_init"] == pytest.approx(float(rows[0]["reg"]), rel=1e-9) and m["reg_init"] != m["reg_final"]
     ckpts = sorted(p.name for p in (run / "ckpt").glob("step_*.pt"))
     assert ckpts == ["step_000015.pt", "step_000020.pt"]  # keep_checkpoints: 2
 
