@@ -107,6 +107,14 @@ def test_planted_effect_is_significant_after_holm():
     assert contrast(table, "l", "causal - static")["verdict"] == "better"  # context matters (planted)
     assert contrast(table, "l", "causal - tonic")["verdict"] == "better"  # order matters (planted)
     assert contrast(table, "l", "asrun (prefix pool) - none")["verdict"] == "worse"  # +0.03 without the future
+    # the prefix-pool row's own metrics: asrun's seeds at this size, read with the prefix pool (loss + 0.03)
+    nofut = contrast(table, "l", "asrun (prefix pool) - none")
+    runs = runs_table(cfg, {"causal": -0.05})
+    own = runs[(runs["variant"] == "asrun") & (runs["size"] == "l")]
+    assert nofut["n_seeds"] == len(own) == 3
+    assert nofut["loss_mean"] == pytest.approx(own["heldout_loss_prefix_pool"].mean(), rel=1e-12)
+    ctx = contrast(table, "l", "causal - static")
+    assert ctx["n_seeds"] == 5 and math.isnan(ctx["loss_mean"])  # a contrast of two NCNs: no own metrics
     assert r["dppl_mean"] == pytest.approx(np.mean([math.exp(3 + 0.05 * s - 0.05) - math.exp(3 + 0.05 * s)
                                                     for s in range(5)]), abs=0.1)
 

@@ -144,6 +144,7 @@ def test_the_paragraphs_render_the_new_claims(tmp_path):
         c = next(c for c in doc["claims"] if c["key"] == key)
         head = f"\\paragraph{{Claim {ids[key]} (original, future work): {tables.prose(c['claim'])}.}}"
         assert head in text and c["verdict"] == "supported"
+        assert f"\\textbf{{supported}}: {tables.prose(c['reason'])}." in text  # the result, then why
     assert "$\\beta$-guided" in claims.claims_tex(doc) and "temperature" in claims.claims_tex(doc)
 
 
