@@ -407,3 +407,19 @@ def test_checkpoints_of_other_settings_are_moved_aside_and_training_starts_over(
         assert m["resumed_at_steps"] == [] and comparable(m) == comparable(fresh)
         assert sorted(p.name for p in (run / "ckpt.stale").glob("step_*.pt")) == ["step_000015.pt", "step_000020.pt"]
         assert not (run / "ckpt.stale" / "old.txt").exists()
+
+
+def test_a_checkpoint_that_verifies_but_does_not_load_is_skipped_with_the_reason(tmp_path, caplog):
+    """Bytes that match their .sha256 yet are no torch file: load_latest logs why and falls back."""
+    from ncn import checkpoint
+    from ncn.fileio import sha256_bytes
+
+    ckpt = tmp_path / "ckpt"
+    checkpoint.save_checkpoint(ckpt, 5, {"step": 5}, keep=3)
+    bad = checkpoint.ckpt_path(ckpt, 10)
+    bad.write_bytes(b"not a torch file")
+    bad.with_name(bad.name + ".sha256").write_text(sha256_bytes(b"not a torch file") + "\n")
+    with caplog.at_level("WARNING", logger="ncn"):
+        payload, path = checkpoint.load_latest(ckpt)
+    assert payload == {"step": 5} and path == checkpoint.ckpt_path(ckpt, 5)
+    assert f"checkpoint {bad} is unusable (failed to load: " in caplog.text
