@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from test_train import ROOT, make_data, read_log, run_train, tiny_config, train_args
+from test_train import ROOT, make_data, ncn_subprocess, read_log, run_train, tiny_config, train_args
 
 
 # 10 steps of a global batch of grad_accum 2 x micro_batch 2 windows; a row every step
@@ -50,6 +50,16 @@ def test_two_gloo_processes_match_one_and_checkpoints_are_interchangeable(tmp_pa
     mixed = run_train(cfg, tmp_path / "mixed", data)
     assert mixed["resumed_at_steps"] == [5]
     assert losses(tmp_path / "mixed") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
+
+    # and the other way: a 1-process run killed after step 5, finished by 2 processes (rank 1 loads
+    # the checkpoint rank 0 picked)
+    p = ncn_subprocess(["train", *train_args(cfg, tmp_path / "back", data)], {"NCN_FAULT_KILL_AT_STEP": "6"})
+    assert p.returncode != 0 and (tmp_path / "back" / "ckpt" / "step_000005.pt").exists()
+    p = torchrun(train_args(cfg, tmp_path / "back", data), nproc=2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    back = json.loads((tmp_path / "back" / "metrics.json").read_text())
+    assert back["resumed_at_steps"] == [5]
+    assert losses(tmp_path / "back") == pytest.approx(losses(tmp_path / "one"), abs=1e-4)
 
 
 def test_grad_accum_must_divide_among_processes(tmp_path, monkeypatch):
