@@ -470,3 +470,13 @@ def test_signals_and_loss_are_fp32_under_bf16_autocast(variant):
     assert torch.equal(out.signals, ref)
     out.loss.backward()  # the mixed-precision graph trains
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("field, ok, bad", [("beta_max", 1.01, 1.0), ("gate_init", 0.999, 1.0), ("gate_init", 0.001, 0.0),
+                                            ("dropout", 0.0, 1.0)])
+def test_model_config_bounds_are_exactly_the_documented_ones(field, ok, bad):
+    """beta_max > 1 (β starts at 1), gate_init in (0, 1), dropout in [0, 1): the edge values."""
+    base = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, d_model=32, d_ff=64, ncn="causal")
+    dataclasses.replace(base, **{field: ok})  # accepted
+    with pytest.raises(NCNError, match=field):
+        dataclasses.replace(base, **{field: bad})
