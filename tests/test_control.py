@@ -316,9 +316,20 @@ def test_a_control_run_trains_on_its_labels_and_is_measured(labelled, tmp_path, 
     run_train(cfg, run, out, variant="control")
     assert fed and all(torch.equal(c, torch.from_numpy(lab).long().unsqueeze(-1) * 2.0 - 1) for c, lab in fed)
     assert json.loads((run / "config.json").read_text())["model_config"]["control_dim"] == 1
+    import ncn.evaluate
+    from ncn.data import load_meta
+    from ncn.data.labels import open_labels
+
+    passed = []
+    real_ce = ncn.evaluate.stream_ce
+    monkeypatch.setattr(ncn.evaluate, "stream_ce", lambda *a, **k: passed.append(k.get("labels")) or real_ce(*a, **k))
     assert cli(["evaluate", "--run", str(run)]) == 0
     ev = json.loads((run / "eval.json").read_text())
     assert ev["heldout_control"] == "true story labels" and ev["val_control"].startswith("none")
+    # the held-out pass reads the stored labels of that split; the validation pass has none
+    with_labels = [x for x in passed if x is not None]
+    assert len(passed) == 2 and len(with_labels) == 1
+    assert np.array_equal(np.asarray(with_labels[0]), np.asarray(open_labels(out, "heldout", load_meta(out))))
 
     t = tmp_path / "t"
     rc = analyze(["control", "--run", str(run), "--config", str(cfg), "--data", str(out),
