@@ -620,6 +620,7 @@ def test_leak_claim_planted_benefit_is_supported():
     assert ci(res) == pytest.approx((-0.203333 - 0.037946, -0.203333 + 0.037946), abs=1e-5)
     d = details(res)
     assert d["structural_max_abs_dlogit"] == {"asrun": 0.5, "causal": 0.0}
+    assert d["benefit_per_seed"] == pytest.approx({0: -0.2, 1: -0.22, 2: -0.19}) and d["n_seeds"] == 3
     assert verdict(res) == "supported"
 
 
