@@ -174,3 +174,4 @@ def test_claims_numbers_are_one_macro_set_per_claim():
     assert m["ClaimsTotal"] == "11" and m["ClaimsSupported"] == "1" and m["ClaimsInconclusive"] == "10"
     assert m["ClaimOneCI"].endswith("[$-$0.500, $-$0.100]") and m["ClaimTwoCI"] == "no interval"
     assert m["ClaimSevenStatistic"] == r"s\_1" and m["ClaimOneValue"] == "$-$0.250"
+    assert (m["ClaimOneCILow"], m["ClaimOneCIHigh"]) == ("$-$0.500", "$-$0.100")

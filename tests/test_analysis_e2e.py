@@ -299,8 +299,9 @@ def test_claims_json(tree):
 
 
 def test_skip_table(tree):
-    df = pd.read_csv(tree["res"] / "tables" / "skip.csv")
+    df = pd.read_csv(tree["res"] / "tables" / "skip.csv", dtype={"size": str})
     assert set(df["variant"]) == {"asrun", "causal", "tonic", "static"} and set(df["seed"]) == set(SEEDS)
+    assert list(df.columns[:4]) == ["variant", "size", "seed", "eps"] and set(df["size"]) == {"s"}
     zero = df[df["eps"] == 0.0]
     assert (zero["delta_loss"] == 0.0).all() and (zero["skip_frac"] == 0.0).all() and (zero["delta_random"] == 0).all()
     # asrun starts at gamma ≈ 0.5, so eps = 0.97 skips nearly every FFN evaluation

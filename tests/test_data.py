@@ -509,3 +509,13 @@ def test_encoding_adds_no_special_tokens_of_the_tokenizer(tmp_path, monkeypatch)
     buf = io.BytesIO()
     encode_file(tok, out / "train.txt", buf, "uint16", meta["eot_id"], True, batch_size=3, chunk_bytes=64)
     assert np.frombuffer(buf.getvalue(), dtype=np.uint16).tolist() == ids
+
+
+def test_tokenize_creates_a_nested_output_folder(tmp_path, corpus):
+    """--out may name a folder whose parents do not exist yet: the bins land there, as in --data."""
+    out = pipeline(tmp_path, write_config(tmp_path / "c.yaml"), tmp_path / "data")
+    nested = tmp_path / "a" / "b" / "tok"
+    run_ok("tokenize", "--config", str(tmp_path / "c.yaml"), "--data", str(out), "--tokenizer",
+           str(out / "tokenizer.json"), "--out", str(nested))
+    assert (nested / "train.bin").read_bytes() == (out / "train.bin").read_bytes()
+    assert load_meta(nested)["train"]["tokens"] == load_meta(out)["train"]["tokens"]
