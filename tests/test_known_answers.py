@@ -285,7 +285,8 @@ def _pi_half():
 
 
 def test_phasic_claim_planted_twist_is_supported():
-    res = claims.phasic_claim(_phasic_trace(), 0.95)
+    tr = _phasic_trace()
+    res = claims.phasic_claim(tr, 0.95)
     d = details(res)
     # the twist (mean 0.30 over seeds) minus the control mean 0.028, and the prediction interval
     # 0.028 ± t_{0.975,18} * sd * sqrt(1 + 1/19) turned into an interval for the excess
@@ -295,6 +296,8 @@ def test_phasic_claim_planted_twist_is_supported():
     assert [per[s]["probe_pos"] for s in SEEDS] == [4, 4, 4] and per[0]["n_unmatched"] == 1
     assert [per[s]["pair_diff"] for s in SEEDS] == pytest.approx([0.28, 0.32 - 0.021, 0.28 - 0.022])
     assert all(per[s]["rho"] > 0.5 for s in SEEDS)
+    # the surprisal leg correlates over every token change of the seed's trace
+    assert [per[s]["rho_n"] for s in SEEDS] == [len(claims.token_changes(tr[tr["seed"] == s])) for s in SEEDS]
     assert d["legs"] == {"controls": "supported", "minimal pairs": "supported", "surprisal": "supported"}
     assert verdict(res) == "supported"
 
@@ -549,6 +552,7 @@ def test_block_skipping_planted_is_supported():
     ok = [e for e, r in by.items() if r["skip_frac"] >= 0.01 and r["dloss_ci"][1] <= 0.01]
     assert d["eps"] == max(ok) and value(res) == pytest.approx(by[d["eps"]]["gated_minus_random"])
     assert ci(res)[1] < 0 and verdict(res) == "supported"
+    assert by[d["eps"]]["gated_minus_random_ci"] == pytest.approx(list(ci(res)))
     assert re.search(r"\): gated - random CI \[\S+, \S+\] below 0$", res["reason"]), res["reason"]
 
 
