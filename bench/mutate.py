@@ -73,7 +73,7 @@ EXCLUDE = [
     r"^\s*(with\s+)?(progress\.)?bar\(",  # a statement opening ncn.progress.bar (our tqdm); not `for x in bar(xs)`
     # argparse's text for people (--help); the whole line, so an option's type or default written on
     # that line is left alone too (tests/test_cli.py and each stage's tests check the options)
-    r"\b(help|description|epilog|metavar)=",
+    r"\b(help|description|epilog|metavar|prog)=",
     r'^\s*[rf]?"[^"]*"\s*[,)]*\s*$',  # a line holding only a string: the continuation of a message or help text above
 ]
 # pytest's options for every mutmut run: the fast tests, without the style tests that read the source
