@@ -136,6 +136,18 @@ def test_the_document_is_byte_identical_across_reruns(tmp_path):
     assert render(_doc(tmp_path / "a")) == render(_doc(tmp_path / "b"))
 
 
+def test_compute_judges_the_control_claim_from_the_control_runs(tmp_path):
+    """compute() hands its control_runs to the control claim (planted: supported), and without
+    them the claim waits for a measurement."""
+    s = _setting(tmp_path, runs=_ab_runs([10.0, 10.5, 9.8], [11.0, 11.6, 10.9]))
+    args = (s.runs, s.traces, s.cfg | {"variants": s.cfg["variants"] + ["control"]}, {"tokenizer_kind": "bpe"})
+    key = "control_steers"
+    with_runs = claims.compute(*args, {}, _control_runs([0.05, 0.06, 0.055], [0.3, 0.35, 0.32]))
+    without = claims.compute(*args, {}, None)
+    assert next(c for c in with_runs["claims"] if c["key"] == key)["verdict"] == "supported"
+    assert next(c for c in without["claims"] if c["key"] == key)["verdict"] == "inconclusive"
+
+
 def test_the_paragraphs_render_the_new_claims(tmp_path):
     doc = _doc(tmp_path)
     text = claims.claims_paragraphs(doc)

@@ -85,6 +85,7 @@ def test_evaluate_whole_stream_matches_manual(trained):
         assert ev[f"{p}_loss"] == pytest.approx(total / (len(toks) - 1), rel=1e-5)
         assert ev[f"{p}_ppl"] == pytest.approx(math.exp(ev[f"{p}_loss"]))
         assert ev[f"{p}_bpb"] == pytest.approx(total / math.log(2) / meta[split]["bytes"], rel=1e-5)
+        assert ev[f"{p}_ce_sum_nats"] == pytest.approx(total, rel=1e-5)  # the summed CE, by hand
         assert ev[f"{p}_loss_prefix_pool"] is None
     assert ev["heldout_tokens"] != ev["val_tokens"] and ev["heldout_loss"] != ev["val_loss"]
 

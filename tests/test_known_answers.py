@@ -210,6 +210,7 @@ def test_layer_claim_planted_specialisation_is_supported():
     assert ci(res) == pytest.approx((0.06 - T975_2 * 0.001, 0.06 + T975_2 * 0.001), abs=1e-7)
     assert d["contrast_per_seed"] == pytest.approx([0.059, 0.062, 0.059])
     assert (d["n_seeds"], d["n_layers"]) == (3, 3) and verdict(res) == "supported"
+    assert d["alpha"] == pytest.approx(1 - 0.95) and d["effect_floor"] == 0.03  # confidence 0.95, the floor
 
 
 def test_layer_claim_consistent_but_tiny_difference_is_not_supported():
