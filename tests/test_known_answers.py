@@ -117,6 +117,7 @@ def test_baseline_ppl_claim_at_the_original_budget_compares_ppl():
     res = claims.baseline_ppl_claim(above, "s", analysis_cfg(), GPT2)
     assert verdict(res) == "supported" and value(res) == pytest.approx(6.1)
     assert ci(res) == pytest.approx((6.1 - T975_2 * 0.1 / math.sqrt(3), 6.1 + T975_2 * 0.1 / math.sqrt(3)), abs=1e-5)
+    assert details(res)["budget_factor"] == claims.BUDGET_FACTOR  # the budget rule is reported with the verdict
     below = _baseline_runs([5.0, 5.1, 5.2])  # CI 5.1 ± 0.248: below 5.5
     assert verdict(claims.baseline_ppl_claim(below, "s", analysis_cfg(), GPT2)) == "not supported"
     straddle = _baseline_runs([5.3, 5.5, 5.7])
