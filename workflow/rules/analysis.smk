@@ -197,7 +197,7 @@ rule analysis_rows:
         meta=rules.tokenize.output.meta,
         tokenizer=rules.train_tokenizer.output[0],
     output:
-        f"{RUN}/analysis/{{what}}.csv",
+        f"{RUN}/{ROWS}",
     wildcard_constraints:
         what="|".join(PER_RUN_ANALYSES),
     params:

@@ -121,11 +121,12 @@ def run_dir(w, output):
 # so that it overlaps training, and their rules read the rows (--rows); else each of those rules
 # measures all its runs in its one job (--run).
 PER_RUN = config["resources"]["analysis_per_run"]
+ROWS = "analysis/{what}.csv"  # a run's rows of one analysis, inside its run folder (rule analysis_rows)
 
 
 def measured(what, dirs):
     """The inputs of an analysis that scores every run in `dirs`: their rows, or their models."""
-    return [f"{d}/analysis/{what}.csv" if PER_RUN else f"{d}/model.pt" for d in dirs]
+    return [f"{d}/{ROWS.format(what=what)}" if PER_RUN else f"{d}/model.pt" for d in dirs]
 
 
 def measured_option(what, dirs):

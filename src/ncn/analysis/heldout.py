@@ -92,9 +92,7 @@ def write_claim(entry: dict, json_path, tex_path) -> None:
 
 def add_arguments(p, summary: str, figure: str) -> None:
     """The options of `kvcache` and `knobs`: the runs, config, data, and every output the rule names."""
-    from ncn.analysis import options
-
-    from ncn.analysis import rows
+    from ncn.analysis import options, rows
 
     rows.add_source(p, "run folders holding model.pt (every variant, the baseline too; every seed), measured here")
     options.add_config(p)
