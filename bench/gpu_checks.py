@@ -83,7 +83,27 @@ def check_autocast_dtypes(a, dev) -> list[tuple[str, bool, str]]:
     with torch.autocast(dev.type, dtype=torch.bfloat16):
         out = model(x, torch.roll(x, -1, 1), return_signals=True)
     return [(f"bf16 autocast: signals {out.signals.dtype}, loss {out.loss.dtype}, ce {out.ce.dtype}",
-             out.signals.dtype == out.loss.dtype == torch.float32, "signals and loss must be fp32")]
+             out.signals.dtype == out.loss.dtype == torch.float32, "signals and loss must be fp32"),
+            check_autocast_ce(a, dev)]
+
+
+def check_autocast_ce(a, dev) -> tuple[str, bool, str]:
+    """ncn.model.cross_entropy under bf16 autocast == F.cross_entropy on logits.float(): an fp32
+    loss, the same value and gradient to float rounding. F.cross_entropy on the bf16 logits would
+    fail this: under autocast it rounds every log-prob to bf16 (7.2e-4 off the loss on an H200;
+    bench/README.md, "GPU"), which is what makes the textbook reference faster at GPT-2's vocab."""
+    z = torch.randn(4 * a.seq_len, a.vocab, device=dev).to(torch.bfloat16)
+    t = torch.randint(-1, a.vocab, (z.size(0),), device=dev)
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+        la = M.cross_entropy(za, t)
+    lb = torch.nn.functional.cross_entropy(zb.float(), t, ignore_index=-1)
+    la.backward()
+    lb.backward()
+    dl, dg = abs(la.item() - lb.item()), (za.grad.float() - zb.grad.float()).abs().max().item()
+    ok = la.dtype == torch.float32 and dl <= 1e-5 * max(1.0, lb.item()) and dg <= 2 ** -8 * zb.grad.abs().max().item()
+    return (f"cross_entropy under autocast: {la.dtype}, loss diff {dl:.1e}, grad max diff {dg:.1e} vs logits.float()",
+            ok, "fp32 loss equal to the explicit cast's")
 
 
 def check_generate(a, dev) -> list[tuple[str, bool, str]]:

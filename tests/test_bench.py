@@ -166,3 +166,48 @@ def test_probe_stamps_steps_and_exit(tmp_path):
     t = json.loads(line.split(" ", 1)[1])
     assert t["interpreter"][0] <= t["torch_imported"][0] <= t["first_forward"][0] <= t["first_step_done"][0]
     assert t["first_step_done"][0] <= t["last_step_done"][0] <= t["atexit"][0]
+
+
+# ---- the GPU scripts' pieces, on the CPU ----------------------------------------------------------
+
+
+def _bench_script(name):
+    import importlib.util
+
+    path = bench.ROOT / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"ncn_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_fp32_loss_passes_ours_and_fails_a_bf16_log_prob_loss(monkeypatch):
+    """gpu_checks' guard of the fp32 loss under autocast: ok for ncn.model.cross_entropy, FAIL for a
+    loss whose log-probs are rounded to bf16 (what F.cross_entropy on bf16 logits does under CUDA autocast)."""
+    import torch.nn.functional as F
+
+    import ncn.model as M
+
+    gc = _bench_script("gpu_checks")
+    a = gc.parser().parse_args(["train", "--device", "cpu", "--seq-len", "32", "--vocab", "512"])
+    dev = torch.device("cpu")
+    name, ok, _ = gc.check_autocast_ce(a, dev)
+    assert ok, name
+    monkeypatch.setattr(M, "cross_entropy", lambda z, t: F.nll_loss(
+        F.log_softmax(z.float(), -1).to(torch.bfloat16).float(), t, ignore_index=-1))
+    name, ok, _ = gc.check_autocast_ce(a, dev)
+    assert not ok, name
+
+
+def test_gpu_profile_plumbing_on_cpu(tmp_path, monkeypatch, capsys):
+    gp = _bench_script("gpu_profile")
+    monkeypatch.setattr(sys, "argv", ["gpu_profile.py", "--device", "cpu", "--out", str(tmp_path), "--case",
+                                      "d16/L1/T8/H2/F32", "2", "32", "--rounds", "1", "--profile-steps", "1"])
+    assert gp.main() == 0
+    rows = read_csv(tmp_path / "gpu_profile.csv")
+    assert [(r["model"], r["mode"]) for r in rows] == [
+        ("reference", "eager"), ("none", "eager"), ("causal", "eager"),
+        ("none", "eager, F.cross_entropy on autocast logits")]
+    assert float(rows[1]["ratio_to_none"]) == 1.0 and all(float(r["step_ms"]) > 0 for r in rows)
+    assert (tmp_path / "profile_d16L1T8H2F32_causal.txt").read_text().count("aten::") > 3
+    assert "× none" in capsys.readouterr().out
