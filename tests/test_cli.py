@@ -17,6 +17,16 @@ def test_help_lists_every_stage(capsys):
         assert stage in out
 
 
+@pytest.mark.parametrize("stage", list(COMMANDS))
+def test_each_stage_help_names_itself(stage, capsys):
+    """`ncn <stage> --help` explains that stage under its own name (the usage line a person copies)."""
+    with pytest.raises(SystemExit) as e:
+        main([stage, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: ncn {stage}") and len(out.splitlines()) > 3, out[:200]
+
+
 def test_console_script_help():
     r = subprocess.run([sys.executable, "-m", "ncn.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "stages:" in r.stdout

@@ -257,3 +257,24 @@ def test_signal_offsets_share_the_no_decay_group(variant):
     if offsets:
         assert wd[offsets] == 0.0
     assert wd["blocks.1.ffn.up.weight"] == 0.1 and wd["tok_emb.weight"] == 0.0
+
+
+def test_fused_adamw_and_autocast_follow_the_device():
+    """fused=True reaches AdamW (CUDA's fused kernel; torch has a fused CPU AdamW too, so it is
+    checkable here); training autocasts to bf16 on CUDA only, never on the CPU."""
+    import contextlib
+    import warnings
+
+    from test_train import train_config
+
+    from ncn.model import ModelConfig, Transformer
+    from ncn.train import _autocast, make_optimizer
+
+    model = Transformer(ModelConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, d_model=16, d_ff=32))
+    assert make_optimizer(model, train_config(), fused=True).defaults["fused"] is True
+    assert not make_optimizer(model, train_config(), fused=False).defaults["fused"]
+    assert isinstance(_autocast(torch.device("cpu")), contextlib.nullcontext)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available" on a CPU machine
+        ac = _autocast(torch.device("cuda"))
+    assert isinstance(ac, torch.autocast) and ac.device == "cuda" and ac.fast_dtype == torch.bfloat16
