@@ -519,3 +519,19 @@ def test_tokenize_creates_a_nested_output_folder(tmp_path, corpus):
            str(out / "tokenizer.json"), "--out", str(nested))
     assert (nested / "train.bin").read_bytes() == (out / "train.bin").read_bytes()
     assert load_meta(nested)["train"]["tokens"] == load_meta(out)["train"]["tokens"]
+
+
+def test_tokenize_function_defaults_and_reported_rate(tmp_path, corpus, capsys):
+    """tokenize() called as a library (no dtype): the smallest dtype that holds the vocabulary, the
+    same bins as the CLI's; the MB/s it reports are bytes per second / 1e6 (a plausible number)."""
+    from ncn.config import load_config
+    from ncn.data.tokenize import tokenize
+
+    cfg_path = write_config(tmp_path / "c.yaml")
+    out = pipeline(tmp_path, cfg_path, tmp_path / "cli")
+    capsys.readouterr()
+    meta = tokenize(load_config(cfg_path), out, out / "tokenizer.json", tmp_path / "lib")
+    assert meta["dtype"] == "uint16" == load_meta(out)["dtype"]
+    assert (tmp_path / "lib" / "train.bin").read_bytes() == (out / "train.bin").read_bytes()
+    rates = [float(r) for r in re.findall(r"([\d.]+) MB/s", capsys.readouterr().err)]
+    assert len(rates) == 3 and all(0 <= r < 1e4 for r in rates), rates
