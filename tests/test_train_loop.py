@@ -278,3 +278,16 @@ def test_fused_adamw_and_autocast_follow_the_device():
         warnings.simplefilter("ignore")  # "CUDA is not available" on a CPU machine
         ac = _autocast(torch.device("cuda"))
     assert isinstance(ac, torch.autocast) and ac.device == "cuda" and ac.fast_dtype == torch.bfloat16
+
+
+def test_faults_read_their_environment_variables(monkeypatch):
+    """The fault hooks the slow tests drive (NCN_FAULT_*, the module docstring): read by name, unset = none."""
+    from ncn.train import Faults
+
+    for name in ("NCN_FAULT_NAN_AT_STEP", "NCN_FAULT_KILL_AT_STEP", "NCN_FAULT_STEP_DELAY_S"):
+        monkeypatch.delenv(name, raising=False)
+    assert Faults.from_env() == Faults(None, None, 0.0)
+    monkeypatch.setenv("NCN_FAULT_NAN_AT_STEP", "3")
+    monkeypatch.setenv("NCN_FAULT_KILL_AT_STEP", "5")
+    monkeypatch.setenv("NCN_FAULT_STEP_DELAY_S", "0.25")
+    assert Faults.from_env() == Faults(3, 5, 0.25)
