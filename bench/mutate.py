@@ -86,7 +86,9 @@ PYTEST_ARGS = ["-m", "not slow and not source", "-p", "no:cacheprovider", "--ign
 # one CPU-second after the SIGXCPU of its time limit (exit -9), so it is a timeout (detected).
 COLUMN_OF_STATUS = {"killed": "killed", "survived": "survived", "timeout": "timeouts", "segfault": "timeouts",
                     "no tests": "no_tests"}
-COLUMNS = ["module", "mutants", "killed", "survived", "timeouts", "no_tests", "other", "score"]
+COLUMNS = ["module", "mutants", "killed", "survived", "timeouts", "no_tests", "other", "score", "equivalent",
+           "score_excl_equivalent"]
+EQUIVALENT = ROOT / "bench" / "mutants_equivalent.yaml"  # survivors read and found to change nothing
 SKIP_COPY = {".git", ".venv", "results", "mutants", ".snakemake", ".pytest_cache", "__pycache__", "mlruns"}
 
 
@@ -156,21 +158,38 @@ def select(work: Path, modules: list[str], sample: int, seed: int) -> dict[str, 
     return chosen
 
 
-def tally(work: Path, chosen: dict[str, list[str]]) -> tuple[list[dict], list[str]]:
+def changed_lines(diff: str) -> tuple[str, str]:
+    """(the original line, the mutated line) of a one-line `mutmut show` diff, stripped."""
+    minus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
+    plus = [ln[1:].strip() for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
+    return "\n".join(minus), "\n".join(plus)
+
+
+def is_equivalent(key: str, diff: str, entries: list[dict]) -> bool:
+    """Whether a survivor is one of EQUIVALENT's documented mutants (same function, same two lines)."""
+    fn = key.rsplit("__mutmut_", 1)[0]
+    before, after = changed_lines(diff)
+    return any(e["function"] == fn and e["before"] == before and e["after"] == after for e in entries)
+
+
+def tally(work: Path, chosen: dict[str, list[str]], diff_of, entries: list[dict]) -> tuple[list[dict], list[str]]:
+    """Rows per module, and the survivors (equivalent ones included, marked in their diff's header)."""
     from mutmut.stats import status_by_exit_code
 
     rows, survivors = [], []
     for m, names in chosen.items():
         codes = exit_codes(work, MODULES[m][0])
-        row = {c: 0 for c in COLUMNS[2:-1]}
+        row = {c: 0 for c in COLUMNS[2:-3]}
+        eq = 0
         for k in names:
             status = status_by_exit_code[codes.get(k)]
             row[COLUMN_OF_STATUS.get(status, "other")] += 1
             if status in ("survived", "no tests"):
                 survivors.append(k)
-        n = len(names)
-        score = (row["killed"] + row["timeouts"]) / n if n else float("nan")
-        rows.append({"module": m, "mutants": n, **row, "score": f"{score:.3f}"})
+                eq += is_equivalent(k, diff_of(k), entries)
+        n, detected = len(names), row["killed"] + row["timeouts"]
+        rows.append({"module": m, "mutants": n, **row, "score": f"{detected / n:.3f}" if n else "nan",
+                     "equivalent": eq, "score_excl_equivalent": f"{detected / (n - eq):.3f}" if n > eq else "nan"})
     return rows, survivors
 
 
@@ -208,10 +227,17 @@ def main(argv=None) -> int:
         if r.returncode != 0:
             print(f"mutate: mutmut exited with {r.returncode}; see {log}", file=sys.stderr)
             return r.returncode
-    rows, survivors = tally(work, chosen)
+    import functools
+
+    import yaml
+
+    entries = yaml.safe_load(EQUIVALENT.read_text()) or []
+    diff_of = functools.cache(lambda k: subprocess.run([str(mutmut), "show", k], cwd=work, env=env_for(work),
+                                                       capture_output=True, text=True).stdout)
+    rows, survivors = tally(work, chosen, diff_of, entries)
     write_csv_rows(a.out, COLUMNS, rows)
-    diffs = [subprocess.run([str(mutmut), "show", k], cwd=work, env=env_for(work), capture_output=True,
-                            text=True).stdout for k in survivors]
+    diffs = [("# equivalent (bench/mutants_equivalent.yaml)\n" if is_equivalent(k, diff_of(k), entries) else "")
+             + diff_of(k) for k in survivors]
     write_text(Path(a.out).with_name("mutation_survivors.txt"), "\n".join(diffs))
     for row in rows:
         print(" ".join(f"{c}={row[c]}" for c in COLUMNS), file=sys.stderr)

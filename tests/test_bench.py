@@ -211,3 +211,24 @@ def test_gpu_profile_plumbing_on_cpu(tmp_path, monkeypatch, capsys):
     assert float(rows[1]["ratio_to_none"]) == 1.0 and all(float(r["step_ms"]) > 0 for r in rows)
     assert (tmp_path / "profile_d16L1T8H2F32_causal.txt").read_text().count("aten::") > 3
     assert "× none" in capsys.readouterr().out
+
+
+def test_mutate_equivalents_match_function_and_both_lines():
+    """bench/mutants_equivalent.yaml: a survivor counts as equivalent only if its function and both
+    changed lines match an entry (renumbering does not matter; any other change of the line does)."""
+    import yaml
+
+    mu = _bench_script("mutate")
+    entries = yaml.safe_load(mu.EQUIVALENT.read_text())
+    assert entries and all(set(e) == {"function", "before", "after", "why"} and e["why"] for e in entries)
+    diff = ("--- src/ncn/train.py\n+++ src/ncn/train.py\n@@ -1,2 +1,2 @@\n def _resume(run, state):\n"
+            '-            ckpt = torch.load(box[0], map_location="cpu", weights_only=True)\n'
+            '+            ckpt = torch.load(box[0], map_location="cpu", weights_only=None)\n')
+    assert mu.is_equivalent("ncn.train.x__resume__mutmut_23", diff, entries)
+    assert mu.is_equivalent("ncn.train.x__resume__mutmut_99", diff, entries)  # renumbered: same mutant
+    assert not mu.is_equivalent("ncn.train.x__other__mutmut_23", diff, entries)  # another function
+    assert not mu.is_equivalent("ncn.train.x__resume__mutmut_23", diff.replace("=None", "=False"), entries)
+    for e in entries:  # every entry names a line that still exists in its module
+        module = e["function"].rsplit(".", 1)[0]
+        src = (bench.ROOT / "src" / (module.replace(".", "/") + ".py")).read_text()
+        assert e["before"] in src, e
