@@ -227,3 +227,19 @@ def test_a_cpu_forward_holds_at_most_the_cpu_logits_budget(monkeypatch):
         assert max(b for b, _ in model.seen) == (4 if budget > 8 * 7 else 2)
         losses.append((ce, n))
     assert losses[0] == losses[1]
+
+
+def test_the_cli_passes_out_through(trained, tmp_path):
+    """`ncn evaluate --run R --out X --kv-bits 4` writes its record to X (R/eval.json stays as it was);
+    without --out a changed model is refused, so the record can never land over R/eval.json."""
+    from ncn.cli import main
+
+    run = trained.runs["causal"]
+    assert main(["evaluate", "--run", str(run)]) == 0
+    before = (run / "eval.json").read_bytes()
+    out = tmp_path / "kv4.json"
+    assert main(["evaluate", "--run", str(run), "--kv-bits", "4", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["kv_bits"] == [4] * 2
+    assert (run / "eval.json").read_bytes() == before
+    assert main(["evaluate", "--run", str(run), "--kv-bits", "4"]) != 0
+    assert (run / "eval.json").read_bytes() == before
