@@ -291,3 +291,20 @@ def test_faults_read_their_environment_variables(monkeypatch):
     monkeypatch.setenv("NCN_FAULT_KILL_AT_STEP", "5")
     monkeypatch.setenv("NCN_FAULT_STEP_DELAY_S", "0.25")
     assert Faults.from_env() == Faults(3, 5, 0.25)
+
+
+def test_verify_says_why_a_checkpoint_is_unusable(tmp_path):
+    """checkpoint.verify: None for a file matching its digest; otherwise the reason the log shows
+    when the checkpoint is skipped (no digest: an interrupted save; a wrong digest: corrupt)."""
+    import hashlib
+
+    from ncn.checkpoint import verify
+
+    path = tmp_path / "step_000001.pt"
+    path.write_bytes(b"weights")
+    assert verify(path) == "no .sha256 beside it (interrupted while saving?)"
+    digest = tmp_path / "step_000001.pt.sha256"
+    digest.write_text(hashlib.sha256(b"weights").hexdigest() + "\n")
+    assert verify(path) is None
+    path.write_bytes(b"weightz")
+    assert verify(path).startswith("sha256 mismatch") and "truncated or corrupt" in verify(path)
