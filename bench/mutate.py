@@ -31,6 +31,7 @@ diffs in results/bench/mutation_survivors.txt.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -40,6 +41,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -172,11 +175,11 @@ def is_equivalent(key: str, diff: str, entries: list[dict]) -> bool:
     return any(e["function"] == fn and e["before"] == before and e["after"] == after for e in entries)
 
 
-def tally(work: Path, chosen: dict[str, list[str]], diff_of, entries: list[dict]) -> tuple[list[dict], list[str]]:
-    """Rows per module, and the survivors (equivalent ones included, marked in their diff's header)."""
+def tally(work: Path, chosen: dict[str, list[str]], diff_of, entries: list[dict]) -> tuple[list[dict], dict[str, bool]]:
+    """Rows per module, and the survivors, each with whether it is a documented equivalent."""
     from mutmut.stats import status_by_exit_code
 
-    rows, survivors = [], []
+    rows, survivors = [], {}
     for m, names in chosen.items():
         codes = exit_codes(work, MODULES[m][0])
         row = {c: 0 for c in COLUMNS[2:-3]}
@@ -185,8 +188,8 @@ def tally(work: Path, chosen: dict[str, list[str]], diff_of, entries: list[dict]
             status = status_by_exit_code[codes.get(k)]
             row[COLUMN_OF_STATUS.get(status, "other")] += 1
             if status in ("survived", "no tests"):
-                survivors.append(k)
-                eq += is_equivalent(k, diff_of(k), entries)
+                survivors[k] = is_equivalent(k, diff_of(k), entries)
+                eq += survivors[k]
         n, detected = len(names), row["killed"] + row["timeouts"]
         rows.append({"module": m, "mutants": n, **row, "score": f"{detected / n:.3f}" if n else "nan",
                      "equivalent": eq, "score_excl_equivalent": f"{detected / (n - eq):.3f}" if n > eq else "nan"})
@@ -227,17 +230,12 @@ def main(argv=None) -> int:
         if r.returncode != 0:
             print(f"mutate: mutmut exited with {r.returncode}; see {log}", file=sys.stderr)
             return r.returncode
-    import functools
-
-    import yaml
-
     entries = yaml.safe_load(EQUIVALENT.read_text()) or []
     diff_of = functools.cache(lambda k: subprocess.run([str(mutmut), "show", k], cwd=work, env=env_for(work),
                                                        capture_output=True, text=True).stdout)
     rows, survivors = tally(work, chosen, diff_of, entries)
     write_csv_rows(a.out, COLUMNS, rows)
-    diffs = [("# equivalent (bench/mutants_equivalent.yaml)\n" if is_equivalent(k, diff_of(k), entries) else "")
-             + diff_of(k) for k in survivors]
+    diffs = [("# equivalent (bench/mutants_equivalent.yaml)\n" if eq else "") + diff_of(k) for k, eq in survivors.items()]
     write_text(Path(a.out).with_name("mutation_survivors.txt"), "\n".join(diffs))
     for row in rows:
         print(" ".join(f"{c}={row[c]}" for c in COLUMNS), file=sys.stderr)

@@ -171,16 +171,6 @@ def test_probe_stamps_steps_and_exit(tmp_path):
 # ---- the GPU scripts' pieces, on the CPU ----------------------------------------------------------
 
 
-def _bench_script(name):
-    import importlib.util
-
-    path = bench.ROOT / "bench" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"ncn_bench_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_gpu_check_fp32_loss_passes_ours_and_fails_a_bf16_log_prob_loss(monkeypatch):
     """gpu_checks' guard of the fp32 loss under autocast: ok for ncn.model.cross_entropy, FAIL for a
     loss whose log-probs are rounded to bf16 (what F.cross_entropy on bf16 logits does under CUDA autocast)."""
@@ -188,7 +178,7 @@ def test_gpu_check_fp32_loss_passes_ours_and_fails_a_bf16_log_prob_loss(monkeypa
 
     import ncn.model as M
 
-    gc = _bench_script("gpu_checks")
+    gc = bench.bench_script("gpu_checks")
     a = gc.parser().parse_args(["train", "--device", "cpu", "--seq-len", "32", "--vocab", "512"])
     dev = torch.device("cpu")
     name, ok, _ = gc.check_autocast_ce(a, dev)
@@ -200,7 +190,7 @@ def test_gpu_check_fp32_loss_passes_ours_and_fails_a_bf16_log_prob_loss(monkeypa
 
 
 def test_gpu_profile_plumbing_on_cpu(tmp_path, monkeypatch, capsys):
-    gp = _bench_script("gpu_profile")
+    gp = bench.bench_script("gpu_profile")
     monkeypatch.setattr(sys, "argv", ["gpu_profile.py", "--device", "cpu", "--out", str(tmp_path), "--case",
                                       "d16/L1/T8/H2/F32", "2", "32", "--rounds", "1", "--profile-steps", "1"])
     assert gp.main() == 0
@@ -218,7 +208,7 @@ def test_mutate_equivalents_match_function_and_both_lines():
     changed lines match an entry (renumbering does not matter; any other change of the line does)."""
     import yaml
 
-    mu = _bench_script("mutate")
+    mu = bench.bench_script("mutate")
     entries = yaml.safe_load(mu.EQUIVALENT.read_text())
     assert entries and all(set(e) == {"function", "before", "after", "why"} and e["why"] for e in entries)
     diff = ("--- src/ncn/train.py\n+++ src/ncn/train.py\n@@ -1,2 +1,2 @@\n def _resume(run, state):\n"

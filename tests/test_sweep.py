@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from ncn.bench import bench_script
 from ncn.config import load_config, train_settings
 from ncn.errors import NCNError
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("sweep", ROOT / "bench" / "sweep.py")
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+sweep = bench_script("sweep")
 
 RECIPE = {"lr": 1e-3, "warmup": 10, "tokens_per_step": 4096, "epochs": 2.0}
 

@@ -70,16 +70,21 @@ def parse_shape(spec: str, size_defs: dict) -> Shape:
                  int(parts["T"]))
 
 
-def reference_module():
-    """bench/reference_gpt.py (a file of the source checkout, not of the installed package)."""
-    path = ROOT / "bench" / "reference_gpt.py"
+def bench_script(name: str):
+    """bench/<name>.py as a module (a file of the source checkout, not of the installed package)."""
+    path = ROOT / "bench" / f"{name}.py"
     if not path.exists():
-        raise NCNError(f"{path} not found: the reference GPT lives in the repository's bench/ folder; run "
+        raise NCNError(f"{path} not found: the benchmark scripts live in the repository's bench/ folder; run "
                        "`ncn bench` from a source checkout (pip install -e .)")
-    spec = importlib.util.spec_from_file_location("ncn_bench_reference_gpt", path)
+    spec = importlib.util.spec_from_file_location(f"ncn_bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def reference_module():
+    """bench/reference_gpt.py: the textbook GPT that `ncn bench model` times beside every variant."""
+    return bench_script("reference_gpt")
 
 
 def variant_names() -> tuple[list[str], str, str]:
