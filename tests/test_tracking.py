@@ -268,6 +268,54 @@ def test_locked_store_is_retried(monkeypatch):
         tracking._retry(lambda: (_ for _ in ()).throw(ValueError("other")))
 
 
+def test_a_duplicate_row_from_a_concurrent_insert_is_retried_and_nothing_else(monkeypatch):
+    from ncn import tracking
+
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    race = "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name"
+    assert tracking._is_duplicate(RuntimeError(race)) and tracking._is_duplicate(RuntimeError("database is locked"))
+    assert not tracking._is_duplicate(RuntimeError("Run 'abc' not found"))
+    assert not tracking._is_locked(RuntimeError(race))  # other calls do not retry a duplicate
+
+
+RACE = """
+import sys, time
+from pathlib import Path
+import mlflow
+from ncn.tracking import Store, _client, log_dataset
+store, exp, at, path = Store(sys.argv[1]), sys.argv[2], float(sys.argv[3]), Path(sys.argv[4])
+_client(store)
+with mlflow.start_run(experiment_id=exp):
+    while time.time() < at:
+        time.sleep(0.0005)
+    log_dataset(store, path, "training")
+"""
+
+
+@pytest.mark.slow
+def test_jobs_logging_the_same_dataset_at_once_all_succeed(tmp_path):
+    """Three jobs released at one instant log the same token file: MLflow checks for the dataset row,
+    then inserts it, so all but one used to fail with "UNIQUE constraint failed" (6 of 6 trials) and
+    their runs ended FAILED (a CI failure of the smoke test)."""
+    import time
+
+    from ncn.tracking import Store, experiment_id
+
+    store = Store(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = experiment_id(store, "race")
+    data = tmp_path / "train.bin"
+    data.write_bytes(os.urandom(4096))
+    at = str(time.time() + 8)  # after every process has imported mlflow and opened its run
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, store.uri, exp, at, str(data)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    runs = client_for(tmp_path).search_runs([exp])
+    assert len(runs) == 3 and all(r.inputs.dataset_inputs[0].dataset.name == "train.bin" for r in runs)
+
+
 def test_no_absolute_path_in_the_store(store):
     """Every location the database holds is relative (a copied folder must not point back)."""
     with sqlite3.connect(store["tmp"] / "mlflow.db") as con:

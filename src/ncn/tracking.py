@@ -120,14 +120,20 @@ def _is_locked(e: BaseException) -> bool:
     return "database is locked" in msg or "database table is locked" in msg or "busy" in msg
 
 
-def _retry(fn: Callable, *args, attempts: int = 8, **kw):
-    """Call fn, retrying with exponential backoff + jitter while SQLite reports a lock."""
+def _is_duplicate(e: BaseException) -> bool:
+    """A concurrent insert of the same row (SQLite's message; PostgreSQL's and MySQL's)."""
+    msg = str(e).lower()
+    return _is_locked(e) or "unique constraint failed" in msg or "duplicate key" in msg or "duplicate entry" in msg
+
+
+def _retry(fn: Callable, *args, attempts: int = 8, transient: Callable[[BaseException], bool] = _is_locked, **kw):
+    """Call fn, retrying with exponential backoff + jitter while `transient` (SQLite reports a lock)."""
     delay = 0.2
     for i in range(attempts):
         try:
             return fn(*args, **kw)
         except Exception as e:
-            if i == attempts - 1 or not _is_locked(e):
+            if i == attempts - 1 or not transient(e):
                 raise
             time.sleep(delay * (1.0 + _jitter.random()))
             delay = min(delay * 2, 5.0)
@@ -274,7 +280,10 @@ def log_dataset(store: Store, path: Path, context: str) -> None:
     sha = sha256_file(path)
     source = get_dataset_source_from_json(json.dumps({"uri": store.rel(path)}), "local")
     dataset = MetaDataset(source, name=Path(path).name, digest=sha[:MAX_DIGEST_LEN])
-    mlflow.log_input(dataset, context=context, tags={"sha256": sha, "bytes": str(Path(path).stat().st_size)})
+    # Jobs logging the same file at once race on MLflow's check-then-insert of the dataset row (the
+    # loser gets "UNIQUE constraint failed"); the second try finds the row and links to it.
+    _retry(mlflow.log_input, dataset, context=context, tags={"sha256": sha, "bytes": str(Path(path).stat().st_size)},
+           transient=_is_duplicate)
 
 
 def log_model(model_pt: Path) -> None:
