@@ -67,6 +67,7 @@ from ncn.config import TrainConfig, load_config, model_config, size_def, train_s
 from ncn.data import load_meta, open_split
 from ncn.errors import NCNError
 from ncn.fileio import atomic_path, read_json, write_csv_rows, write_json
+from ncn.optim import AdamW
 from ncn.runs import TIMING_KEYS, pick_device, run_config as read_run_config  # noqa: F401 (ncn.train.TIMING_KEYS)
 from ncn.variants import spec, spoken_list
 
@@ -119,10 +120,12 @@ def lr_at(it: int, tc: TrainConfig, total_steps: int) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
 
-def make_optimizer(model: nn.Module, tc: TrainConfig, fused: bool) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, tc: TrainConfig, fused: bool) -> torch.optim.AdamW | AdamW:
     """AdamW. decay_all=True decays every parameter (as the original did); otherwise norms,
     biases, embeddings and the signals' constant offsets (1-D tensors, nn.Embedding weights and
-    `model.signal_offsets()`: the controller's output bias, static's z) are not decayed."""
+    `model.signal_offsets()`: the controller's output bias, static's z) are not decayed.
+    fused (CUDA): torch's fused kernel; else ncn.optim.AdamW, torch's CPU update bit for bit
+    without the 1-1.5 s that constructing a torch.optim optimizer costs a job's start."""
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.decay_all:
         groups = [{"params": params, "weight_decay": tc.weight_decay}]
@@ -132,8 +135,9 @@ def make_optimizer(model: nn.Module, tc: TrainConfig, fused: bool) -> torch.opti
         decay = [p for p in params if p.dim() >= 2 and id(p) not in plain]
         keep = [p for p in params if not (p.dim() >= 2 and id(p) not in plain)]
         groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": keep, "weight_decay": 0.0}]
-    kw = {"fused": True} if fused else {}
-    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), **kw)
+    if fused:
+        return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=True)
+    return AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2))
 
 
 def _scalar(x, device) -> torch.Tensor:
@@ -240,7 +244,7 @@ class TrainState:
     VERSION: ClassVar[int] = 2  # in the fingerprint: a checkpoint of another layout is set aside, not loaded
 
     model: nn.Module  # the raw model (not DDP- or compile-wrapped)
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | AdamW
     stamp: dict  # identity and fingerprint: checked before a checkpoint is loaded
     windows_per_step: int  # grad_accum * micro_batch: the data cursor is step * this
     step: int = 0  # steps done
