@@ -153,10 +153,12 @@ def test_import_costs_names_the_packages():
     assert len(bench.import_costs("json", top=2)[1]) == 2
 
 
-def test_probe_stamps_steps_and_exit(tmp_path):
-    """The probe's hooks see a forward and optimizer steps in any torch program, and print at exit."""
+@pytest.mark.parametrize("optimizer", ["torch.optim.SGD(m.parameters(), 0.1)", "ncn.optim.AdamW(m.parameters())"])
+def test_probe_stamps_steps_and_exit(tmp_path, optimizer):
+    """The probe's hooks see a forward and the steps of torch's optimizers and of ncn.optim.AdamW (the
+    CPU jobs' optimizer), and print at exit."""
     code = bench.PROBE.replace("from ncn.cli import run\nrun()  # what the `ncn` script runs",
-                               "m = torch.nn.Linear(2, 2); o = torch.optim.SGD(m.parameters(), 0.1)\n"
+                               f"m = torch.nn.Linear(2, 2); o = {optimizer}\n"
                                "for _ in range(3): m(torch.ones(1, 2)).sum().backward(); o.step()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

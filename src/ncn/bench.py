@@ -339,7 +339,13 @@ _h = register_module_forward_pre_hook(_first)
 def _step(opt, args, kwargs):
     T.setdefault("first_step_done", now())
     T["last_step_done"] = now()
-register_optimizer_step_post_hook(_step)
+register_optimizer_step_post_hook(_step)  # torch's optimizers (CUDA's fused AdamW)
+import ncn.optim  # the CPU's AdamW has no global hooks: wrap its step
+_adamw_step = ncn.optim.AdamW.step
+def _ncn_step(self, *args, **kwargs):
+    _adamw_step(self, *args, **kwargs)
+    _step(self, args, kwargs)
+ncn.optim.AdamW.step = _ncn_step
 atexit.register(lambda: print("NCN_BENCH_TIMES " + json.dumps({**T, "atexit": now()}), file=sys.stderr, flush=True))
 from ncn.cli import run
 run()  # what the `ncn` script runs
