@@ -53,6 +53,7 @@ from ncn.fileio import write_csv_rows, write_text  # noqa: E402
 MODULES = {
     "model": ("src/ncn/model.py", None),
     "train": ("src/ncn/train.py", None),
+    "optim": ("src/ncn/optim.py", None),  # the CPU's AdamW update
     "batches": ("src/ncn/batches.py", None),
     "checkpoint": ("src/ncn/checkpoint.py", None),
     "evaluate": ("src/ncn/evaluate.py", None),

@@ -88,3 +88,25 @@ def test_training_job_start_does_not_import_dynamo():
             "print(a, 'torch._dynamo' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+def test_zero_grad_and_step_hooks_as_torch():
+    m, g = model_and_groups(0)
+    opt, seen = AdamW(g), []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append((o, args, kwargs)))
+    m(torch.tensor([[1, 2]])).sum().backward()
+    opt.step()
+    assert seen == [(opt, (), {})]
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in m.parameters())
+    opt.zero_grad()
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_defaults_fill_every_group_and_a_plain_list_is_one_group():
+    m, _ = model_and_groups(0)
+    opt = AdamW(m.parameters(), lr=0.5, betas=(0.8, 0.9), eps=1e-5, weight_decay=0.2)
+    (group,) = opt.param_groups
+    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (0.5, (0.8, 0.9), 1e-5, 0.2)
+    assert group["params"] == list(m.parameters())
+    assert torch.optim.AdamW(m.parameters()).state_dict()["param_groups"][0].keys() == opt.state_dict()["param_groups"][0].keys()
