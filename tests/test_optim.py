@@ -110,3 +110,53 @@ def test_defaults_fill_every_group_and_a_plain_list_is_one_group():
     assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (0.5, (0.8, 0.9), 1e-5, 0.2)
     assert group["params"] == list(m.parameters())
     assert torch.optim.AdamW(m.parameters()).state_dict()["param_groups"][0].keys() == opt.state_dict()["param_groups"][0].keys()
+
+
+def test_defaults_are_torchs():
+    m, _ = model_and_groups(0)
+    mine, theirs = AdamW(m.parameters()).param_groups[0], torch.optim.AdamW(m.parameters()).param_groups[0]
+    assert {k: mine[k] for k in ("lr", "betas", "eps", "weight_decay")} == \
+           {k: theirs[k] for k in ("lr", "betas", "eps", "weight_decay")}
+
+
+def test_three_groups_index_their_parameters_in_order():
+    m, _ = model_and_groups(0)
+    ps = list(m.parameters())
+    opt = AdamW([{"params": ps[:1]}, {"params": ps[1:3]}, {"params": ps[3:]}])
+    ref = torch.optim.AdamW([{"params": ps[:1]}, {"params": ps[1:3]}, {"params": ps[3:]}])
+    assert [g["params"] for g in opt.state_dict()["param_groups"]] == \
+           [g["params"] for g in ref.state_dict()["param_groups"]]
+
+
+def test_loaded_state_takes_the_parameters_dtype_and_is_a_copy():
+    """A state dict saved in another precision (float64 moments, a float64 step) loads as torch
+    loads it (the moments in the parameters' dtype, the step as saved); and later steps never write into
+    the loaded dict (a checkpoint held in memory stays as saved)."""
+    m, g = model_and_groups(0)
+    opt = AdamW(g)
+    m(torch.tensor([[1, 2]])).sum().backward()
+    opt.step()
+    sd = opt.state_dict()
+    sd64 = {"param_groups": sd["param_groups"],
+            "state": {i: {k: v.double() for k, v in s.items()} for i, s in sd["state"].items()}}
+    kept = {i: {k: v.clone() for k, v in s.items()} for i, s in sd64["state"].items()}
+    ref = torch.optim.AdamW(g)
+    ref.load_state_dict(sd64)
+    opt2 = AdamW(g)
+    opt2.load_state_dict(sd64)
+    for p in opt2.state:
+        for k, v in opt2.state[p].items():
+            assert v.dtype == ref.state[p][k].dtype, k
+        assert opt2.state[p]["exp_avg"].dtype == p.dtype and opt2.state[p]["step"].dtype == torch.float64
+    same = {"param_groups": sd["param_groups"],  # same dtype and device: nothing forces a copy
+            "state": {i: {k: v.clone() for k, v in s.items()} for i, s in sd["state"].items()}}
+    kept32 = {i: {k: v.clone() for k, v in s.items()} for i, s in same["state"].items()}
+    opt3 = AdamW(g)
+    opt3.load_state_dict(same)
+    m(torch.tensor([[3, 4]])).sum().backward()
+    opt2.step()
+    opt3.step()
+    for loaded, saved in ((sd64, kept), (same, kept32)):
+        for i, s in loaded["state"].items():
+            for k, v in s.items():
+                assert torch.equal(v, saved[i][k]), (i, k)

@@ -91,6 +91,8 @@ class AdamW:
         self.state = {}
         for i, s in sd["state"].items():
             p = params[int(i)]
-            self.state[p] = {k: (v.detach().to(torch.float32, copy=True).cpu() if k == "step"
+            # as torch: the moments take the parameter's dtype and device, `step` stays as saved
+            # (on the CPU: a fused CUDA run keeps it on the GPU)
+            self.state[p] = {k: (v.detach().to("cpu", copy=True) if k == "step"
                                  else v.detach().to(device=p.device, dtype=p.dtype, copy=True))
                              for k, v in s.items()}
