@@ -417,7 +417,8 @@ class Tracker:
         self._safe("log params", mlflow.log_params, run_params(run_config, n_params, n_params_non_embedding))
         train_bin = Path(run_config.get("data_dir") or "/nonexistent") / "train.bin"
         if train_bin.is_file():
-            self._safe("log dataset", log_dataset, self.store, train_bin, "training")
+            # one attempt here: log_dataset retries locks and duplicates itself (nesting would multiply them)
+            self._safe("log dataset", log_dataset, self.store, train_bin, "training", attempts=1)
         if self.on:
             self._save_state()
 
@@ -507,7 +508,7 @@ def _eval_run(ctx: dict, run_dir: Path, values: dict, train_run_id: str | None) 
         _retry(mlflow.log_metrics, {k: v for k, v, _ in numeric_metrics(values, 0, EVAL_METRICS)})
         valid_bin = Path(rc.get("data_dir") or "/nonexistent") / "valid.bin"
         if valid_bin.is_file():
-            _retry(log_dataset, store, valid_bin, "evaluation")
+            log_dataset(store, valid_bin, "evaluation")  # retries locks and duplicates itself
         with store.cwd():
             for path in files:
                 _retry(mlflow.log_artifact, path)

@@ -125,7 +125,7 @@ def make_optimizer(model: nn.Module, tc: TrainConfig, fused: bool) -> torch.opti
     biases, embeddings and the signals' constant offsets (1-D tensors, nn.Embedding weights and
     `model.signal_offsets()`: the controller's output bias, static's z) are not decayed.
     fused (CUDA): torch's fused kernel; else ncn.optim.AdamW, torch's CPU update bit for bit
-    without the 1-1.5 s that constructing a torch.optim optimizer costs a job's start."""
+    without the 0.9-1.6 s that constructing a torch.optim optimizer costs a job's start."""
     params = [p for p in model.parameters() if p.requires_grad]
     if tc.decay_all:
         groups = [{"params": params, "weight_decay": tc.weight_decay}]
