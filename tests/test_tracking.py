@@ -343,3 +343,128 @@ def test_four_parallel_jobs_on_one_sqlite_store(store):
         (r,) = runs_named(tmp, f"none-xs-s{seed}")
         assert r.info.status == "FINISHED"
         assert len(client_for(tmp).get_metric_history(r.info.run_id, "loss")) == 11
+
+
+# ---- the tracker's worker thread: MLflow off the training's critical path ---------------------
+
+
+class FakeTracker:
+    """Records (call, thread) in `log`; `start` can wait on an event, `boom` names a call that raises."""
+
+    def __init__(self, log: list, started=None, boom: str | None = None):
+        import threading
+
+        self.log, self.started, self.boom, self.on, self.off = log, started, boom, True, []
+        self.log.append(("init", threading.current_thread().name))
+
+    def _rec(self, name, *args):
+        import threading
+
+        if name == self.boom:
+            raise RuntimeError(f"{name} broke")
+        self.log.append((name, threading.current_thread().name, *args))
+
+    def start(self, run_config, n, n_ne, resumed):
+        waited = self.started.wait(10.0) if self.started is not None else None
+        self._rec("start", run_config, waited)
+
+    def add_rows(self, rows):
+        self._rec("add_rows", rows)
+
+    def flush(self):
+        self._rec("flush")
+
+    def finish(self, metrics, artifacts):
+        self._rec("finish", metrics)
+
+    def fail(self):
+        self._rec("fail")
+
+    def _off(self, what, e):
+        self.on = False
+        self.off.append((what, str(e)))
+
+
+def test_tracker_thread_runs_the_calls_in_order_on_one_worker_and_does_not_block_the_caller():
+    """start returns while the tracker's start still waits (the caller goes on training); every call
+    runs on the one worker thread, in order, with the arguments as they were when queued; finish
+    returns once everything ran."""
+    import threading
+
+    from ncn.tracking import TrackerThread
+
+    log, started = [], threading.Event()
+    t = TrackerThread(lambda: FakeTracker(log, started))
+    config, rows = {"a": [1]}, [{"step": 1}]
+    t.start(config, 10, 5, False)  # would block here for 10 s if start ran on this thread
+    t.add_rows(rows)
+    config["a"].append(2)
+    rows.append({"step": 2})
+    rows[0]["step"] = 99
+    started.set()
+    t.flush()
+    t.finish({"final_loss": 1.0}, [])
+    assert [c[0] for c in log] == ["init", "start", "add_rows", "flush", "finish"]
+    assert {c[1] for c in log} == {"ncn-mlflow"} != {threading.current_thread().name}
+    assert log[1][2:] == ({"a": [1]}, True)  # the config as queued; start saw the event set by the caller
+    assert log[2][2] == [{"step": 1}]
+    assert not t._thread.is_alive()
+    with pytest.raises(Exception, match="after the run was closed"):
+        t.flush()
+
+
+def test_tracker_thread_turns_tracking_off_on_an_error_and_training_goes_on(caplog):
+    from ncn.tracking import TrackerThread
+
+    log = []
+    fake = []
+    t = TrackerThread(lambda: fake.append(FakeTracker(log, boom="add_rows")) or fake[0])
+    t.start({}, 1, 1, False)
+    t.add_rows([{"step": 1}])  # raises inside the worker: tracking goes off
+    t.flush()
+    t.fail()
+    assert [c[0] for c in log] == ["init", "start"] and fake[0].off == [("add_rows", "add_rows broke")]
+    assert not t._thread.is_alive()
+
+    with caplog.at_level("WARNING", logger="ncn"):
+        t2 = TrackerThread(lambda: (_ for _ in ()).throw(RuntimeError("no store")))  # the Tracker itself fails
+        t2.start({}, 1, 1, False)
+        t2.finish({}, [])
+    assert not t2._thread.is_alive() and "failed to start (RuntimeError: no store)" in caplog.text
+
+
+def test_tracker_thread_left_open_marks_the_run_failed_at_exit():
+    """A job that dies before its loop never calls finish or fail: the exit handler closes the run FAILED."""
+    import atexit
+
+    from ncn.tracking import TrackerThread
+
+    log = []
+    t = TrackerThread(lambda: FakeTracker(log))
+    t.start({}, 1, 1, False)
+    t._abandon()  # what atexit runs
+    assert [c[0] for c in log] == ["init", "start", "fail"] and not t._thread.is_alive()
+    atexit.unregister(t._abandon)  # already unregistered by close; harmless
+
+
+def test_training_steps_do_not_wait_for_mlflow(tmp_path, monkeypatch):
+    """A real training job with MLflow on: the tracker's start waits (up to 10 s) for the first
+    training forward. With the start on the training's thread that forward could never come first."""
+    import threading
+
+    import torch
+
+    from ncn import tracking
+
+    log, first_forward = [], threading.Event()
+    monkeypatch.setattr(tracking, "Tracker", lambda cfg, run_dir, **kw: FakeTracker(log, first_forward))
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: first_forward.set())
+    try:
+        data = make_data(tmp_path / "data")
+        cfg = tiny_config(tmp_path, mlflow={"enabled": True})
+        m = run_train(cfg, tmp_path / "run", data, variant="causal", seed=0)
+    finally:
+        hook.remove()
+    assert m["finished"]
+    assert [c[0] for c in log][:2] == ["init", "start"] and log[1][-1] is True, log[:2]
+    assert log[-1][0] == "finish" and {c[1] for c in log} == {"ncn-mlflow"}

@@ -15,6 +15,9 @@ to themselves. Copying or moving the folder moves everything. MLflow resolves th
 against the current directory, so `ncn` makes its artifact calls inside the store's folder and the
 UI is started there (`make mlflow-ui`).
 
+Off the critical path. A training job's Tracker runs on a worker thread (`TrackerThread`): MLflow's
+import and the run's first writes overlap the first training steps; finishing waits for them.
+
 Failures. Calls that touch the store go through `_retry` (SQLite reports "database is locked" at
 once, without waiting, when a reader must become a writer on a busy store) and, in a job, through
 `Tracker._safe`: if MLflow still fails, a warning is logged, tracking is off for the rest of the
@@ -26,15 +29,19 @@ continue its MLflow run without logging a step twice; metrics go in batches at e
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import copy
 import csv
 import getpass
 import json
 import logging
 import math
 import os
+import queue
 import random
 import sqlite3
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -461,6 +468,72 @@ class Tracker:
 
             self.flush()
             self._safe("mark run failed", mlflow.end_run, "FAILED")
+
+
+class TrackerThread:
+    """A training job's Tracker, off the critical path: its calls run in order on one worker
+    thread, so MLflow's import (~1 s) and the store's first writes (the run, its params, the
+    dataset) overlap the first training steps instead of preceding them (`ncn bench startup`).
+    MLflow's active run is thread-local; every call of the job's Tracker runs on this one thread,
+    so that thread owns the run. `finish` and `fail` return once the run is closed. Arguments
+    are copied when queued: the caller may go on changing its lists."""
+
+    def __init__(self, make: Callable[[], Tracker]):
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, args=(make,), name="ncn-mlflow", daemon=True)
+        self._thread.start()
+        atexit.register(self._abandon)
+
+    def _work(self, make: Callable[[], Tracker]) -> None:
+        try:
+            tracker = make()
+        except Exception as e:  # e.g. an unreadable pipeline marker: the files stay the record
+            log.warning("MLflow tracking failed to start (%s: %s); training continues without it", type(e).__name__, e)
+            tracker = None
+        while (call := self._calls.get()) is not None:
+            name, args = call
+            if tracker is None or not tracker.on:
+                continue
+            try:
+                getattr(tracker, name)(*args)
+            except Exception as e:  # never the training's problem (Tracker._safe catches the store's errors)
+                tracker._off(name, e)
+
+    def _put(self, name: str, *args) -> None:
+        if self._closed:
+            raise NCNError(f"MLflow tracker: '{name}' after the run was closed")
+        self._calls.put((name, args))
+
+    def start(self, run_config: dict, n_params: int, n_params_non_embedding: int, resumed: bool) -> None:
+        self._put("start", copy.deepcopy(run_config), n_params, n_params_non_embedding, resumed)
+
+    def add_rows(self, rows: Iterable[dict]) -> None:
+        self._put("add_rows", [dict(r) for r in rows])
+
+    def flush(self) -> None:
+        self._put("flush")
+
+    def finish(self, metrics: dict, artifacts: Iterable[Path]) -> None:
+        self._put("finish", copy.deepcopy(metrics), [Path(p) for p in artifacts])
+        self.close()
+
+    def fail(self, timeout: float | None = None) -> None:
+        if not self._closed:
+            self._put("fail")
+        self.close(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run what is queued, then stop the thread (waiting at most `timeout` seconds)."""
+        if not self._closed:
+            self._closed = True
+            self._calls.put(None)
+            atexit.unregister(self._abandon)
+        self._thread.join(timeout)
+
+    def _abandon(self) -> None:
+        """At exit without finish or fail (an error before the training loop): mark the run failed."""
+        self.fail(timeout=30.0)
 
 
 def read_state(run_dir: Path) -> dict | None:

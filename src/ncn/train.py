@@ -622,10 +622,13 @@ class TrainLog:
     bar. Other ranks get one that writes nothing."""
 
     def __init__(self, run: Run, state: TrainState, resumed: bool):
-        from ncn.tracking import Tracker
+        from ncn.tracking import Tracker, TrackerThread
 
         self.run, self.state, self.main = run, state, run.dist.main
-        self.tracker = Tracker(run.cfg, run.run_dir, enabled=self.main)
+        if self.main and run.cfg["mlflow"]["enabled"]:  # MLflow's import and first writes overlap the first steps
+            self.tracker = TrackerThread(lambda: Tracker(run.cfg, run.run_dir))
+        else:
+            self.tracker = Tracker(run.cfg, run.run_dir, enabled=False)
         self.csv_file = self.writer = None
         if self.main:
             run_config = run.config_json()
