@@ -40,7 +40,7 @@ RUN = "results/smoke/runs/causal/xs/seed0"
 TARGET = f"{RUN}/metrics.json"
 OUTPUTS = ("model.pt", "metrics.json", "train_log.csv")  # the train rule's outputs
 FIRST_CKPT = "ckpt/step_000020.pt.sha256"  # smoke: ckpt_every 20; the digest is written last
-STEP_DELAY_S = "0.05"  # NCN_FAULT_STEP_DELAY_S: 64 steps take >3 s, so the kill lands mid-run
+STEP_DELAY_S = "0.2"  # NCN_FAULT_STEP_DELAY_S: 64 steps take >12 s, so the kill lands mid-run (MLflow starts beside them)
 
 
 def smoke_target(repo: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
@@ -83,7 +83,7 @@ def test_sigkilled_snakemake_and_job_resume_to_the_uninterrupted_result(tmp_path
                              env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **env,
                                   "NCN_FAULT_STEP_DELAY_S": STEP_DELAY_S})
         deadline = time.monotonic() + 300
-        while not (run / FIRST_CKPT).exists():
+        while not ((run / FIRST_CKPT).exists() and (run / "mlflow_run.json").exists()):  # MLflow starts beside the steps
             assert p.poll() is None, f"Snakemake ended before the first checkpoint: {(tmp_path / 'killed.out').read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint after 300 s"
             time.sleep(0.02)

@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -215,8 +216,18 @@ def test_store_uri_precedence(monkeypatch):
 def test_resumed_job_continues_the_same_mlflow_run(store):
     tmp, data, cfg = store["tmp"], store["data"], store["cfg"]
     run = tmp / "runs" / "resumed"
-    p = ncn_subprocess(["train", *train_args(cfg, run, data, seed=3)], {**store["env"], "NCN_FAULT_KILL_AT_STEP": "12"})
-    assert p.returncode == -9, p.stderr[-2000:]
+    # SIGKILLed once its MLflow run exists (the tracker starts it beside the first steps) and a
+    # checkpoint is on disk: steps slowed to 0.5 s (10 s in all), so the kill lands mid-run even on a
+    # loaded machine
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **store["env"], "NCN_FAULT_STEP_DELAY_S": "0.5"}
+    p = subprocess.Popen([sys.executable, "-m", "ncn.cli", "train", *train_args(cfg, run, data, seed=3)],
+                         env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ((run / "mlflow_run.json").exists() and list((run / "ckpt").glob("step_*.pt.sha256"))):
+        assert p.poll() is None and time.monotonic() < deadline, "no MLflow run and checkpoint before the kill"
+        time.sleep(0.02)
+    p.kill()
+    assert p.wait() == -9 and not (run / "metrics.json").exists(), "finished before the kill: proves nothing"
     first_id = json.loads((run / "mlflow_run.json").read_text())["run_id"]
     p = ncn_subprocess(["train", *train_args(cfg, run, data, seed=3)], store["env"])
     assert p.returncode == 0, p.stderr[-2000:]

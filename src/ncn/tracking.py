@@ -476,7 +476,9 @@ class TrackerThread:
     dataset) overlap the first training steps instead of preceding them (`ncn bench startup`).
     MLflow's active run is thread-local; every call of the job's Tracker runs on this one thread,
     so that thread owns the run. `finish` and `fail` return once the run is closed. Arguments
-    are copied when queued: the caller may go on changing its lists."""
+    are copied when queued: the caller may go on changing its lists. A job killed before the
+    thread created its run leaves no run (and no mlflow_run.json): its resumed job starts one
+    and logs every step the checkpoint kept."""
 
     def __init__(self, make: Callable[[], Tracker]):
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
