@@ -9,7 +9,8 @@ autocast with the bench's own models and AdamW steps (ncn.bench):
   2. torch.profiler over a few steps of each: kernels launched per step, the summed kernel time
      per step (the GPU's busy time), so wall / kernel time says how launch-bound a step is, and
      the top ops by self device time (DIR/profile_<case>_<model>.txt);
-  3. with --compile, the same steps under torch.compile (compile time apart): causal/none there;
+  3. with --compile, the same steps under torch.compile (compile time apart; each --compile-mode,
+     e.g. reduce-overhead for CUDA graphs) and dynamo's graph breaks: causal/none there;
   4. the loss's fp32 cast: ncn.model.cross_entropy (logits.float(), then F.cross_entropy) against
      F.cross_entropy on the autocast logits (which autocast also runs in fp32), timed in `none`.
 Writes DIR/gpu_profile.csv and prints a table. Never asserts.
@@ -92,14 +93,36 @@ def run_case(spec: list[str], a, dev, sync) -> list[dict]:
 
 
 def compiled_rows(shape_s, models, ba, dev, autocast, sync, a) -> list[dict]:
-    compiled = {k: torch.compile(m) for k, m in models.items()}
+    """Every model under torch.compile, once per --compile-mode: step time (compile apart), compile
+    time and the graph breaks dynamo counted while compiling it."""
+    rows = []
+    for mode in a.compile_mode:
+        try:
+            rows += compiled_mode_rows(shape_s, models, ba, dev, autocast, sync, a, mode)
+        except Exception as e:  # one mode failing leaves the others' rows (and the eager ones)
+            rows.append(dict(case=shape_s, model="all", mode=f"torch.compile ({mode})",
+                             note=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
+    return rows
+
+
+def compiled_mode_rows(shape_s, models, ba, dev, autocast, sync, a, mode) -> list[dict]:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    compiled = {k: torch.compile(m, mode=None if mode == "default" else mode) for k, m in models.items()}
     steps = bench.train_closures(compiled, ba, dev, autocast)
-    first = {}
-    for k, step in steps.items():  # the first call compiles
-        first[k] = bench.timed(step, sync)
+    if mode == "reduce-overhead":  # CUDA graphs: each step's outputs are the graph's buffers
+        steps = {k: (lambda f: lambda: (torch.compiler.cudagraph_mark_step_begin(), f()))(f) for k, f in steps.items()}
+    first, breaks = {}, {}
+    for k, step in steps.items():  # the first calls compile (forward, then backward)
+        counters.clear()
+        first[k] = bench.timed(step, sync) + bench.timed(step, sync)
+        breaks[k] = sum(counters["graph_break"].values())
     med = timings(steps, a.rounds, sync)
-    return [dict(case=shape_s, model=k, mode="torch.compile", step_ms=round(med[k] * 1e3, 3),
-                 ratio_to_none=round(med[k] / med["none"], 4), compile_s=round(first[k], 1)) for k in steps]
+    label = "torch.compile" + ("" if mode == "default" else f" ({mode})")
+    return [dict(case=shape_s, model=k, mode=label, step_ms=round(med[k] * 1e3, 3),
+                 ratio_to_none=round(med[k] / med["none"], 4), compile_s=round(first[k], 1),
+                 note=f"graph breaks {breaks[k]}") for k in steps]
 
 
 def main() -> int:
@@ -112,6 +135,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=10, help="timed rounds (default: %(default)s)")
     p.add_argument("--profile-steps", type=int, default=4, help="profiled steps per model (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="also time every model under torch.compile")
+    p.add_argument("--compile-mode", nargs="+", default=["default"],
+                   help="torch.compile modes with --compile: default, reduce-overhead (CUDA graphs), "
+                   "max-autotune-no-cudagraphs, ... (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("results/gpu_profile"), help="folder (default: %(default)s)")
     a = p.parse_args()
     dev = torch.device(a.device)
@@ -129,7 +155,7 @@ def main() -> int:
     for r in rows:
         print(f"{r['case']:14} {r['model']:10} {r['mode']:{w}} {r['step_ms']:8.2f} {r['ratio_to_none']:7.3f} "
               f"{r.get('kernels_per_step', ''):>8} {r.get('kernel_ms_per_step', ''):>9} {r.get('busy_share', ''):>5} "
-              f"{r.get('compile_s', ''):>9}")
+              f"{r.get('compile_s', ''):>9} {r.get('note', '')}")
     return 0
 
 
