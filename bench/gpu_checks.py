@@ -35,20 +35,27 @@ def model_cfg(a, variant: str) -> M.ModelConfig:
                          d_model=a.d_model, d_ff=4 * a.d_model, ncn=variant)
 
 
-def run_steps(model, batches, dev, bf16: bool) -> tuple[list[float], list[float]]:
-    """(losses, step seconds) of AdamW steps over `batches` under bf16 autocast (or fp32)."""
+def run_steps(model, batches, dev, bf16: bool, accum: int = 1, graphs: bool = False) -> tuple[list[float], list[float]]:
+    """(losses, step seconds) of AdamW steps over `batches` under bf16 autocast (or fp32), each
+    batch in `accum` micro-batches (gradient accumulation, as ncn.train does); `graphs`: marks each
+    forward's start for CUDA graph replay, as ncn.train does under reduce-overhead."""
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=dev.type == "cuda")
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     losses, times = [], []
     for x, y in batches:
         sync(dev)
         t0 = time.perf_counter()
-        with autocast():
-            loss = model(x, y).loss
-        loss.backward()
+        total = 0.0
+        for xm, ym in zip(x.chunk(accum), y.chunk(accum)):
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            with autocast():
+                loss = model(xm, ym).loss
+            (loss / accum).backward()
+            total += loss.item() / accum
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(total)
         times.append(time.perf_counter() - t0)
     return losses, times
 
@@ -58,21 +65,23 @@ def check_train(a, dev) -> list[tuple[str, bool, str]]:
     batches = [(x, torch.roll(x, -1, 1)) for x in torch.randint(0, a.vocab, (a.steps, a.batch, a.seq_len), device=dev)]
     init = M.Transformer(model_cfg(a, "causal")).to(dev).state_dict()
     results, checks = {}, []
-    for mode in ("eager", "compiled") if a.compile else ("eager",):
+    for mode in ["eager"] + (a.compile_mode if a.compile else []):
         model = M.Transformer(model_cfg(a, "causal")).to(dev)
         model.load_state_dict(init)
-        fn = torch.compile(model) if mode == "compiled" else model
-        losses, times = run_steps(fn, batches, dev, a.bf16)
+        fn = model if mode == "eager" else torch.compile(model, mode=None if mode == "default" else mode)
+        losses, times = run_steps(fn, batches, dev, a.bf16, a.accum, graphs=mode == "reduce-overhead")
         results[mode] = losses
         tok_s = a.batch * a.seq_len / statistics.median(times[5:] or times)
-        note = f"first step (compile) {times[0]:.1f} s" if mode == "compiled" else f"first step {times[0]:.2f} s"
+        name = "eager" if mode == "eager" else "compiled" if mode == "default" else f"compiled ({mode})"
+        note = f"first step {times[0]:.2f} s" if mode == "eager" else f"first step (compile) {times[0]:.1f} s"
         ok = all(map(lambda v: v == v and abs(v) < 1e4, losses))
-        checks.append((f"train {mode}: {a.steps} steps, tokens/s {tok_s:,.0f}, final loss {losses[-1]:.4f}", ok, note))
-    if not a.compile:
-        return checks + check_autocast_dtypes(a, dev)
-    diff = max(abs(p - q) for p, q in zip(results["eager"], results["compiled"]))
+        checks.append((f"train {name}: {a.steps} steps of {a.accum} micro-batch(es), tokens/s {tok_s:,.0f}, "
+                       f"final loss {losses[-1]:.4f}", ok, note))
     tol = 0.05 if a.bf16 else 1e-3
-    checks.append((f"train compiled vs eager: largest loss difference {diff:.2e} (tolerance {tol})", diff < tol, ""))
+    for mode in results.keys() - {"eager"}:
+        diff = max(abs(p - q) for p, q in zip(results["eager"], results[mode]))
+        name = "compiled" if mode == "default" else f"compiled ({mode})"
+        checks.append((f"train {name} vs eager: largest loss difference {diff:.2e} (tolerance {tol})", diff < tol, ""))
     return checks + check_autocast_dtypes(a, dev)
 
 
@@ -135,6 +144,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager only (torch.compile on a "
                    "CPU takes minutes)")
+    p.add_argument("--compile-mode", nargs="+", default=["default"],
+                   help="torch.compile modes to check against eager: default, reduce-overhead (CUDA graphs), "
+                   "max-autotune-no-cudagraphs (default: %(default)s)")
+    p.add_argument("--accum", type=int, default=1, help="micro-batches per step (gradient accumulation; "
+                   "default: %(default)s)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--d-model", type=int, default=256)

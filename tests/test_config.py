@@ -95,3 +95,11 @@ def test_bad_dropout_layout_is_named(tmp_path):
     cfg["model"] = {**cfg.get("model", {}), "dropout_layout": "twice"}
     with pytest.raises(NCNError, match="dropout_layout"):
         load_config(_write(tmp_path, cfg))
+
+
+def test_compile_mode_defaults_and_is_checked(tmp_path):
+    assert load_config(_write(tmp_path, _base()))["train"]["compile_mode"] == "default"
+    cfg = _base()
+    cfg["train"]["compile_mode"] = "graphs"
+    with pytest.raises(NCNError, match="train.compile_mode"):
+        load_config(_write(tmp_path, cfg))

@@ -308,3 +308,36 @@ def test_verify_says_why_a_checkpoint_is_unusable(tmp_path):
     assert verify(path) is None
     path.write_bytes(b"weightz")
     assert verify(path).startswith("sha256 mismatch") and "truncated or corrupt" in verify(path)
+
+
+def test_cuda_graphs_only_where_they_were_checked(monkeypatch):
+    """train.compile_mode reduce-overhead replays CUDA graphs: on a GPU only, and refused with
+    gradient accumulation or several processes (measured on an H200: accumulating over replays reads
+    overwritten graph outputs). Everything else compiles as asked, or not at all on the CPU."""
+    import dataclasses
+    import types
+
+    from test_train import train_config
+
+    import ncn.train as T
+    from ncn.errors import NCNError
+
+    compiled = []
+    monkeypatch.setattr(T.torch, "compile", lambda m, mode=None: compiled.append(mode) or m)
+
+    def run(device, accum=1, world=1, **tc):
+        r = types.SimpleNamespace(tc=dataclasses.replace(train_config(), grad_accum=accum, **tc),
+                                  device=torch.device(device), dist=T.Dist(world=world))
+        r.graphs = T.Run.graphs.fget(r)
+        return r
+
+    graphs = {"compile": True, "compile_mode": "reduce-overhead"}
+    model = torch.nn.Linear(2, 2)
+    assert run("cuda", **graphs).graphs and not run("cpu", **graphs).graphs
+    assert not run("cuda", compile=True).graphs and not run("cuda", compile=False, compile_mode="reduce-overhead").graphs
+    assert T._wrap(run("cuda", **graphs), model) is model and compiled == ["reduce-overhead"]
+    assert T._wrap(run("cuda", compile=True), model) is model and compiled[-1] is None
+    assert T._wrap(run("cpu", **graphs), model) is model and len(compiled) == 2  # never on the CPU
+    for bad in (run("cuda", accum=2, **graphs), run("cuda", world=2, **graphs)):
+        with pytest.raises(NCNError, match="reduce-overhead .* needs train.grad_accum 1 and one process"):
+            T._wrap(bad, model)

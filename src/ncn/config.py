@@ -176,6 +176,7 @@ class TrainConfig:
     signal_every: int
     device: str
     compile: bool
+    compile_mode: str = "default"  # torch.compile's mode (reduce-overhead: CUDA graphs)
 
     def __post_init__(self):
         for name in ("micro_batch", "grad_accum", "ckpt_every", "keep_checkpoints", "log_every", "signal_every"):

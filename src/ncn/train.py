@@ -76,7 +76,7 @@ log = logging.getLogger("ncn.train")
 PARTIAL_LOG = "train_log.partial.csv"
 BASE_COLUMNS = ["step", "tokens", "loss", "ce", "reg", "lr", "tokens_per_s"]
 # train settings that do not change the numbers: a checkpoint made with other values still fits
-_NOT_IN_FINGERPRINT = ("ckpt_every", "keep_checkpoints", "device", "compile")
+_NOT_IN_FINGERPRINT = ("ckpt_every", "keep_checkpoints", "device", "compile", "compile_mode")
 
 
 # ---- small pieces ------------------------------------------------------------------------------
@@ -206,6 +206,11 @@ class Run:
     @property
     def tokens_per_step(self) -> int:
         return self.tc.micro_batch * self.mcfg.block_size * self.tc.grad_accum
+
+    @property
+    def graphs(self) -> bool:
+        """Training replays CUDA graphs (torch.compile's reduce-overhead mode on a GPU)."""
+        return self.tc.compile and self.tc.compile_mode == "reduce-overhead" and self.device.type == "cuda"
 
     @property
     def ckpt_dir(self) -> Path:
@@ -456,8 +461,14 @@ def _resume(run: Run, state: TrainState) -> bool:
 
 def _wrap(run: Run, model: nn.Module) -> nn.Module:
     """torch.compile (on GPU, if asked) and DDP (under torchrun)."""
+    if run.graphs and (run.tc.grad_accum > 1 or run.dist.world > 1):
+        # measured on an H200: accumulating gradients over replays reads a graph's overwritten outputs
+        raise NCNError(f"train.compile_mode reduce-overhead (CUDA graphs) needs train.grad_accum 1 and one process, "
+                       f"got grad_accum {run.tc.grad_accum} and {run.dist.world} process(es); use compile_mode default "
+                       "or a larger micro_batch")
     if run.tc.compile and run.device.type == "cuda":
-        model = torch.compile(model)
+        mode = run.tc.compile_mode
+        model = torch.compile(model, mode=None if mode == "default" else mode)
     if run.dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -545,6 +556,8 @@ def _forward_backward(run: Run, model: nn.Module, order: WindowOrder, step: int,
         last = j == len(local) - 1
         sync = model.no_sync() if run.dist.world > 1 and not last else contextlib.nullcontext()
         with sync:
+            if run.graphs:  # CUDA graphs: this forward may reuse the last one's output buffers
+                torch.compiler.cudagraph_mark_step_begin()
             with _autocast(run.device):
                 out = model(x, y, return_signals=want_signals and m == 0, control=c)
             loss = out.loss
