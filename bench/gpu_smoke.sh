@@ -9,7 +9,8 @@
 # 1. model bench on CUDA, bf16 autocast: tokens/s and MFU (against a bf16 GEMM measured in the
 #    same rounds) of reference, none and causal at d256/L6/T512 (vocab 4096, batch 16) and at
 #    the paper18m shape (config/paper.yaml: GPT-2 vocab 50257, micro-batch 64);
-# 2. 300 training steps of causal eager and under torch.compile (same init and batches):
+# 2. 300 training steps of causal eager, under torch.compile and under its CUDA graphs (reduce-overhead;
+#    same init and batches):
 #    tokens/s, compile time, the losses' agreement, fp32 signals and loss under bf16 autocast;
 # 3. cached generation == uncached generation (tokens, logits) for every caching variant,
 #    past block_size;
@@ -48,7 +49,7 @@ if [[ "$DEVICE" == cuda ]]; then
   BENCH=(--steps 20 --warmup 3 --device cuda --dtype bf16)
   SHAPE_A=(--shapes d256/L6/T512 --batch 16 --eval-batch 64 --vocab 4096)
   SHAPE_B=(--config config/paper.yaml --shapes paper18m --batch 64 --eval-batch 128 --vocab 50257)
-  TRAIN=(--steps 300)
+  TRAIN=(--steps 300 --compile-mode default reduce-overhead)
   GEN=()
 else
   BENCH=(--steps 2 --warmup 1 --device cpu --dtype bf16 --threads 2 --gemm-n 256)
