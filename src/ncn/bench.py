@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE_SHAPE = "d256/L6/T256"
 MODEL_COLUMNS = [
     "shape", "variant", "d_model", "n_layer", "n_head", "d_ff", "seq_len", "batch", "vocab_size", "n_params",
-    "step_s_median", "step_s_min", "tokens_per_s", "ratio_to_reference", "ratio_to_none", "ratio_to_none_lo",
-    "ratio_to_none_hi", "ratio_to_reference_lo", "ratio_to_reference_hi",
+    "step_s_median", "step_s_min", "tokens_per_s", "ratio_to_reference", "ratio_to_none", "ratio_to_none_paired",
+    "ratio_to_none_lo", "ratio_to_none_hi", "ratio_to_reference_paired", "ratio_to_reference_lo", "ratio_to_reference_hi",
     "train_flops_per_token", "mfu", "eval_batch", "eval_tokens_per_s", "eval_ratio_to_reference", "eval_mfu",
     "gemm_flops_per_s", "device", "dtype", "threads", "steps", "pool_impl", "torch", "peak_flops_per_s", "clock",
 ]
@@ -229,11 +229,12 @@ def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float] | Non
     return (xs[ks[-1] - 1], xs[n - ks[-1]]) if ks else None
 
 
-def paired_ratio(times: dict, k: str, base: str) -> tuple[float | str, float | str]:
-    """95% CI of the median per-round ratio t_k / t_base (the rounds are interleaved, so each round
-    pairs the two under the same machine state); ("", "") with too few rounds."""
-    ci = median_ci([t / b for t, b in zip(times[k], times[base])])
-    return (round(ci[0], 4), round(ci[1], 4)) if ci else ("", "")
+def paired_ratio(times: dict, k: str, base: str) -> tuple:
+    """(median, 95% CI low, high) of the per-round ratios t_k / t_base: the rounds are interleaved, so
+    each round pairs the two under the same machine state. The CI is ("", "") with too few rounds."""
+    ratios = [t / b for t, b in zip(times[k], times[base])]
+    ci = median_ci(ratios)
+    return (round(statistics.median(ratios), 4), *((round(ci[0], 4), round(ci[1], 4)) if ci else ("", "")))
 
 
 def target_verdict(lo, hi, target: float) -> str:
@@ -271,8 +272,9 @@ def bench_shape(shape: Shape, a) -> list[dict]:
             batch=a.batch, vocab_size=a.vocab, n_params=sum(p.numel() for p in model.parameters()),
             step_s_median=round(med[k], 5), step_s_min=round(min(train_t[k]), 5), tokens_per_s=round(tok_s, 1),
             ratio_to_reference=round(med[k] / med["reference"], 4), ratio_to_none=round(med[k] / med[base], 4),
-            **dict(zip(("ratio_to_none_lo", "ratio_to_none_hi"), paired_ratio(train_t, k, base))),
-            **dict(zip(("ratio_to_reference_lo", "ratio_to_reference_hi"), paired_ratio(train_t, k, "reference"))),
+            **dict(zip(("ratio_to_none_paired", "ratio_to_none_lo", "ratio_to_none_hi"), paired_ratio(train_t, k, base))),
+            **dict(zip(("ratio_to_reference_paired", "ratio_to_reference_lo", "ratio_to_reference_hi"),
+                       paired_ratio(train_t, k, "reference"))),
             train_flops_per_token=flops_per_token(model, shape, True),
             mfu=round(tok_s * flops_per_token(model, shape, True) / peak, 4), eval_batch=a.eval_batch,
             eval_tokens_per_s=round(etok_s, 1), eval_ratio_to_reference=round(emed[k] / emed["reference"], 4),
@@ -302,9 +304,9 @@ def model_targets(rows) -> list[str]:
         for who, of, col, target in ((base, "reference", "ratio_to_reference", 1.00), (primary, base, "ratio_to_none", 1.05)):
             if r["variant"] == who:
                 lo, hi = r[f"{col}_lo"], r[f"{col}_hi"]
-                ci = f", per-round median {lo:.3f}-{hi:.3f} (95%)" if lo != "" else ""
-                out.append(f"{r['shape']}: {who} / {of} {r[col]:.3f}{ci} (target <= {target:.2f}: "
-                           f"{target_verdict(lo, hi, target)})")
+                ci = f" [{lo:.3f}, {hi:.3f}]" if lo != "" else ""
+                out.append(f"{r['shape']}: {who} / {of}: per-round paired ratio {r[f'{col}_paired']:.3f}{ci} (95%), "
+                           f"ratio of medians {r[col]:.3f} (target <= {target:.2f}: {target_verdict(lo, hi, target)})")
     b = [r for r in rows if r["shape"] == BASE_SHAPE and r["variant"] == base]
     if b:
         out.append(f"{BASE_SHAPE}: training MFU of {base} {b[0]['mfu']:.1%} of {b[0]['peak_flops_per_s'] / 1e9:.1f} "
