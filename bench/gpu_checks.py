@@ -60,6 +60,10 @@ def run_steps(model, batches, dev, bf16: bool, accum: int = 1, graphs: bool = Fa
     return losses, times
 
 
+def compiled_name(mode: str) -> str:
+    return "compiled" if mode == "default" else f"compiled ({mode})"
+
+
 def check_train(a, dev) -> list[tuple[str, bool, str]]:
     torch.manual_seed(0)
     batches = [(x, torch.roll(x, -1, 1)) for x in torch.randint(0, a.vocab, (a.steps, a.batch, a.seq_len), device=dev)]
@@ -68,11 +72,11 @@ def check_train(a, dev) -> list[tuple[str, bool, str]]:
     for mode in ["eager"] + (a.compile_mode if a.compile else []):
         model = M.Transformer(model_cfg(a, "causal")).to(dev)
         model.load_state_dict(init)
-        fn = model if mode == "eager" else torch.compile(model, mode=None if mode == "default" else mode)
+        fn = model if mode == "eager" else torch.compile(model, mode=mode)
         losses, times = run_steps(fn, batches, dev, a.bf16, a.accum, graphs=mode == "reduce-overhead")
         results[mode] = losses
         tok_s = a.batch * a.seq_len / statistics.median(times[5:] or times)
-        name = "eager" if mode == "eager" else "compiled" if mode == "default" else f"compiled ({mode})"
+        name = "eager" if mode == "eager" else compiled_name(mode)
         note = f"first step {times[0]:.2f} s" if mode == "eager" else f"first step (compile) {times[0]:.1f} s"
         ok = all(map(lambda v: v == v and abs(v) < 1e4, losses))
         checks.append((f"train {name}: {a.steps} steps of {a.accum} micro-batch(es), tokens/s {tok_s:,.0f}, "
@@ -80,8 +84,7 @@ def check_train(a, dev) -> list[tuple[str, bool, str]]:
     tol = 0.05 if a.bf16 else 1e-3
     for mode in results.keys() - {"eager"}:
         diff = max(abs(p - q) for p, q in zip(results["eager"], results[mode]))
-        name = "compiled" if mode == "default" else f"compiled ({mode})"
-        checks.append((f"train {name} vs eager: largest loss difference {diff:.2e} (tolerance {tol})", diff < tol, ""))
+        checks.append((f"train {compiled_name(mode)} vs eager: largest loss difference {diff:.2e} (tolerance {tol})", diff < tol, ""))
     return checks + check_autocast_dtypes(a, dev)
 
 

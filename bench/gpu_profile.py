@@ -109,7 +109,7 @@ def compiled_mode_rows(shape_s, models, ba, dev, autocast, sync, a, mode) -> lis
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
-    compiled = {k: torch.compile(m, mode=None if mode == "default" else mode) for k, m in models.items()}
+    compiled = {k: torch.compile(m, mode=mode) for k, m in models.items()}
     steps = bench.train_closures(compiled, ba, dev, autocast)
     if mode == "reduce-overhead":  # CUDA graphs: each step's outputs are the graph's buffers
         steps = {k: (lambda f: lambda: (torch.compiler.cudagraph_mark_step_begin(), f()))(f) for k, f in steps.items()}

@@ -323,7 +323,7 @@ def test_cuda_graphs_only_where_they_were_checked(monkeypatch):
     from ncn.errors import NCNError
 
     compiled = []
-    monkeypatch.setattr(T.torch, "compile", lambda m, mode=None: compiled.append(mode) or m)
+    monkeypatch.setattr(T.torch, "compile", lambda m, mode: compiled.append(mode) or m)
 
     def run(device, accum=1, world=1, **tc):
         r = types.SimpleNamespace(tc=dataclasses.replace(train_config(), grad_accum=accum, **tc),
@@ -336,7 +336,7 @@ def test_cuda_graphs_only_where_they_were_checked(monkeypatch):
     assert run("cuda", **graphs).graphs and not run("cpu", **graphs).graphs
     assert not run("cuda", compile=True).graphs and not run("cuda", compile=False, compile_mode="reduce-overhead").graphs
     assert T._wrap(run("cuda", **graphs), model) is model and compiled == ["reduce-overhead"]
-    assert T._wrap(run("cuda", compile=True), model) is model and compiled[-1] is None
+    assert T._wrap(run("cuda", compile=True), model) is model and compiled[-1] == "default"
     assert T._wrap(run("cpu", **graphs), model) is model and len(compiled) == 2  # never on the CPU
     for bad in (run("cuda", accum=2, **graphs), run("cuda", world=2, **graphs)):
         with pytest.raises(NCNError, match="reduce-overhead .* needs train.grad_accum 1 and one process"):

@@ -467,8 +467,7 @@ def _wrap(run: Run, model: nn.Module) -> nn.Module:
                        f"got grad_accum {run.tc.grad_accum} and {run.dist.world} process(es); use compile_mode default "
                        "or a larger micro_batch")
     if run.tc.compile and run.device.type == "cuda":
-        mode = run.tc.compile_mode
-        model = torch.compile(model, mode=None if mode == "default" else mode)
+        model = torch.compile(model, mode=run.tc.compile_mode)
     if run.dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
