@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 
+from ncn.allocator import keep_freed_memory
 from ncn.errors import NCNError
 
 # stage -> (module, one-line help). Order is the order of the pipeline.
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
               + "\n\nRun 'ncn <stage> --help' for a stage's options, 'ncn --help' for more.", file=sys.stderr)
         return 2
     ns = _top_parser().parse_args(argv)
+    keep_freed_memory()  # before torch's import: its first large tensors come from the kept heap (ncn.allocator)
     module_name, _ = COMMANDS[ns.stage]
     module = importlib.import_module(module_name)
     entry = getattr(module, "main_" + ns.stage.replace("-", "_"), None) or module.main
