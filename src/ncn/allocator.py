@@ -6,7 +6,7 @@ such block freed so far, and the heap's top is given back (trimmed) once it hold
 free. A training step allocates and frees the same activations, gradients and logits every time,
 so its freed tensors go back to the kernel and their pages are faulted in again at the next step.
 Measured on this project's CPU (`bench/README.md`, "The allocator"): a size-l step of the default
-profile (batch 8) spent 6–11% of its CPU time in the kernel.
+profile (batch 8) spent 10–12% of its CPU time in the kernel.
 
 `keep_freed_memory()` fixes the mmap threshold at glibc's largest, 32 MiB (so blocks up to that
 size come from the heap from the start), and raises the trim threshold to 1 GiB: freed memory stays
