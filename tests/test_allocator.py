@@ -2,8 +2,9 @@
 
 Each case runs in a fresh interpreter: the setting is process-wide and would leak into other tests.
 A step is the forward and backward of a small causal model at batch 8 x 128, vocabulary 4096 (its
-logits are 16 MiB). Known answers both ways: with glibc's defaults each step faulted in some
-10,000 pages (40 MiB) again; with the setting, 0 to 800 per step.
+logits are 16 MiB), 10 steps after 3 warm-up steps. Known answers both ways: with glibc's defaults
+a step faulted in 2,700-11,000 pages again (13 runs); with the setting, none, or one 16 MiB block
+once in a run (at most 820 per step over 5 steps).
 """
 
 import json
@@ -33,9 +34,9 @@ def step():
 for _ in range(3):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(10):
     step()
-print(json.dumps({"applied": applied, "faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5}))
+print(json.dumps({"applied": applied, "faults_per_step": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10}))
 """
 
 
@@ -47,16 +48,16 @@ def probe(mode: str, **env) -> dict:
 
 
 def test_with_glibcs_defaults_each_step_faults_its_pages_in_again():
-    assert probe("off")["faults_per_step"] > 4000  # the known answer the next test must beat
+    assert probe("off")["faults_per_step"] > 1500  # the known answer the next test must beat
 
 
 def test_with_the_setting_a_step_reuses_the_memory_the_last_one_freed():
     got = probe("on")
     assert got["applied"] is True
-    assert got["faults_per_step"] < 2000
+    assert got["faults_per_step"] < 600
 
 
 def test_a_users_own_malloc_setting_is_left_alone():
     got = probe("on", MALLOC_TRIM_THRESHOLD_="131072")
     assert got["applied"] is False
-    assert got["faults_per_step"] > 4000  # glibc's behaviour as the user set it
+    assert got["faults_per_step"] > 1500  # glibc's behaviour as the user set it
