@@ -6,6 +6,7 @@ live in tests/test_workflow.py; the fixtures here import them when they run.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -13,6 +14,19 @@ import pytest
 
 # Files whose bytes two smoke runs from scratch must reproduce (tests/test_faults.py).
 REPRODUCIBLE_GLOBS = ("results/smoke/tables/*.csv", "results/smoke/claims.json", "results/smoke/tables/claims*.tex")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_config_memo(tmp_path_factory):
+    """The suite's own validation memo (ncn.config), inherited by every subprocess: nothing of the
+    user's ~/.cache is read or written, and every session starts with none."""
+    old = os.environ.get("NCN_CACHE_DIR")
+    os.environ["NCN_CACHE_DIR"] = str(tmp_path_factory.mktemp("ncn_cache"))
+    yield
+    if old is None:
+        os.environ.pop("NCN_CACHE_DIR", None)
+    else:
+        os.environ["NCN_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -103,3 +103,91 @@ def test_compile_mode_defaults_and_is_checked(tmp_path):
     cfg["train"]["compile_mode"] = "graphs"
     with pytest.raises(NCNError, match="train.compile_mode"):
         load_config(_write(tmp_path, cfg))
+
+
+# ---- the YAML loader and the validation memo (ncn.config.load_config) --------------------------
+
+
+@pytest.mark.parametrize("name", ["smoke", "default", "paper", "cpu-trunk"])
+def test_fast_yaml_loader_reads_what_safe_load_reads(name):
+    from ncn.config import SCHEMA_PATH, yaml_load
+
+    for path in (ROOT / "config" / f"{name}.yaml", SCHEMA_PATH):
+        assert yaml_load(path.read_bytes()) == yaml.safe_load(path.read_text())
+
+
+def test_memo_gives_what_validation_gives_in_the_same_key_order(tmp_path, monkeypatch):
+    import ncn.config as C
+
+    monkeypatch.setenv("NCN_CACHE_DIR", str(tmp_path / "cache"))
+    path = ROOT / "config" / "smoke.yaml"
+    fresh = load_config(path)  # validated, then stored
+    memo = list((tmp_path / "cache" / "configs").glob("*.json"))
+    assert len(memo) == 1
+    monkeypatch.setattr(C, "validate", lambda *a, **k: pytest.fail("validated again despite the memo"))
+    again = load_config(path)
+    assert again == fresh and list(again) == list(fresh)
+    assert list(again["size_defs"]) == list(fresh["size_defs"])
+    from ncn.stages import config_slice
+
+    assert load_config(path, stage="train") == config_slice(fresh, "train")
+
+
+def test_memo_never_lets_a_changed_config_skip_validation(tmp_path, monkeypatch):
+    """Known answers both ways: a valid config is stored; the same file made invalid is rejected,
+    the same bytes with other overrides are validated anew, and invalid configs are never stored."""
+    import ncn.config as C
+
+    monkeypatch.setenv("NCN_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = _base()
+    p = _write(tmp_path, cfg)
+    assert load_config(p)["train"]["micro_batch"] == cfg["train"]["micro_batch"]
+    with pytest.raises(NCNError, match="train.micro_batch"):
+        load_config(p, overrides={"train": {"micro_batch": "many"}})
+    cfg["train"]["micro_batch"] = "many"
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(NCNError, match="train.micro_batch"):
+        load_config(p)
+    assert len(list((tmp_path / "cache" / "configs").glob("*.json"))) == 1  # only the valid one
+    calls = []
+    real = C.validate
+    monkeypatch.setattr(C, "validate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg["train"]["micro_batch"] = 2
+    p.write_text(yaml.safe_dump(cfg))
+    load_config(p)
+    load_config(p)
+    assert calls == [1]  # a new valid content: validated once, then read back
+
+
+def test_memo_key_covers_schema_and_registry(tmp_path, monkeypatch):
+    import ncn.config as C
+    from ncn import variants
+
+    monkeypatch.setenv("NCN_CACHE_DIR", str(tmp_path / "cache"))
+    raw = (ROOT / "config" / "smoke.yaml").read_bytes()
+    key = C._memo_path(raw, None)
+    assert key == C._memo_path(raw, None) and key != C._memo_path(raw, {"seeds": [0]})
+    monkeypatch.setitem(variants.REGISTRY, "extra", variants.REGISTRY["causal"])
+    assert C._memo_path(raw, None) != key
+    monkeypatch.delitem(variants.REGISTRY, "extra")
+    schema = tmp_path / "schema.yaml"
+    schema.write_bytes(C.SCHEMA_PATH.read_bytes() + b"\n# another schema\n")
+    monkeypatch.setattr(C, "SCHEMA_PATH", schema)
+    assert C._memo_path(raw, None) != key
+
+
+def test_memo_off_torn_or_unwritable_falls_back_to_validation(tmp_path, monkeypatch):
+    import ncn.config as C
+
+    path = ROOT / "config" / "smoke.yaml"
+    monkeypatch.setenv("NCN_CACHE_DIR", "off")
+    assert C._memo_path(path.read_bytes(), None) is None and load_config(path)["profile"] == "smoke"
+    monkeypatch.setenv("NCN_CACHE_DIR", str(tmp_path / "cache"))
+    memo = C._memo_path(path.read_bytes(), None)
+    memo.parent.mkdir(parents=True)
+    memo.write_text('{"profile": "sm')  # torn
+    assert load_config(path)["profile"] == "smoke"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("NCN_CACHE_DIR", str(blocker))  # a file where the folder should be
+    assert load_config(path)["profile"] == "smoke"
