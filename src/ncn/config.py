@@ -155,7 +155,10 @@ def _cache_root() -> Path | None:
     if root:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "ncn" if xdg else Path.home() / ".cache" / "ncn"
+    try:
+        return Path(xdg) / "ncn" if xdg else Path.home() / ".cache" / "ncn"
+    except RuntimeError:  # no home folder to be found: no memo
+        return None
 
 
 def _memo_path(raw: bytes, overrides: dict | None) -> Path | None:
@@ -165,9 +168,13 @@ def _memo_path(raw: bytes, overrides: dict | None) -> Path | None:
     from ncn.variants import names, ncn_names
 
     registry = json.dumps([names(), ncn_names()]).encode()  # as it is now (a test may add a variant)
+    try:
+        parts = (raw, json.dumps(overrides, sort_keys=True, default=repr).encode(), SCHEMA_PATH.read_bytes(),
+                 Path(__file__).read_bytes(), registry)
+    except OSError:  # an unreadable schema: validation reports it
+        return None
     h = hashlib.sha256()
-    for part in (raw, json.dumps(overrides, sort_keys=True, default=repr).encode(), SCHEMA_PATH.read_bytes(),
-                 Path(__file__).read_bytes(), registry):
+    for part in parts:
         h.update(hashlib.sha256(part).digest())
     return root / "configs" / f"{h.hexdigest()}.json"
 
