@@ -284,8 +284,9 @@ def test_a_duplicate_row_from_a_concurrent_insert_is_retried_and_nothing_else(mo
 
     monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
     race = "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name"
-    assert tracking._is_duplicate(RuntimeError(race)) and tracking._is_duplicate(RuntimeError("database is locked"))
-    assert not tracking._is_duplicate(RuntimeError("Run 'abc' not found"))
+    assert tracking._locked_or_duplicate(RuntimeError(race))
+    assert tracking._locked_or_duplicate(RuntimeError("database is locked"))
+    assert not tracking._locked_or_duplicate(RuntimeError("Run 'abc' not found"))
     assert not tracking._is_locked(RuntimeError(race))  # other calls do not retry a duplicate
 
 

@@ -127,8 +127,9 @@ def _is_locked(e: BaseException) -> bool:
     return "database is locked" in msg or "database table is locked" in msg or "busy" in msg
 
 
-def _is_duplicate(e: BaseException) -> bool:
-    """A concurrent insert of the same row (SQLite's message; PostgreSQL's and MySQL's)."""
+def _locked_or_duplicate(e: BaseException) -> bool:
+    """Worth retrying a dataset insert: a lock (`_is_locked`), or a concurrent insert of the same
+    row (SQLite's message; PostgreSQL's and MySQL's)."""
     msg = str(e).lower()
     return _is_locked(e) or "unique constraint failed" in msg or "duplicate key" in msg or "duplicate entry" in msg
 
@@ -290,7 +291,7 @@ def log_dataset(store: Store, path: Path, context: str) -> None:
     # Jobs logging the same file at once race on MLflow's check-then-insert of the dataset row (the
     # loser gets "UNIQUE constraint failed"); the second try finds the row and links to it.
     _retry(mlflow.log_input, dataset, context=context, tags={"sha256": sha, "bytes": str(Path(path).stat().st_size)},
-           transient=_is_duplicate)
+           transient=_locked_or_duplicate)
 
 
 def log_model(model_pt: Path) -> None:
