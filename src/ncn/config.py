@@ -163,7 +163,7 @@ def _cache_root() -> Path | None:
 
 def _memo_path(raw: bytes, overrides: dict | None) -> Path | None:
     root = _cache_root()
-    if root is None or not SCHEMA_PATH.exists():
+    if root is None:
         return None
     from ncn.variants import names, ncn_names
 
@@ -171,7 +171,7 @@ def _memo_path(raw: bytes, overrides: dict | None) -> Path | None:
     try:
         parts = (raw, json.dumps(overrides, sort_keys=True, default=repr).encode(), SCHEMA_PATH.read_bytes(),
                  Path(__file__).read_bytes(), registry)
-    except OSError:  # an unreadable schema: validation reports it
+    except OSError:  # a missing or unreadable schema: validation reports it
         return None
     h = hashlib.sha256()
     for part in parts:
@@ -195,14 +195,12 @@ def _write_memo(memo: Path | None, cfg: dict) -> None:
     iterates size_defs and other mappings in the order written); never fails the caller."""
     if memo is None:
         return
+    from ncn.fileio import write_text
+
     try:
         text = json.dumps(cfg)
-        if json.loads(text) != cfg:
-            return
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, memo)  # atomic: a concurrent job reads the old state or the whole file
+        if json.loads(text) == cfg:
+            write_text(memo, text)  # atomic: a concurrent job reads no file or the whole file
     except (OSError, TypeError, ValueError):
         pass
 
