@@ -78,6 +78,57 @@ def test_bench_model_writes_reference_and_variants(tmp_path, capsys):
         bench.main(["model", "--variants", "bogus", "--out", str(out)])
 
 
+def _process_rows(ratios):
+    """Per-process CSV rows (strings, as read back) of none and causal with these causal/none paired ratios."""
+    rows = []
+    for k, ratio in enumerate(ratios, 1):
+        for variant, paired in (("none", 1.0), ("causal", ratio)):
+            rows.append({c: "" for c in bench.MODEL_COLUMNS} | {
+                "shape": "s", "variant": variant, "n_params": "100", "step_s_median": str(0.1 * paired),
+                "step_s_min": str(0.09 * paired + 0.001 * k), "tokens_per_s": str(1000 / paired),
+                "ratio_to_reference": "0.95", "ratio_to_none": str(paired), "mfu": "0.3", "eval_tokens_per_s": "2000",
+                "eval_ratio_to_reference": "1.0", "eval_mfu": "0.2", "gemm_flops_per_s": "1e11",
+                "peak_flops_per_s": "1e11", "ratio_to_none_paired": str(paired), "ratio_to_reference_paired": "0.95",
+                "process": k})
+    return rows
+
+
+def test_processes_pool_verdicts_both_ways_and_thin_data():
+    """Pooled over processes, the interval is over the processes' own paired ratios: 8 processes at
+    1.01-1.03 read "met", at 1.08-1.10 "not met"; processes that each sit inside 1.05 but spread
+    1.00-1.10 between them read "undecided"; 4 processes give no interval."""
+    def verdict(ratios):
+        row = [r for r in bench.pool_processes(_process_rows(ratios)) if r["variant"] == "causal"][0]
+        assert row["processes"] == len(ratios) and row["ratio_to_none_paired"] == pytest.approx(sorted(ratios)[len(ratios) // 2], abs=0.011)
+        return bench.target_verdict(row["ratio_to_none_lo"], row["ratio_to_none_hi"], 1.05)
+
+    assert verdict([1.01, 1.02, 1.03, 1.02, 1.01, 1.03, 1.02, 1.02]) == "met"
+    assert verdict([1.08, 1.09, 1.10, 1.09, 1.08, 1.10, 1.09, 1.09]) == "not met"
+    assert verdict([1.00, 1.10, 1.02, 1.08, 1.04, 1.06, 1.01, 1.09]) == "undecided"
+    assert verdict([1.01, 1.02, 1.03, 1.02]) == "too few rounds for an interval"
+    pooled = bench.pool_processes(_process_rows([1.0, 1.2, 1.1]))
+    causal = [r for r in pooled if r["variant"] == "causal"][0]
+    assert causal["step_s_median"] == pytest.approx(0.11) and causal["step_s_min"] == pytest.approx(0.091)
+    assert [r["variant"] for r in pooled] == ["none", "causal"] and set(causal) == set(bench.MODEL_COLUMNS)
+    assert any("median of 3 processes'" in line and "too few processes" in line for line in bench.model_targets(pooled))
+
+
+def test_bench_model_processes_runs_fresh_processes(tmp_path, capsys):
+    out = tmp_path / "model.csv"
+    rc = bench.main(["model", "--out", str(out), "--shapes", "d16/L1/T8/H2/F32", "--steps", "1", "--warmup", "0",
+                     "--threads", "1", "--batch", "1", "--eval-batch", "2", "--vocab", "32", "--gemm-n", "64",
+                     "--variants", "causal", "--processes", "2"])
+    assert rc == 0
+    rows, per = read_csv(out), read_csv(tmp_path / "model_processes.csv")
+    assert [r["variant"] for r in rows] == ["reference", "none", "causal"] and {r["processes"] for r in rows} == {"2"}
+    assert [(r["process"], r["variant"]) for r in per] == [(k, v) for k in "12" for v in ("reference", "none", "causal")]
+    assert {r["shape"] for r in per} == {"d16/L1/T8/H2/F32"} and {r["batch"] for r in per} == {"1"}
+    text = capsys.readouterr().out
+    assert "over 2 processes" in text and "too few processes for an interval" in text
+    with pytest.raises(NCNError, match="processes"):
+        bench.main(["model", "--processes", "0", "--out", str(out)])
+
+
 def test_parse_shape_sizes_and_specs():
     sd = {"s": {"d_model": 64, "n_layer": 2, "n_head": 2, "d_ff": 256, "block_size": 128}}
     assert bench.parse_shape("s", sd) == bench.Shape("s", 64, 2, 2, 256, 128)

@@ -41,7 +41,11 @@ MODEL_COLUMNS = [
     "ratio_to_none_lo", "ratio_to_none_hi", "ratio_to_reference_paired", "ratio_to_reference_lo", "ratio_to_reference_hi",
     "train_flops_per_token", "mfu", "eval_batch", "eval_tokens_per_s", "eval_ratio_to_reference", "eval_mfu",
     "gemm_flops_per_s", "device", "dtype", "threads", "steps", "pool_impl", "torch", "peak_flops_per_s", "clock",
+    "processes",
 ]
+# pooled over processes (--processes): the median of the processes' values (step_s_min: their minimum)
+PROCESS_MEDIANS = ["step_s_median", "tokens_per_s", "ratio_to_reference", "ratio_to_none", "mfu",
+                   "eval_tokens_per_s", "eval_ratio_to_reference", "eval_mfu", "gemm_flops_per_s", "peak_flops_per_s"]
 
 
 # ---- model: shapes and models -------------------------------------------------------------------
@@ -281,6 +285,7 @@ def bench_shape(shape: Shape, a) -> list[dict]:
             eval_mfu=round(etok_s * flops_per_token(model, shape, False) / peak, 4),
             gemm_flops_per_s=round(gemm), peak_flops_per_s=round(peak), device=dev.type, dtype=a.dtype,
             threads=a.threads, steps=a.steps, pool_impl=M.PREFIX_POOL_IMPL, torch=torch.__version__, clock=a.clock,
+            processes=1,
         ))
     return rows
 
@@ -305,8 +310,12 @@ def model_targets(rows) -> list[str]:
             if r["variant"] == who:
                 lo, hi = r[f"{col}_lo"], r[f"{col}_hi"]
                 ci = f" [{lo:.3f}, {hi:.3f}]" if lo != "" else ""
-                out.append(f"{r['shape']}: {who} / {of}: per-round paired ratio {r[f'{col}_paired']:.3f}{ci} (95%), "
-                           f"ratio of medians {r[col]:.3f} (target <= {target:.2f}: {target_verdict(lo, hi, target)})")
+                k = int(r.get("processes") or 1)
+                unit = "per-round" if k == 1 else f"per-process (median of {k} processes'"
+                unit += " paired ratio" if k == 1 else " paired ratios)"
+                verdict = target_verdict(lo, hi, target).replace("rounds", "rounds" if k == 1 else "processes")
+                out.append(f"{r['shape']}: {who} / {of}: {unit} {r[f'{col}_paired']:.3f}{ci} (95%), "
+                           f"ratio of medians {r[col]:.3f} (target <= {target:.2f}: {verdict})")
     b = [r for r in rows if r["shape"] == BASE_SHAPE and r["variant"] == base]
     if b:
         out.append(f"{BASE_SHAPE}: training MFU of {base} {b[0]['mfu']:.1%} of {b[0]['peak_flops_per_s'] / 1e9:.1f} "
@@ -319,7 +328,7 @@ def main_model(a) -> int:
 
     from ncn.config import load_config
 
-    for name in ("steps", "threads", "batch", "eval_batch"):
+    for name in ("steps", "threads", "batch", "eval_batch", "processes"):
         if getattr(a, name) < 1:
             raise NCNError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
     if a.warmup < 0:
@@ -340,14 +349,70 @@ def main_model(a) -> int:
     print(f"{a.device} {a.dtype}, {a.threads} thread(s), batch {a.batch} (eval {a.eval_batch}), vocab {a.vocab}, "
           f"pool {a.pool_impl}, {a.clock} clock, median of {a.steps} interleaved rounds; reference = "
           "bench/reference_gpt.py", flush=True)
-    rows = []
-    for shape in shapes:  # the table grows shape by shape (a long run on a busy machine keeps what it has)
-        rows += bench_shape(shape, a)
+    if a.processes > 1:
+        rows = pool_processes(run_processes(a, shapes))
         write_csv_rows(a.out, MODEL_COLUMNS, rows)
-        print(format_model_table([r for r in rows if r["shape"] == shape.name]), flush=True)
+        print(f"\nover {a.processes} processes (medians; ratio intervals over the processes' paired ratios):")
+        print(format_model_table(rows))
+    else:
+        rows = []
+        for shape in shapes:  # the table grows shape by shape (a long run on a busy machine keeps what it has)
+            rows += bench_shape(shape, a)
+            write_csv_rows(a.out, MODEL_COLUMNS, rows)
+            print(format_model_table([r for r in rows if r["shape"] == shape.name]), flush=True)
     print("\n".join(model_targets(rows)))
     print(f"wrote {a.out}")
     return 0
+
+
+def run_processes(a, shapes: list[Shape]) -> list[dict]:
+    """The bench run `a.processes` times over, each time in a fresh `ncn bench model` process; their
+    rows (a `process` column added) also go to <out>_processes.csv. Rounds inside one process share
+    its memory layout and thread placement, and a ratio can differ between processes by more than
+    its in-process interval (bench/README.md), so the process is the unit that repeats."""
+    import csv
+
+    opts = {"--config": a.config, "--steps": a.steps, "--warmup": a.warmup, "--threads": a.threads,
+            "--clock": a.clock, "--batch": a.batch, "--eval-batch": a.eval_batch, "--vocab": a.vocab,
+            "--device": a.device, "--dtype": a.dtype, "--gemm-n": a.gemm_n, "--peak-flops": a.peak_flops,
+            "--pool-impl": a.pool_impl}
+    args = [str(x) for k, v in opts.items() if v is not None for x in (k, v)]
+    args += ["--shapes", *[s.name for s in shapes], "--variants", *a.variants]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(1, a.processes + 1):
+            print(f"-- process {k}/{a.processes}", flush=True)
+            out = Path(tmp) / f"p{k}.csv"
+            subprocess.run([sys.executable, "-m", "ncn.cli", "bench", "model", *args, "--out", str(out)],
+                           check=True, env=_env())
+            with open(out, newline="") as f:
+                rows += [{**r, "process": k} for r in csv.DictReader(f)]
+    write_csv_rows(Path(a.out).with_name(Path(a.out).stem + "_processes.csv"), MODEL_COLUMNS + ["process"], rows)
+    return rows
+
+
+def pool_processes(rows: list[dict]) -> list[dict]:
+    """One row per (shape, variant) from per-process rows: the median over processes of each
+    PROCESS_MEDIANS column, the least step_s_min, and each paired ratio as the median of the
+    processes' own paired medians, with a distribution-free 95% interval over those (median_ci:
+    6 processes at least, else no interval and no verdict)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["shape"], r["variant"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        row = {c: rs[0].get(c, "") for c in MODEL_COLUMNS}
+        for c in PROCESS_MEDIANS:
+            row[c] = round(statistics.median(float(r[c]) for r in rs), 5)
+        row["step_s_min"] = min(float(r["step_s_min"]) for r in rs)
+        row["n_params"], row["processes"] = int(rs[0]["n_params"]), len(rs)
+        for name in ("ratio_to_none", "ratio_to_reference"):
+            xs = [float(r[f"{name}_paired"]) for r in rs]
+            ci = median_ci(xs)
+            row[f"{name}_paired"] = round(statistics.median(xs), 4)
+            row[f"{name}_lo"], row[f"{name}_hi"] = (round(ci[0], 4), round(ci[1], 4)) if ci else ("", "")
+        out.append(row)
+    return out
 
 
 # ---- startup: a real `ncn train` job, timed from outside and from inside -------------------------
@@ -616,6 +681,9 @@ def _model_parser(sub) -> None:
     m.add_argument("--variants", nargs="+", help="variants to time (default: all); the baseline always is")
     m.add_argument("--steps", type=int, default=10, help="timed rounds (default: %(default)s)")
     m.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
+    m.add_argument("--processes", type=int, default=1, help="run the whole bench this many times, each in a fresh "
+                   "process, and judge the ratios over the processes (6 or more for a 95%% interval; "
+                   "per-process rows go to <out>_processes.csv) (default: %(default)s)")
     m.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     m.add_argument("--clock", default="wall", choices=list(CLOCKS), help="wall, or cpu: the thread's CPU time, "
                    "steadier on a shared machine (needs --threads 1) (default: %(default)s)")
