@@ -110,7 +110,8 @@ def test_processes_pool_verdicts_both_ways_and_thin_data():
     causal = [r for r in pooled if r["variant"] == "causal"][0]
     assert causal["step_s_median"] == pytest.approx(0.11) and causal["step_s_min"] == pytest.approx(0.091)
     assert [r["variant"] for r in pooled] == ["none", "causal"] and set(causal) == set(bench.MODEL_COLUMNS)
-    assert any("median of 3 processes'" in line and "too few processes" in line for line in bench.model_targets(pooled))
+    assert any("median of 3 processes' paired ratios" in line and "too few processes for an interval" in line
+               for line in bench.model_targets(pooled))
 
 
 def test_bench_model_processes_runs_fresh_processes(tmp_path, capsys):
@@ -127,6 +128,11 @@ def test_bench_model_processes_runs_fresh_processes(tmp_path, capsys):
     assert "over 2 processes" in text and "too few processes for an interval" in text
     with pytest.raises(NCNError, match="processes"):
         bench.main(["model", "--processes", "0", "--out", str(out)])
+    if not torch.cuda.is_available():  # a process that fails stops the run, with what failed
+        with pytest.raises(NCNError, match="process 1 of 2 exited with [1-9]"):
+            bench.main(["model", "--out", str(tmp_path / "cuda.csv"), "--shapes", "d16/L1/T8/H2/F32",
+                        "--device", "cuda", "--processes", "2"])
+        assert not (tmp_path / "cuda.csv").exists()
 
 
 def test_parse_shape_sizes_and_specs():

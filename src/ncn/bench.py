@@ -241,10 +241,11 @@ def paired_ratio(times: dict, k: str, base: str) -> tuple:
     return (round(statistics.median(ratios), 4), *((round(ci[0], 4), round(ci[1], 4)) if ci else ("", "")))
 
 
-def target_verdict(lo, hi, target: float) -> str:
-    """met (the interval lies at or under the target), not met (above it), undecided (it straddles)."""
+def target_verdict(lo, hi, target: float, unit: str = "rounds") -> str:
+    """met (the interval lies at or under the target), not met (above it), undecided (it straddles);
+    no interval: too few `unit` (rounds, or processes with --processes)."""
     if lo == "":
-        return "too few rounds for an interval"
+        return f"too few {unit} for an interval"
     return "met" if hi <= target else "not met" if lo > target else "undecided"
 
 
@@ -311,10 +312,9 @@ def model_targets(rows) -> list[str]:
                 lo, hi = r[f"{col}_lo"], r[f"{col}_hi"]
                 ci = f" [{lo:.3f}, {hi:.3f}]" if lo != "" else ""
                 k = int(r.get("processes") or 1)
-                unit = "per-round" if k == 1 else f"per-process (median of {k} processes'"
-                unit += " paired ratio" if k == 1 else " paired ratios)"
-                verdict = target_verdict(lo, hi, target).replace("rounds", "rounds" if k == 1 else "processes")
-                out.append(f"{r['shape']}: {who} / {of}: {unit} {r[f'{col}_paired']:.3f}{ci} (95%), "
+                what = "per-round paired ratio" if k == 1 else f"median of {k} processes' paired ratios"
+                verdict = target_verdict(lo, hi, target, "rounds" if k == 1 else "processes")
+                out.append(f"{r['shape']}: {who} / {of}: {what} {r[f'{col}_paired']:.3f}{ci} (95%), "
                            f"ratio of medians {r[col]:.3f} (target <= {target:.2f}: {verdict})")
     b = [r for r in rows if r["shape"] == BASE_SHAPE and r["variant"] == base]
     if b:
@@ -383,8 +383,10 @@ def run_processes(a, shapes: list[Shape]) -> list[dict]:
         for k in range(1, a.processes + 1):
             print(f"-- process {k}/{a.processes}", flush=True)
             out = Path(tmp) / f"p{k}.csv"
-            subprocess.run([sys.executable, "-m", "ncn.cli", "bench", "model", *args, "--out", str(out)],
-                           check=True, env=_env())
+            rc = subprocess.run([sys.executable, "-m", "ncn.cli", "bench", "model", *args, "--out", str(out)],
+                                env=_env()).returncode
+            if rc:
+                raise NCNError(f"--processes: process {k} of {a.processes} exited with {rc} (its output is above)")
             with open(out, newline="") as f:
                 rows += [{**r, "process": k} for r in csv.DictReader(f)]
     write_csv_rows(Path(a.out).with_name(Path(a.out).stem + "_processes.csv"), MODEL_COLUMNS + ["process"], rows)
