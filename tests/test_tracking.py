@@ -237,6 +237,38 @@ def test_resumed_job_continues_the_same_mlflow_run(store):
     assert sorted(steps) == [1] + list(range(2, 21, 2))  # no step logged twice
 
 
+def test_resume_after_a_kill_between_the_batch_and_the_state_file_logs_no_step_twice(store, tmp_path):
+    """A job killed after a batch reached the store but before mlflow_run.json recorded it (the file
+    still says 0): the resumed job reads the last logged step from the store, so it adds only the
+    steps after it. With the file's word alone (the code before) steps 1-4 were logged twice."""
+    from ncn.config import load_config
+    from ncn.tracking import STATE_FILE, Store, Tracker
+
+    tmp, run_dir = store["tmp"], tmp_path / "killed"
+    run_dir.mkdir()
+    cfg, db = load_config(store["cfg"]), Store(f"sqlite:///{tmp}/mlflow.db")
+    run_config = {**json.loads((tmp / "runs" / "causal" / "config.json").read_text()), "seed": 7}
+    rows = [{"step": s, "loss": 5.0 - s / 10} for s in (1, 2, 3, 4)]
+    first = Tracker(cfg, run_dir, store=db, experiment="testprof-kill", strict=True, replay=True)
+    first.start(run_config, 100, 50, resumed=False)
+    state = json.loads((run_dir / STATE_FILE).read_text())
+    first.add_rows(rows)
+    first.flush()  # the batch is in the store...
+    (run_dir / STATE_FILE).write_text(json.dumps(state))  # ...and the kill came before the file said so
+    first.client.set_terminated(first.run_id, status="KILLED")
+    import mlflow
+
+    mlflow.end_run()
+    again = Tracker(cfg, run_dir, store=db, experiment="testprof-kill", strict=True, replay=True)
+    again.start(run_config, 100, 50, resumed=True)
+    assert again.run_id == first.run_id and again.logged_through == 4
+    again.add_rows(rows + [{"step": 5, "loss": 4.4}])  # the checkpoint's log, restored, then one more step
+    again.flush()
+    mlflow.end_run()
+    steps = sorted(m.step for m in client_for(tmp).get_metric_history(first.run_id, "loss"))
+    assert steps == [1, 2, 3, 4, 5]
+
+
 def test_unreachable_store_warns_then_sync_replays(store, tmp_path, caplog, monkeypatch):
     from ncn.tracking import main_mlflow_sync
 

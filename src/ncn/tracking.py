@@ -403,7 +403,8 @@ class Tracker:
         if old and resumed:
             try:
                 _retry(mlflow.start_run, run_id=old, log_system_metrics=not self.replay)
-                self.run_id, self.logged_through = old, int(read_json(self.run_dir / STATE_FILE)["logged_through_step"])
+                saved = int(read_json(self.run_dir / STATE_FILE)["logged_through_step"])
+                self.run_id, self.logged_through = old, max(saved, self._last_logged_step(old))
                 log.info("MLflow: continuing run %s", old)
                 return
             except Exception as e:  # deleted from the store, or the store is down: a new run below
@@ -429,6 +430,16 @@ class Tracker:
             self._safe("log dataset", log_dataset, self.store, train_bin, "training", attempts=1)
         if self.on:
             self._save_state()
+
+    def _last_logged_step(self, run_id: str) -> int:
+        """The last step of `loss` the store holds for the run (0 if it cannot tell). A job killed
+        after a batch reached the store but before mlflow_run.json recorded it leaves the file
+        behind the store; its resumed job must not log those steps again. A batch is one
+        transaction, so its `loss` rows are there exactly when the rest of it is."""
+        try:
+            return max((m.step for m in _retry(self.client.get_metric_history, run_id, "loss")), default=0)
+        except Exception:
+            return 0
 
     def add_rows(self, rows: Iterable[dict]) -> None:
         """Queue train_log rows not yet in MLflow (a resumed job re-adds the restored rows)."""
