@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ncn.errors import NCNError
-from ncn.fileio import write_csv_rows
+from ncn.fileio import read_csv_rows, write_csv_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_SHAPE = "d256/L6/T256"
@@ -311,7 +311,7 @@ def model_targets(rows) -> list[str]:
             if r["variant"] == who:
                 lo, hi = r[f"{col}_lo"], r[f"{col}_hi"]
                 ci = f" [{lo:.3f}, {hi:.3f}]" if lo != "" else ""
-                k = int(r.get("processes") or 1)
+                k = int(r["processes"])
                 what = "per-round paired ratio" if k == 1 else f"median of {k} processes' paired ratios"
                 verdict = target_verdict(lo, hi, target, "rounds" if k == 1 else "processes")
                 out.append(f"{r['shape']}: {who} / {of}: {what} {r[f'{col}_paired']:.3f}{ci} (95%), "
@@ -370,8 +370,6 @@ def run_processes(a, shapes: list[Shape]) -> list[dict]:
     rows (a `process` column added) also go to <out>_processes.csv. Rounds inside one process share
     its memory layout and thread placement, and a ratio can differ between processes by more than
     its in-process interval (bench/README.md), so the process is the unit that repeats."""
-    import csv
-
     opts = {"--config": a.config, "--steps": a.steps, "--warmup": a.warmup, "--threads": a.threads,
             "--clock": a.clock, "--batch": a.batch, "--eval-batch": a.eval_batch, "--vocab": a.vocab,
             "--device": a.device, "--dtype": a.dtype, "--gemm-n": a.gemm_n, "--peak-flops": a.peak_flops,
@@ -387,8 +385,7 @@ def run_processes(a, shapes: list[Shape]) -> list[dict]:
                                 env=_env()).returncode
             if rc:
                 raise NCNError(f"--processes: process {k} of {a.processes} exited with {rc} (its output is above)")
-            with open(out, newline="") as f:
-                rows += [{**r, "process": k} for r in csv.DictReader(f)]
+            rows += [{**r, "process": k} for r in read_csv_rows(out)]
     write_csv_rows(Path(a.out).with_name(Path(a.out).stem + "_processes.csv"), MODEL_COLUMNS + ["process"], rows)
     return rows
 

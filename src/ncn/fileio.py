@@ -54,6 +54,12 @@ def write_csv_rows(path: str | os.PathLike, columns: list[str], rows: list[dict]
     write_text(path, buf.getvalue())
 
 
+def read_csv_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a CSV with a header as dicts of strings (write_csv_rows's counterpart)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Deterministic JSON (sorted keys, fixed indent) so reruns are byte-identical."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")

@@ -32,7 +32,6 @@ import argparse
 import atexit
 import contextlib
 import copy
-import csv
 import getpass
 import json
 import logging
@@ -48,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ncn.errors import NCNError
-from ncn.fileio import read_json, sha256_file, write_json
+from ncn.fileio import read_csv_rows, read_json, sha256_file, write_json
 from ncn.provenance import git_commit
 
 log = logging.getLogger("ncn.tracking")
@@ -692,10 +691,7 @@ def main_mlflow_end(argv: list[str]) -> int:
 
 
 def _read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    return read_csv_rows(path) if path.exists() else []
 
 
 def _recorded(client, exp_id: str, store: Store, run_dir: Path, state: dict | None) -> bool:
