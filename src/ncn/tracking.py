@@ -386,10 +386,10 @@ class Tracker:
             "logged_through_step": self.logged_through,
         })
 
-    def _old_run(self) -> str | None:
-        """The run id in mlflow_run.json, if it belongs to this store."""
+    def _old_state(self) -> dict | None:
+        """mlflow_run.json (read_state), if its run belongs to this store."""
         state = read_state(self.run_dir)
-        return state["run_id"] if state and state["store"].uri == self.store.uri else None
+        return state if state and state["store"].uri == self.store.uri else None
 
     def start(self, run_config: dict, n_params: int, n_params_non_embedding: int, resumed: bool) -> None:
         """Create the MLflow run, or continue the previous one when resuming from a checkpoint."""
@@ -398,11 +398,12 @@ class Tracker:
         import mlflow
 
         self.client = self._safe("connect", _client, self.store)
-        old = self._old_run() if self.on else None
+        state = self._old_state() if self.on else None
+        old = state["run_id"] if state else None
         if old and resumed:
             try:
                 _retry(mlflow.start_run, run_id=old, log_system_metrics=not self.replay)
-                saved = int(read_json(self.run_dir / STATE_FILE)["logged_through_step"])
+                saved = int(state["logged_through_step"])
                 self.run_id, self.logged_through = old, max(saved, self._last_logged_step(old))
                 log.info("MLflow: continuing run %s", old)
                 return
