@@ -9,9 +9,13 @@ import argparse
 import statistics
 import time
 
-import torch
+from ncn.allocator import keep_freed_memory
 
-import ncn.model as M
+keep_freed_memory()  # as `ncn` does, before torch's import: the timed steps run with the pipeline's malloc
+
+import torch  # noqa: E402
+
+import ncn.model as M  # noqa: E402
 
 
 def time_pool(pool, e, impl, reps):
