@@ -914,7 +914,10 @@ def test_skip_delta_loss_is_positive_when_skipping_a_useful_ffn(tmp_path):
     df = skip_table(run, cfg, data).set_index("eps")
     assert list(df.index) == [0.0, 0.5, 0.95]
     assert df.loc[0.0, "delta_loss"] == 0.0 and df.loc[0.0, "skip_frac"] == 0.0
-    assert df.loc[0.0, "loss"] == pytest.approx(dense, rel=1e-5)
+    # dense is ~0.002, a mean of near-zero CEs (logsumexp − logit, logits up to ~8.5): fp32 rounds each by
+    # ~1e-7 absolute, which the batches of 4 and 6 and the GEMM kernels of a CPU place differently
+    # (an AMD EPYC gave 1.8e-5 relative), so this comparison is absolute
+    assert df.loc[0.0, "loss"] == pytest.approx(dense, rel=1e-5, abs=1e-6)
     # eps = 0.5 skips layer 0 (gamma 0.3 < 0.5) for every token, keeps layer 1 (0.9)
     assert df.loc[0.5, "skip_frac"] == pytest.approx(0.5)
     assert df.loc[0.5, "loss"] == pytest.approx(without0, rel=1e-5)
