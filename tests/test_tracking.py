@@ -5,6 +5,7 @@ not stop training, `ncn mlflow-sync` replay, and four jobs in parallel on one SQ
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -512,3 +513,149 @@ def test_training_steps_do_not_wait_for_mlflow(tmp_path, monkeypatch):
     assert m["finished"]
     assert [c[0] for c in log][:2] == ["init", "start"] and log[1][-1] is True, log[:2]
     assert log[-1][0] == "finish" and {c[1] for c in log} == {"ncn-mlflow"}
+
+
+# ---- the pipeline's MLflow server (ncn.trackserver): MLflow imported once, not per job ----------
+
+PROBE = ("import atexit, sys; atexit.register(lambda: print('MLFLOW_IMPORTED', 'mlflow' in sys.modules, "
+         "file=sys.stderr)); from ncn.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def start_server(tmp: Path) -> tuple[Path, Path, int]:
+    """(config, marker, server pid): a store with a pipeline run and its server (ncn mlflow-init --serve)."""
+    cfg = tiny_config(tmp, mlflow={"enabled": True})
+    ready = tmp / "mlflow.ready"
+    r = ncn_subprocess(["mlflow-init", "--config", str(cfg), "--out", str(ready), "--serve"])
+    assert r.returncode == 0 and "jobs log through 'ncn mlflow-serve'" in r.stdout, r.stdout + r.stderr
+    return cfg, ready, int(r.stdout.split("(pid ")[1].split(",")[0])
+
+
+def probed_job(args: list[str], env: dict, wait: bool = True):
+    cmd = [sys.executable, "-c", PROBE, *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    if not wait:
+        return subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                stat = (d / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid and stat.rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(int(d.name))
+    return out
+
+
+def test_server_records_what_an_in_process_job_records_and_the_job_never_imports_mlflow(store, tmp_path):
+    """Training and evaluation through `ncn mlflow-serve`: the job process never imports MLflow,
+    and the store holds the same params, metrics, tags, dataset, files and loadable model as the
+    in-process job of the `store` fixture. `ncn mlflow-end` stops the server."""
+    import mlflow
+
+    from ncn.trackserver import socket_path
+
+    cfg, ready, server = start_server(tmp_path)
+    env = {"NCN_MLFLOW_PIPELINE": str(ready), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2"}
+    run = tmp_path / "runs" / "causal"
+    for args in (["train", *train_args(cfg, run, store["data"])],
+                 ["evaluate", "--run", str(run), "--data", str(store["data"]), "--config", str(cfg)]):
+        r = probed_job(args, env)
+        assert r.returncode == 0 and "MLFLOW_IMPORTED False" in r.stderr, r.stderr[-3000:]
+        assert "failed" not in r.stderr and "lost" not in r.stderr, r.stderr[-3000:]
+    log_text = (tmp_path / "logs" / "mlflow-serve.log").read_text()
+    assert "tracker for job pid" in log_text and "log_eval for job pid" in log_text, log_text
+    (here,), (there,) = runs_named(store["tmp"], "causal-xs-s0"), runs_named(tmp_path, "causal-xs-s0")
+    assert there.info.status == "FINISHED" and there.data.tags["mlflow.parentRunId"] == json.loads(ready.read_text())["run_id"]
+    assert set(there.data.params) == set(here.data.params)
+    # MLflow adds mlflow.source.git.branch where its entry point lies in a git checkout (`ncn`, not pytest)
+    assert set(there.data.tags) - {"mlflow.source.git.branch"} == set(here.data.tags) - {"mlflow.source.git.branch"}
+    evaluated = {"val_loss", "val_ppl", "val_bpb"}  # the fixture's run may have had them logged by another test
+    assert {k for k in there.data.metrics if not k.startswith("system/")} - evaluated == \
+           {k for k in here.data.metrics if not k.startswith("system/")} - evaluated
+    assert evaluated <= set(there.data.metrics)
+    assert any(k.startswith("system/") for k in there.data.metrics)
+    assert [i.dataset.digest for i in there.inputs.dataset_inputs] == [i.dataset.digest for i in here.inputs.dataset_inputs]
+    assert artifacts(tmp_path, there.info.run_id) == artifacts(store["tmp"], here.info.run_id)
+    (ev,) = runs_named(tmp_path, "causal-xs-s0-eval")
+    assert ev.data.tags["ncn.train_run_id"] == there.info.run_id and artifacts(tmp_path, ev.info.run_id) == {"eval.json"}
+    old = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        mlflow.set_tracking_uri("sqlite:///mlflow.db")
+        assert mlflow.pytorch.load_model(f"runs:/{there.info.run_id}/model") is not None
+    finally:
+        os.chdir(old)
+    r = ncn_subprocess(["mlflow-end", "--ready", str(ready), "--results", str(tmp_path)])
+    assert r.returncode == 0, r.stderr
+    assert not Path(socket_path(ready)).exists()
+    for _ in range(50):
+        if not Path(f"/proc/{server}").exists() or "Z" in Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1][:3]:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the server did not exit at mlflow-end")
+
+
+@pytest.mark.slow
+def test_a_killed_job_ends_its_server_child_and_its_resumed_job_continues_the_run(tmp_path):
+    """kill -9 of a job whose run the server's child created: the child exits, the server serves
+    the next job, and the resumed job continues the same MLflow run to FINISHED."""
+    import signal
+
+    data = make_data(tmp_path / "data")
+    cfg, ready, server = start_server(tmp_path)
+    cfg = tiny_config(tmp_path, "long.yaml", mlflow={"enabled": True},
+                      train={"tokens": 400 * 4 * 16, "ckpt_every": 40, "log_every": 10})
+    env, run = {"NCN_MLFLOW_PIPELINE": str(ready)}, tmp_path / "run"
+    job = probed_job(["train", *train_args(cfg, run, data)], env, wait=False)
+    for _ in range(600):  # until the first checkpoint's metrics reached the store
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads((run / "mlflow_run.json").read_text())["logged_through_step"] >= 40:
+                break
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        time.sleep(0.1)
+    assert children_of(server), "the job's tracking does not run in a child of the server"
+    job.send_signal(signal.SIGKILL)
+    job.communicate()
+    for _ in range(100):
+        if not children_of(server):
+            break
+        time.sleep(0.1)
+    assert not children_of(server), "the killed job's child is still running"
+    first = json.loads((run / "mlflow_run.json").read_text())["run_id"]
+    r = probed_job(["train", *train_args(cfg, run, data)], env)
+    assert r.returncode == 0 and "MLFLOW_IMPORTED False" in r.stderr, r.stderr[-3000:]
+    (again,) = runs_named(tmp_path, "causal-xs-s0")
+    assert again.info.run_id == first and again.info.status == "FINISHED"
+    steps = [m.step for m in client_for(tmp_path).get_metric_history(first, "loss")]
+    assert len(steps) == len(set(steps)) and max(steps) == 400
+    assert ncn_subprocess(["mlflow-end", "--ready", str(ready), "--results", str(tmp_path)]).returncode == 0
+
+
+def test_without_a_server_a_job_tracks_in_its_own_process(tmp_path, monkeypatch):
+    """No server (or NCN_MLFLOW_SERVER=0): connect says None at once, and the caller logs itself."""
+    from ncn import trackserver
+
+    monkeypatch.setenv("NCN_MLFLOW_PIPELINE", str(tmp_path / "mlflow.ready"))
+    t0 = time.perf_counter()
+    assert trackserver.connect("tracker") is None and trackserver.remote_tracker({}, tmp_path) is None
+    assert trackserver.remote_log_eval(tmp_path, {}) is False and time.perf_counter() - t0 < 1.0
+    assert trackserver.stop(tmp_path / "mlflow.ready") is False
+    monkeypatch.setenv("NCN_MLFLOW_SERVER", "0")
+    assert trackserver.connect("tracker") is None
+
+
+@pytest.mark.slow
+def test_the_server_exits_when_the_process_it_watches_is_gone(tmp_path):
+    from ncn import trackserver
+
+    ready = tmp_path / "mlflow.ready"
+    watched = subprocess.Popen(["sleep", "120"])
+    server = trackserver.spawn(ready, watched.pid, tmp_path / "serve.log")
+    assert trackserver.wait_ready(server, ready, tmp_path / "serve.log") is None
+    watched.kill()
+    watched.wait()
+    assert server.wait(timeout=15) == 0 and not Path(trackserver.socket_path(ready)).exists()

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("ncn.config", "validate a config file and print it resolved with defaults"),
     "data": ("ncn.data.cli", "fetch TinyStories, build the tokenizer, tokenize the splits"),
     "mlflow-init": ("ncn.tracking", "open the pipeline's MLflow run (and create the store) before the jobs"),
+    "mlflow-serve": ("ncn.trackserver", "(started by mlflow-init --serve) do the jobs' MLflow work in one process"),
     "train": ("ncn.train", "train one (variant, size, seed) run; resumes from its checkpoint"),
     "evaluate": ("ncn.evaluate", "validation loss, perplexity and bits-per-byte of a run"),
     "export": ("ncn.hub", "write a run as a Hugging Face-style folder RUN/hf (safetensors, card)"),

@@ -146,12 +146,15 @@ def _retry(fn: Callable, *args, attempts: int = 8, transient: Callable[[BaseExce
             delay = min(delay * 2, 5.0)
 
 
+MLFLOW_ENV = (("MLFLOW_DISABLE_TELEMETRY", "true"),  # no calls home from compute nodes
+              ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),  # an unreachable server fails in seconds
+              ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
+              ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),  # no \r in job logs
+              ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5"))  # MLflow's 10 s: short jobs got none
+
+
 def _client(store: Store):
-    for key, value in (("MLFLOW_DISABLE_TELEMETRY", "true"),  # no calls home from compute nodes
-                       ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),  # an unreachable server fails in seconds
-                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
-                       ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),  # no \r in job logs
-                       ("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5")):  # MLflow's 10 s: short jobs got none
+    for key, value in MLFLOW_ENV:
         os.environ.setdefault(key, value)
     import mlflow
 
@@ -562,7 +565,15 @@ def read_state(run_dir: Path) -> dict | None:
 
 def log_eval(run_dir: Path, values: dict) -> None:
     """Evaluation metrics onto the run's training run and, under Snakemake, into an evaluation run
-    nested in the pipeline run. Warn-only: eval.json is the record."""
+    nested in the pipeline run: in the pipeline's MLflow server if it answers (ncn.trackserver),
+    else here. Warn-only: eval.json is the record."""
+    from ncn.trackserver import remote_log_eval
+
+    if not remote_log_eval(run_dir, values):
+        log_eval_here(run_dir, values)
+
+
+def log_eval_here(run_dir: Path, values: dict) -> None:
     run_dir = Path(run_dir)
     state, ctx = read_state(run_dir), pipeline()
     try:
@@ -616,6 +627,9 @@ def main_mlflow_init(argv: list[str]) -> int:
     )
     p.add_argument("--config", required=True, help="pipeline config (mlflow.tracking_uri, mlflow.experiment, profile)")
     p.add_argument("--out", required=True, help="marker file to write, e.g. results/smoke/mlflow.ready")
+    p.add_argument("--serve", action="store_true",
+                   help="also start 'ncn mlflow-serve' (detached; it exits with this command's parent, or at "
+                   "'ncn mlflow-end'): the jobs' MLflow work in one process that imports MLflow once")
     a = p.parse_args(argv)
     cfg = load_config(a.config, stage="mlflow-init")
     out = Path(a.out)
@@ -624,16 +638,26 @@ def main_mlflow_init(argv: list[str]) -> int:
         write_json(out, marker)
         print("MLflow disabled in the config (mlflow.enabled: false); nothing to create")
         return 0
+    from ncn import trackserver
+
+    serve_log = out.parent / "logs" / "mlflow-serve.log"
+    server = trackserver.spawn(out, os.getppid(), serve_log) if a.serve else None  # its imports overlap ours
     store = Store(store_uri(cfg))
     try:
         marker.update(start_pipeline_run(store, cfg, out.parent))
     except Exception as e:
         marker["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
         write_json(out, marker)
+        if server is not None:
+            trackserver.stop(out)
         raise NCNError(f"cannot start the pipeline run in the MLflow store {store.uri}: {marker['error']}; jobs "
                        "train untracked - replay them later with 'ncn mlflow-sync'") from None
     write_json(out, marker)
     print(f"MLflow: pipeline run {marker['run_id']} in experiment '{marker['experiment']}' of {store.uri}")
+    if server is not None:
+        why = trackserver.wait_ready(server, out, serve_log)
+        print(f"MLflow: jobs log in-process ({why})" if why else f"MLflow: jobs log through 'ncn mlflow-serve' "
+              f"(pid {server.pid}, log {serve_log})")
     return 0
 
 
@@ -664,6 +688,9 @@ def main_mlflow_end(argv: list[str]) -> int:
     p.add_argument("--status", choices=("FINISHED", "FAILED"), default="FINISHED")
     p.add_argument("--log", nargs="*", default=[], help="the Snakemake log(s) of the invocation")
     a = p.parse_args(argv)
+    from ncn.trackserver import stop
+
+    stop(Path(a.ready))  # the jobs' MLflow server, if one runs (ncn mlflow-init --serve)
     ready = read_json(a.ready) if Path(a.ready).exists() else {}
     if not ready.get("run_id"):
         print(f"ncn mlflow-end: {a.ready} names no pipeline run; nothing to close")

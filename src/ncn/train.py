@@ -634,11 +634,12 @@ class TrainLog:
     bar. Other ranks get one that writes nothing."""
 
     def __init__(self, run: Run, state: TrainState, resumed: bool):
+        from ncn.trackserver import remote_tracker
         from ncn.tracking import Tracker, TrackerThread
 
         self.run, self.state, self.main = run, state, run.dist.main
-        if self.main and run.cfg["mlflow"]["enabled"]:  # MLflow's import and first writes overlap the first steps
-            self.tracker = TrackerThread(lambda: Tracker(run.cfg, run.run_dir))
+        if self.main and run.cfg["mlflow"]["enabled"]:  # in the pipeline's MLflow server, else on a worker thread
+            self.tracker = TrackerThread(lambda: remote_tracker(run.cfg, run.run_dir) or Tracker(run.cfg, run.run_dir))
         else:
             self.tracker = Tracker(run.cfg, run.run_dir, enabled=False)
         self.csv_file = self.writer = None
