@@ -582,9 +582,9 @@ def test_server_records_what_an_in_process_job_records_and_the_job_never_imports
     (ev,) = runs_named(tmp_path, "causal-xs-s0-eval")
     assert ev.data.tags["ncn.train_run_id"] == there.info.run_id and artifacts(tmp_path, ev.info.run_id) == {"eval.json"}
     old = os.getcwd()
-    os.chdir(tmp_path)
+    os.chdir(tmp_path)  # the artifacts' relative URIs resolve against it; an absolute store URI (MLflow caches stores by URI)
     try:
-        mlflow.set_tracking_uri("sqlite:///mlflow.db")
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
         assert mlflow.pytorch.load_model(f"runs:/{there.info.run_id}/model") is not None
     finally:
         os.chdir(old)

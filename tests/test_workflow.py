@@ -303,6 +303,12 @@ def test_smoke_records_a_pipeline_run_with_nested_training_and_evaluation_runs(s
     expected = sorted(f"{v}-{s}-s{n}" for v, s, n in smoke_runs(smoke["cfg"]) + control_runs(smoke["cfg"]))
     assert sorted(r.info.run_name for r in nested if r.data.tags["ncn.stage"] == "train") == expected
     assert sorted(r.info.run_name for r in nested if r.data.tags["ncn.stage"] == "evaluate") == [f"{n}-eval" for n in expected]
+    # the jobs logged through the invocation's MLflow server (ncn.trackserver), stopped at the end
+    from ncn.trackserver import socket_path
+
+    served = (res / "logs" / "mlflow-serve.log").read_text()
+    assert served.count("tracker for job pid") >= len(expected) <= served.count("log_eval for job pid"), served[-2000:]
+    assert not Path(socket_path(res / "mlflow.ready")).exists()
     unfinished = [(r.info.run_name, r.info.status) for r in nested + [pipeline] if r.info.status != "FINISHED"]
     assert not unfinished, unfinished  # a job's MLflow failure is only a warning in its log: find it there
     old = os.getcwd()

@@ -466,15 +466,18 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": src + (os.pathsep + path if path else "")}
 
 
-def _ncn(*args: str) -> None:
+def _ncn(*args: str) -> str:
     r = subprocess.run([sys.executable, "-m", "ncn.cli", *args], env=_env(), capture_output=True, text=True)
     if r.returncode:
         raise NCNError(f"`ncn {' '.join(args)}` failed ({r.returncode}): {r.stderr.strip()[-1500:]}")
+    return r.stdout
 
 
 def startup_inputs(a, work: Path) -> tuple[dict[str, Path], Path]:
     """({case: config JSON}, data folder): the config with MLflow on (a fresh store, created
-    untimed) and off; the data: --data, else built from the config (ncn data ...) in `work`."""
+    untimed), logging in the job ("mlflow") or through a pipeline's `ncn mlflow-serve`
+    ("mlflow_server"; `serve_pipeline`), and off; the data: --data, else built from the config
+    (ncn data ...) in `work`."""
     from ncn.config import load_config
     from ncn.fileio import write_json
 
@@ -484,6 +487,7 @@ def startup_inputs(a, work: Path) -> tuple[dict[str, Path], Path]:
     write_json(cases["mlflow"], cfg)
     write_json(cases["no_mlflow"], {**cfg, "mlflow": {**cfg["mlflow"], "enabled": False}})
     _ncn("mlflow-init", "--config", str(cases["mlflow"]), "--out", str(work / "mlflow.ready"))
+    cases = {"mlflow": cases["mlflow"], "mlflow_server": cases["mlflow"], "no_mlflow": cases["no_mlflow"]}
     data = Path(a.data) if a.data else work / "data"
     if not a.data:
         c = str(cases["no_mlflow"])
@@ -494,8 +498,24 @@ def startup_inputs(a, work: Path) -> tuple[dict[str, Path], Path]:
     return cases, data
 
 
-def time_train_job(config: Path, data: Path, out: Path, a) -> dict[str, tuple[float, float]]:
-    """One `ncn train` subprocess -> {phase: (wall s, CPU s)} (PHASES)."""
+def serve_pipeline(config: Path, work: Path) -> tuple[dict, int]:
+    """A pipeline run with its MLflow server (`ncn mlflow-init --serve`, the server watching this
+    process): (the job's environment, the server's pid)."""
+    ready = work / "served" / "mlflow.ready"
+    out = _ncn("mlflow-init", "--config", str(config), "--out", str(ready), "--serve")
+    if "(pid " not in out:
+        raise NCNError(f"`ncn mlflow-init --serve` started no server: {out.strip()[-800:]}")
+    return {"NCN_MLFLOW_PIPELINE": str(ready)}, int(out.split("(pid ")[1].split(",")[0])
+
+
+def children_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's children that it has reaped (/proc/PID/stat cutime + cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_train_job(config: Path, data: Path, out: Path, a, env: dict | None = None) -> dict[str, tuple[float, float]]:
+    """One `ncn train` subprocess (`env` added to its environment) -> {phase: (wall s, CPU s)} (PHASES)."""
     import resource
 
     from ncn.config import load_config
@@ -507,7 +527,7 @@ def time_train_job(config: Path, data: Path, out: Path, a) -> dict[str, tuple[fl
            "--seed", "0", "--out", str(out), "--data", str(data), "--threads", str(a.threads)]
     cpu = lambda: (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_CHILDREN))  # noqa: E731
     c0, t = cpu(), {"start": (time.time(), 0.0)}
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    r = subprocess.run(cmd, env={**_env(), **(env or {})}, capture_output=True, text=True)
     t["exit"] = (time.time(), cpu() - c0)
     stamps = [line for line in r.stderr.splitlines() if line.startswith("NCN_BENCH_TIMES ")]
     if r.returncode or not stamps:
@@ -536,10 +556,15 @@ def import_costs(module: str, top: int = 8) -> tuple[float, list[tuple[str, floa
 
 def startup_rows(a, work: Path) -> list[dict]:
     cases, data = startup_inputs(a, work)
+    served, server = serve_pipeline(cases["mlflow_server"], work)
+    cpu0 = children_cpu_s(server)
     runs: dict[str, list[dict]] = {c: [] for c in cases}
     for i in range(a.repeats):  # the cases interleaved, a fresh run folder each time
         for case, config in cases.items():
-            runs[case].append(time_train_job(config, data, work / "runs" / f"{case}{i}", a))
+            env = served if case == "mlflow_server" else None
+            runs[case].append(time_train_job(config, data, work / "runs" / f"{case}{i}", a, env))
+    server_cpu = (children_cpu_s(server) - cpu0) / a.repeats
+    _ncn("mlflow-end", "--ready", served["NCN_MLFLOW_PIPELINE"], "--results", str(work / "served"))
     rows = []
     for case, results in runs.items():
         for what in PHASES:
@@ -550,6 +575,9 @@ def startup_rows(a, work: Path) -> list[dict]:
                                  seconds_min=round(min(wall), 3),
                                  cpu_s_median=round(statistics.median(x[1] for x in xs), 3), repeats=len(xs),
                                  note=""))
+    rows.append(dict(case="mlflow_server", what="server_child_cpu", seconds_median="", seconds_min="",
+                     cpu_s_median=round(server_cpu, 3), repeats=a.repeats,
+                     note="mean CPU s of the server's child per job (the job's MLflow work), not in the job's CPU"))
     for module in a.imports:
         wall, top = import_costs(module)
         rows.append(dict(case=f"import {module}", what="python -c (whole process)", seconds_median=round(wall, 3),
@@ -567,7 +595,7 @@ def main_startup(a) -> int:
         rows = startup_rows(a, Path(tmp))
     print(f"{'case':<22} {'what':<26} {'median s':>9} {'min s':>7} {'CPU s':>7}")
     for r in rows:
-        print(f"{r['case']:<22} {r['what']:<26} {r['seconds_median']:>9.3f} {r['seconds_min']:>7.3f} "
+        print(f"{r['case']:<22} {r['what']:<26} {r['seconds_median']!s:>9} {r['seconds_min']!s:>7} "
               f"{r['cpu_s_median']!s:>7}")
     write_csv_rows(a.out, STARTUP_COLUMNS, rows)
     print(f"wrote {a.out}")

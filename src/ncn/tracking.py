@@ -17,6 +17,9 @@ UI is started there (`make mlflow-ui`).
 
 Off the critical path. A training job's Tracker runs on a worker thread (`TrackerThread`): MLflow's
 import and the run's first writes overlap the first training steps; finishing waits for them.
+Under Snakemake the Tracker and `log_eval` run in the pipeline's MLflow server instead
+(ncn.trackserver: one process that imports MLflow once and forks a child per job); the job then
+never imports MLflow. Where no server answers, they run in the job as described here.
 
 Failures. Calls that touch the store go through `_retry` (SQLite reports "database is locked" at
 once, without waiting, when a reader must become a writer on a busy store) and, in a job, through
@@ -641,7 +644,8 @@ def main_mlflow_init(argv: list[str]) -> int:
     from ncn import trackserver
 
     serve_log = out.parent / "logs" / "mlflow-serve.log"
-    server = trackserver.spawn(out, os.getppid(), serve_log) if a.serve else None  # its imports overlap ours
+    serve = a.serve and os.environ.get(trackserver.ENV_OFF) != "0"
+    server = trackserver.spawn(out, os.getppid(), serve_log) if serve else None  # its imports overlap ours
     store = Store(store_uri(cfg))
     try:
         marker.update(start_pipeline_run(store, cfg, out.parent))

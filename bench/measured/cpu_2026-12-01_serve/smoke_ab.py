@@ -1,0 +1,33 @@
+"""The smoke profile from scratch, with the jobs' MLflow work in `ncn mlflow-serve` (on) and in each
+job's own process (off, NCN_MLFLOW_SERVER=0), interleaved off/on/on/off, as tests/conftest.py's
+smoke_session runs it (a copy of the repo, a test-made corpus, --cores 2). Prints one row per run:
+wall seconds, and the per-stage job seconds of results/smoke/timing/stages.csv."""
+
+import csv
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT / "tests"))
+from test_workflow import copy_repo, snakemake, write_corpus  # noqa: E402
+
+base = Path(sys.argv[1])
+corpus = write_corpus(base / "corpus")
+for i, mode in enumerate(sys.argv[2:] or ["off", "on", "on", "off"]):
+    repo = base / f"repo{i}"
+    shutil.rmtree(repo, ignore_errors=True)
+    copy_repo(repo)
+    env = {"NCN_DATA_DIR": str(corpus), **({"NCN_MLFLOW_SERVER": "0"} if mode == "off" else {})}
+    t0 = time.monotonic()
+    r = snakemake(repo, "--cores", "2", "--configfile", "config/smoke.yaml", env=env, timeout=1800)
+    wall = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout[-3000:]
+    rows = list(csv.DictReader(open(repo / "results" / "smoke" / "timing" / "stages.csv")))
+    print(mode, f"wall_s={wall:.1f}", " ".join(f"{r[k]}" for r in rows for k in list(r)[:3]), flush=True)
+    with open(base / "stages.csv", "a") as f:
+        for row in rows:
+            f.write(f"{i},{mode},{wall:.1f}," + ",".join(row.values()) + "\n")
+    shutil.rmtree(repo / "results", ignore_errors=True)
