@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import signal
@@ -41,6 +42,11 @@ from pathlib import Path
 
 log = logging.getLogger("ncn.trackserver")
 
+# Modules a Tracker's calls import the first time they run (MLflow 3.17: the store's migration
+# check, GitPython for the source tags, system metrics, pyfunc for log_model, the SQLite dialect).
+LATER_IMPORTS = ("alembic.command", "alembic.config", "git", "mlflow.pyfunc", "mlflow.system_metrics.system_metrics_monitor",
+                 "mlflow.store.tracking.sqlalchemy_workspace_store", "mlflow.tracing.processor.otel",
+                 "sqlalchemy.dialects.sqlite.pysqlite", "torch.utils.serialization")
 ENV_OFF = "NCN_MLFLOW_SERVER"  # "0": jobs never use a server (they track in-process)
 CONNECT_TIMEOUT_S = 5.0
 
@@ -226,6 +232,17 @@ def _preload() -> None:
 
     root.handlers[:] = handlers
     root.setLevel(level)
+    # log_model checks the model's pip requirements against the installed packages through a map of
+    # every installed distribution's modules, built once per process and kept in a module global
+    # (~0.8-1.6 s of CPU): build it here so that every child inherits it. A later MLflow without
+    # this private function just builds it in each child again.
+    from mlflow.utils import requirements_utils
+
+    with contextlib.suppress(Exception):
+        requirements_utils._init_packages_to_modules_map()
+    for name in LATER_IMPORTS:  # what a child would import on its first run (a name gone in a later
+        with contextlib.suppress(Exception):  # MLflow costs the children the import again, nothing else)
+            importlib.import_module(name)
 
 
 def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
