@@ -11,3 +11,8 @@ rm -rf /tmp/serve-ab && mkdir -p /tmp/serve-ab
 .venv/bin/python $D/smoke_ab.py /tmp/serve-ab off on on off | tee $D/smoke_ab.log
 (echo "run,mode,wall_s,stage,jobs,job_s,cpu_s,busy_s,max_rss_mb,note"; cat /tmp/serve-ab/stages.csv) > $D/smoke_ab_stages.csv
 ncn bench startup --repeats 3 --out $D/startup.csv   # needs data: NCN_DATA_DIR, or --data a tokenized folder
+# 3. After the server's preloading (the packages map, LATER_IMPORTS): the same two, on/off/on.
+rm -rf /tmp/serve-ab2 && mkdir -p /tmp/serve-ab2
+.venv/bin/python $D/smoke_ab.py /tmp/serve-ab2 on off on | tee $D/smoke_ab_preloaded.log
+(echo "run,mode,wall_s,stage,jobs,job_s,cpu_s,busy_s,max_rss_mb,note"; cat /tmp/serve-ab2/stages.csv) > $D/smoke_ab_preloaded_stages.csv
+ncn bench startup --repeats 3 --out $D/startup_preloaded.csv
