@@ -483,11 +483,10 @@ def startup_inputs(a, work: Path) -> tuple[dict[str, Path], Path]:
 
     cfg = load_config(a.config)
     cfg["mlflow"] = {**cfg["mlflow"], "enabled": True, "tracking_uri": f"sqlite:///{work / 'mlflow.db'}"}
-    cases = {"mlflow": work / "mlflow.json", "no_mlflow": work / "no_mlflow.json"}
+    cases = {"mlflow": work / "mlflow.json", "mlflow_server": work / "mlflow.json", "no_mlflow": work / "no_mlflow.json"}
     write_json(cases["mlflow"], cfg)
     write_json(cases["no_mlflow"], {**cfg, "mlflow": {**cfg["mlflow"], "enabled": False}})
     _ncn("mlflow-init", "--config", str(cases["mlflow"]), "--out", str(work / "mlflow.ready"))
-    cases = {"mlflow": cases["mlflow"], "mlflow_server": cases["mlflow"], "no_mlflow": cases["no_mlflow"]}
     data = Path(a.data) if a.data else work / "data"
     if not a.data:
         c = str(cases["no_mlflow"])

@@ -299,6 +299,18 @@ def log_dataset(store: Store, path: Path, context: str) -> None:
            transient=_locked_or_duplicate)
 
 
+def import_mlflow_pytorch():
+    """`mlflow.pytorch`, its import's side effect undone: its Lightning module calls
+    logging.basicConfig(), which doubled our log lines."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    import mlflow.pytorch
+
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    return mlflow.pytorch
+
+
 def log_model(model_pt: Path) -> None:
     """model.pt as an MLflow PyTorch model: `mlflow.pytorch.load_model("runs:/<id>/model")` returns
     the Transformer (pickled by reference: loading needs the ncn package installed)."""
@@ -306,19 +318,13 @@ def log_model(model_pt: Path) -> None:
 
     from ncn.model import load_model
 
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    import mlflow.pytorch  # its Lightning module calls logging.basicConfig(): undo that (doubled log lines)
-
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
+    mlflow_pytorch = import_mlflow_pytorch()
     model, _ = load_model(model_pt)
     quiet = logging.getLogger("mlflow.pytorch")  # its warning about pickle, once per job
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        mlflow.pytorch.log_model(model, name="model", serialization_format="pickle",
+        mlflow_pytorch.log_model(model, name="model", serialization_format="pickle",
                                  pip_requirements=[f"torch=={torch.__version__}"])
     finally:
         quiet.setLevel(level)
@@ -488,6 +494,18 @@ class Tracker:
             self._safe("mark run failed", mlflow.end_run, "FAILED")
 
 
+def run_call(tracker: Tracker, name: str, args: tuple) -> None:
+    """One queued call of a job's tracker (on its worker thread, or in the MLflow server's child):
+    skipped once tracking is off; an error turns tracking off, never the training's problem
+    (Tracker._safe already catches the store's errors)."""
+    if not tracker.on:
+        return
+    try:
+        getattr(tracker, name)(*args)
+    except Exception as e:
+        tracker._off(name, e)
+
+
 class TrackerThread:
     """A training job's Tracker, off the critical path: its calls run in order on one worker
     thread, so MLflow's import (~1 s) and the store's first writes (the run, its params, the
@@ -512,13 +530,8 @@ class TrackerThread:
             log.warning("MLflow tracking failed to start (%s: %s); training continues without it", type(e).__name__, e)
             tracker = None
         while (call := self._calls.get()) is not None:
-            name, args = call
-            if tracker is None or not tracker.on:
-                continue
-            try:
-                getattr(tracker, name)(*args)
-            except Exception as e:  # never the training's problem (Tracker._safe catches the store's errors)
-                tracker._off(name, e)
+            if tracker is not None:
+                run_call(tracker, *call)
 
     def _put(self, name: str, *args) -> None:
         if self._closed:

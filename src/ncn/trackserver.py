@@ -58,6 +58,19 @@ def socket_path(ready: str | Path) -> str:
     return os.path.join(tempfile.gettempdir(), f"ncn-mlflow-{os.getuid()}-{key}.sock")
 
 
+def _open(ready: str | Path, timeout_s: float) -> socket.socket:
+    """A socket connected to the server of a pipeline marker (OSError if none listens), blocking."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout_s)
+        sock.connect(socket_path(ready))
+        sock.settimeout(None)
+        return sock
+    except OSError:
+        sock.close()
+        raise
+
+
 def connect(kind: str, ready: str | Path | None = None) -> Connection | None:
     """A connection to this pipeline's server, its child set up for `kind` ("tracker" or
     "log_eval") with this process's directory, environment, stdout and stderr, or None if no
@@ -65,21 +78,18 @@ def connect(kind: str, ready: str | Path | None = None) -> Connection | None:
     ready = ready or os.environ.get("NCN_MLFLOW_PIPELINE")
     if not ready or os.environ.get(ENV_OFF) == "0":
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = None
     try:
-        sock.settimeout(CONNECT_TIMEOUT_S)
-        sock.connect(socket_path(ready))
-        sock.settimeout(None)
-        conn = Connection(sock.detach())
+        conn = Connection(_open(ready, CONNECT_TIMEOUT_S).detach())
         conn.send({"kind": kind, "pid": os.getpid(), "cwd": os.getcwd(), "env": dict(os.environ)})
         for fd in (1, 2):
             send_handle(conn, fd, 0)
         if conn.poll(CONNECT_TIMEOUT_S) and conn.recv() == "ready":
             return conn
-        conn.close()
     except (OSError, EOFError, ValueError) as e:
         log.debug("no MLflow server at %s (%s)", socket_path(ready), e)
-    sock.close()
+    if conn is not None:
+        conn.close()
     return None
 
 
@@ -177,11 +187,7 @@ def _child(conn: Connection, hello: dict) -> None:
             name, args = conn.recv()
         except (EOFError, OSError):  # the job ended or was killed
             return
-        if tracker.on:
-            try:
-                getattr(tracker, name)(*args)
-            except Exception as e:  # as on the worker thread: never the job's problem
-                tracker._off(name, e)
+        tracking.run_call(tracker, name, args)
         if name in ("finish", "fail"):
             conn.send("done")
 
@@ -217,21 +223,17 @@ def _alive(pid: int) -> bool:
 
 def _preload() -> None:
     """What the children need, imported once: torch, MLflow, the SQL store's models, mlflow.pytorch."""
-    from ncn.tracking import MLFLOW_ENV
+    from ncn.tracking import MLFLOW_ENV, import_mlflow_pytorch
 
     for key, value in MLFLOW_ENV:
         os.environ.setdefault(key, value)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
     import mlflow  # noqa: F401
-    import mlflow.pytorch  # noqa: F401  (its import calls logging.basicConfig(): undone below)
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import torch  # noqa: F401
 
     import ncn.model  # noqa: F401
 
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    import_mlflow_pytorch()
     # log_model checks the model's pip requirements against the installed packages through a map of
     # every installed distribution's modules, built once per process and kept in a module global
     # (~0.8-1.6 s of CPU): build it here so that every child inherits it. A later MLflow without
@@ -263,10 +265,7 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     children: set[int] = set()
     try:
         while watch_pid is None or _alive(watch_pid):
-            for pid in list(children):  # reap the children that finished
-                with contextlib.suppress(ChildProcessError):
-                    if os.waitpid(pid, os.WNOHANG)[0]:
-                        children.discard(pid)
+            _reap(children)
             try:
                 sock, _ = srv.accept()
             except TimeoutError:
@@ -294,14 +293,19 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     return 0
 
 
+def _reap(children: set[int]) -> None:
+    """Collect the children that have exited (or are no longer ours) and drop them from the set."""
+    for pid in list(children):
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                continue
+        children.discard(pid)
+
+
 def _wait_children(children: set[int], timeout: float) -> None:
     end = time.monotonic() + timeout
     while children and time.monotonic() < end:
-        for pid in list(children):
-            with contextlib.suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                    continue
-            children.discard(pid)
+        _reap(children)
         time.sleep(0.05)
 
 
@@ -329,29 +333,20 @@ def wait_ready(proc, ready: Path, log_path: Path, wait_s: float = 60.0) -> str |
 
 
 def _ping(ready: Path) -> bool:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(1.0)
-        sock.connect(socket_path(ready))
+        _open(ready, 1.0).close()
         return True
     except OSError:
         return False
-    finally:
-        sock.close()
 
 
 def stop(ready: Path, timeout_s: float = 150.0) -> bool:
     """Ask the server to stop once its children are done; False if none was running."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(2.0)
-        sock.connect(socket_path(ready))
-        sock.settimeout(None)
-        conn = Connection(sock.detach())
-        conn.send("stop")
-        return conn.poll(timeout_s) and conn.recv() == "stopped"
+        with Connection(_open(ready, 2.0).detach()) as conn:
+            conn.send("stop")
+            return conn.poll(timeout_s) and conn.recv() == "stopped"
     except (OSError, EOFError):
-        sock.close()
         return False
 
 
