@@ -247,7 +247,7 @@ def test_probe_stamps_steps_and_exit(tmp_path, optimizer):
     """The probe's hooks see a forward and the steps of torch's optimizers and of ncn.optim.AdamW (the
     CPU jobs' optimizer), and print at exit."""
     code = bench.PROBE.replace("from ncn.cli import run\nrun()  # what the `ncn` script runs",
-                               f"m = torch.nn.Linear(2, 2); o = {optimizer}\n"
+                               f"import ncn.optim; m = torch.nn.Linear(2, 2); o = {optimizer}\n"
                                "for _ in range(3): m(torch.ones(1, 2)).sum().backward(); o.step()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train import ROOT, make_data, ncn_subprocess, run_train, tiny_config, train_args
+from test_train import ROOT, comparable, make_data, ncn_subprocess, read_log, run_train, tiny_config, train_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
                                         "ignore::UserWarning")
@@ -518,7 +518,8 @@ def test_training_steps_do_not_wait_for_mlflow(tmp_path, monkeypatch):
 # ---- the pipeline's MLflow server (ncn.trackserver): MLflow imported once, not per job ----------
 
 PROBE = ("import atexit, sys; atexit.register(lambda: print('MLFLOW_IMPORTED', 'mlflow' in sys.modules, "
-         "file=sys.stderr)); from ncn.cli import main; sys.exit(main(sys.argv[1:]))")
+         "'TORCH_IMPORTED', 'torch' in sys.modules, file=sys.stderr)); from ncn.cli import main; "
+         "sys.exit(main(sys.argv[1:]))")
 
 
 def start_server(tmp: Path) -> tuple[Path, Path, int]:
@@ -563,10 +564,11 @@ def test_server_records_what_an_in_process_job_records_and_the_job_never_imports
     for args in (["train", *train_args(cfg, run, store["data"])],
                  ["evaluate", "--run", str(run), "--data", str(store["data"]), "--config", str(cfg)]):
         r = probed_job(args, env)
-        assert r.returncode == 0 and "MLFLOW_IMPORTED False" in r.stderr, r.stderr[-3000:]
+        assert r.returncode == 0 and "MLFLOW_IMPORTED False TORCH_IMPORTED False" in r.stderr, r.stderr[-3000:]
         assert "failed" not in r.stderr and "lost" not in r.stderr, r.stderr[-3000:]
     log_text = (tmp_path / "logs" / "mlflow-serve.log").read_text()
     assert "tracker for job pid" in log_text and "log_eval for job pid" in log_text, log_text
+    assert "job for job pid" in log_text and ": ncn train --config" in log_text and ": ncn evaluate --run" in log_text, log_text
     (here,), (there,) = runs_named(store["tmp"], "causal-xs-s0"), runs_named(tmp_path, "causal-xs-s0")
     assert there.info.status == "FINISHED" and there.data.tags["mlflow.parentRunId"] == json.loads(ready.read_text())["run_id"]
     assert set(there.data.params) == set(here.data.params)
@@ -635,6 +637,88 @@ def test_a_killed_job_ends_its_server_child_and_its_resumed_job_continues_the_ru
     assert again.info.run_id == first and again.info.status == "FINISHED"
     steps = [m.step for m in client_for(tmp_path).get_metric_history(first, "loss")]
     assert len(steps) == len(set(steps)) and max(steps) == 400
+    assert ncn_subprocess(["mlflow-end", "--ready", str(ready), "--results", str(tmp_path)]).returncode == 0
+
+
+def test_a_job_forked_by_the_server_is_the_job_its_own_process_would_be(tmp_path):
+    """`ncn train` in a fork of the server (ncn.trackserver.delegate) against the same job in its
+    own process (NCN_FORK_JOBS=0): the job's process never imports torch; the metrics, the train
+    log and the weights are bitwise the same; an error's message and exit status are passed on."""
+    import torch
+
+    data = make_data(tmp_path / "data")
+    cfg, ready, server = start_server(tmp_path)
+    served = {"NCN_MLFLOW_PIPELINE": str(ready)}
+    runs = {}
+    for how, env in (("own", {**served, "NCN_FORK_JOBS": "0"}), ("forked", {**served, "NCN_BENCH_PROBE": "child"})):
+        runs[how] = tmp_path / how
+        r = probed_job(["train", *train_args(cfg, runs[how], data)], env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"TORCH_IMPORTED {how == 'own'}" in r.stderr, r.stderr[-3000:]
+    stamps = json.loads(r.stderr.split("NCN_BENCH_TIMES ")[1].splitlines()[0])  # `ncn bench startup`'s, from the fork
+    assert stamps["forked"][0] <= stamps["first_forward"][0] <= stamps["last_step_done"][0] <= stamps["atexit"][0]
+    own, forked = (json.loads((runs[h] / "metrics.json").read_text()) for h in ("own", "forked"))
+    assert comparable(own) == comparable(forked)
+    untimed = lambda run: [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in read_log(run)]  # noqa: E731
+    assert untimed(runs["own"]) == untimed(runs["forked"]) and len(untimed(runs["own"])) > 1
+    weights = [torch.load(runs[h] / "model.pt", map_location="cpu", weights_only=False) for h in ("own", "forked")]
+    assert_same_tensors(*weights)
+    for bad, rc, says in ((["--threads", "0"], 2, "--threads must be at least 1"), (["--bogus"], 2, "unrecognized arguments")):
+        for env in ({**served, "NCN_FORK_JOBS": "0"}, served):
+            r = probed_job(["train", *train_args(cfg, tmp_path / "bad", data), *bad], env)
+            assert r.returncode == rc and says in r.stderr, (env, r.returncode, r.stderr[-2000:])
+    assert "job for job pid" in (tmp_path / "logs" / "mlflow-serve.log").read_text()
+    assert ncn_subprocess(["mlflow-end", "--ready", str(ready), "--results", str(tmp_path)]).returncode == 0
+
+
+def assert_same_tensors(a, b) -> None:
+    """Two (nested) checkpoints hold the same values, their tensors bitwise."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same_tensors(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_tensors(x, y)
+    else:
+        assert a == b
+
+
+@pytest.mark.slow
+def test_a_forked_job_dies_of_the_signal_its_job_process_gets(tmp_path):
+    """SIGTERM to a job's process while its fork trains: the fork gets it and dies, and the job's
+    process dies of SIGTERM too, as a job in its own process would."""
+    import signal
+
+    data = make_data(tmp_path / "data")
+    cfg, ready, server = start_server(tmp_path)
+    cfg = tiny_config(tmp_path, "long.yaml", mlflow={"enabled": True}, train={"tokens": 4000 * 4 * 16})
+    job = probed_job(["train", *train_args(cfg, tmp_path / "run", data)], {"NCN_MLFLOW_PIPELINE": str(ready)}, wait=False)
+    for _ in range(600):  # until it trains
+        if (tmp_path / "run" / "train_log.partial.csv").exists():
+            break
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        time.sleep(0.1)
+    forks = children_of(server)
+    assert forks, "the job does not run in a fork of the server"
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=60) == -signal.SIGTERM
+    for _ in range(100):
+        if not children_of(server):
+            break
+        time.sleep(0.1)
+    assert not children_of(server), "the job's fork is still running"
+    for _ in range(50):  # the server reaps its forks once a second
+        if "was killed by signal 15" in (tmp_path / "logs" / "mlflow-serve.log").read_text():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the server's log does not say that the job's fork died of SIGTERM")
     assert ncn_subprocess(["mlflow-end", "--ready", str(ready), "--results", str(tmp_path)]).returncode == 0
 
 

@@ -416,33 +416,20 @@ def pool_processes(rows: list[dict]) -> list[dict]:
 
 # ---- startup: a real `ncn train` job, timed from outside and from inside -------------------------
 
-# Run as `python -c PROBE <ncn args>`: torch-level hooks stamp the first forward (step 1 begins)
-# and every optimizer step; the parent stamps the process start and its exit. Each stamp is
-# (wall, CPU seconds of the process): on a shared machine the CPU seconds are the steadier measure.
-# train.py is untouched.
+# Run as `python -c PROBE <ncn args>`: `ncn.probe` stamps the first forward (step 1 begins) and every
+# optimizer step; the parent stamps the process start and its exit. Each stamp is (wall, CPU
+# seconds of the process): on a shared machine the CPU seconds are the steadier measure. A job that
+# runs in a fork of the pipeline's server (NCN_BENCH_PROBE=child) is stamped there, from the fork on.
 PROBE = r"""
-import atexit, json, sys, time
-now = lambda: (time.time(), time.process_time())
-T = {"interpreter": now()}
-import torch
-from torch.nn.modules.module import register_module_forward_pre_hook
-from torch.optim.optimizer import register_optimizer_step_post_hook
-T["torch_imported"] = now()
-def _first(mod, args):
-    T["first_forward"] = now()
-    _h.remove()
-_h = register_module_forward_pre_hook(_first)
-def _step(opt, args, kwargs):
-    T.setdefault("first_step_done", now())
-    T["last_step_done"] = now()
-register_optimizer_step_post_hook(_step)  # torch's optimizers (CUDA's fused AdamW)
-import ncn.optim  # the CPU's AdamW has no global hooks: wrap its step
-_adamw_step = ncn.optim.AdamW.step
-def _ncn_step(self, *args, **kwargs):
-    _adamw_step(self, *args, **kwargs)
-    _step(self, args, kwargs)
-ncn.optim.AdamW.step = _ncn_step
-atexit.register(lambda: print("NCN_BENCH_TIMES " + json.dumps({**T, "atexit": now()}), file=sys.stderr, flush=True))
+import atexit, json, os, sys, time
+T = {"interpreter": (time.time(), time.process_time())}
+if os.environ.get("NCN_BENCH_PROBE") == "child":
+    atexit.register(lambda: print("NCN_BENCH_TIMES " + json.dumps(T), file=sys.stderr, flush=True))
+else:
+    import torch
+    from ncn.probe import install, now
+    T["torch_imported"] = now()
+    install(T)
 from ncn.cli import run
 run()  # what the `ncn` script runs
 """
@@ -451,12 +438,17 @@ PHASES = {  # name -> (from stamp, to stamp); "start" and "exit" are the parent'
     "interpreter_start": ("start", "interpreter"),
     "import_torch": ("interpreter", "torch_imported"),
     "torch_to_first_step": ("torch_imported", "first_forward"),
+    "start_to_fork": ("start", "forked"),
+    "fork_to_first_step": ("forked", "first_forward"),
     "first_step": ("first_forward", "first_step_done"),
     "training": ("first_forward", "last_step_done"),
     "last_step_to_exit": ("last_step_done", "exit"),
     "last_step_to_atexit": ("last_step_done", "atexit"),
     "total": ("start", "exit"),
 }
+# the cases whose job belongs to a pipeline with a server: the job runs in a fork of the server (its
+# MLflow work in another), or in its own process (only its MLflow work in a fork)
+SERVED_CASES = {"mlflow_server": {"NCN_BENCH_PROBE": "child"}, "mlflow_server_own_process": {"NCN_FORK_JOBS": "0"}}
 STARTUP_COLUMNS = ["case", "what", "seconds_median", "seconds_min", "cpu_s_median", "repeats", "note"]
 
 
@@ -475,15 +467,16 @@ def _ncn(*args: str) -> str:
 
 def startup_inputs(a, work: Path) -> tuple[dict[str, Path], Path]:
     """({case: config JSON}, data folder): the config with MLflow on (a fresh store, created
-    untimed), logging in the job ("mlflow") or through a pipeline's `ncn mlflow-serve`
-    ("mlflow_server"; `serve_pipeline`), and off; the data: --data, else built from the config
+    untimed), logging in the job ("mlflow") or in a pipeline with `ncn mlflow-serve`
+    (`SERVED_CASES`, `serve_pipeline`), and off; the data: --data, else built from the config
     (ncn data ...) in `work`."""
     from ncn.config import load_config
     from ncn.fileio import write_json
 
     cfg = load_config(a.config)
     cfg["mlflow"] = {**cfg["mlflow"], "enabled": True, "tracking_uri": f"sqlite:///{work / 'mlflow.db'}"}
-    cases = {"mlflow": work / "mlflow.json", "mlflow_server": work / "mlflow.json", "no_mlflow": work / "no_mlflow.json"}
+    cases = {"mlflow": work / "mlflow.json", **{c: work / "mlflow.json" for c in SERVED_CASES},
+             "no_mlflow": work / "no_mlflow.json"}
     write_json(cases["mlflow"], cfg)
     write_json(cases["no_mlflow"], {**cfg, "mlflow": {**cfg["mlflow"], "enabled": False}})
     _ncn("mlflow-init", "--config", str(cases["mlflow"]), "--out", str(work / "mlflow.ready"))
@@ -531,7 +524,10 @@ def time_train_job(config: Path, data: Path, out: Path, a, env: dict | None = No
     stamps = [line for line in r.stderr.splitlines() if line.startswith("NCN_BENCH_TIMES ")]
     if r.returncode or not stamps:
         raise NCNError(f"the timed `ncn train` failed ({r.returncode}): {r.stderr.strip()[-1500:]}")
-    t.update(json.loads(stamps[-1].split(" ", 1)[1]))
+    for line in stamps:  # one line, or two: the job's process and its fork in the server
+        t.update(json.loads(line.split(" ", 1)[1]))
+    if "forked" in t:  # the fork's CPU (its stamps count from the fork) is not the parent's child
+        t["exit"] = (t["exit"][0], t["exit"][1] + t["atexit"][1])
     return {k: (t[b][0] - t[f][0], t[b][1] - t[f][1]) for k, (f, b) in PHASES.items() if f in t and b in t}
 
 
@@ -560,7 +556,7 @@ def startup_rows(a, work: Path) -> list[dict]:
     runs: dict[str, list[dict]] = {c: [] for c in cases}
     for i in range(a.repeats):  # the cases interleaved, a fresh run folder each time
         for case, config in cases.items():
-            env = served if case == "mlflow_server" else None
+            env = {**served, **SERVED_CASES[case]} if case in SERVED_CASES else None
             runs[case].append(time_train_job(config, data, work / "runs" / f"{case}{i}", a, env))
     server_cpu = (children_cpu_s(server) - cpu0) / a.repeats
     _ncn("mlflow-end", "--ready", served["NCN_MLFLOW_PIPELINE"], "--results", str(work / "served"))
@@ -574,9 +570,10 @@ def startup_rows(a, work: Path) -> list[dict]:
                                  seconds_min=round(min(wall), 3),
                                  cpu_s_median=round(statistics.median(x[1] for x in xs), 3), repeats=len(xs),
                                  note=""))
-    rows.append(dict(case="mlflow_server", what="server_child_cpu", seconds_median="", seconds_min="",
+    rows.append(dict(case="mlflow_server*", what="server_children_cpu", seconds_median="", seconds_min="",
                      cpu_s_median=round(server_cpu, 3), repeats=a.repeats,
-                     note="mean CPU s of the server's child per job (the job's MLflow work), not in the job's CPU"))
+                     note="mean CPU s of the server's forks per repeat of the served cases: both jobs' MLflow "
+                     "work and the forked job (whose CPU is also in its total)"))
     for module in a.imports:
         wall, top = import_costs(module)
         rows.append(dict(case=f"import {module}", what="python -c (whole process)", seconds_median=round(wall, 3),

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("ncn.config", "validate a config file and print it resolved with defaults"),
     "data": ("ncn.data.cli", "fetch TinyStories, build the tokenizer, tokenize the splits"),
     "mlflow-init": ("ncn.tracking", "open the pipeline's MLflow run (and create the store) before the jobs"),
-    "mlflow-serve": ("ncn.trackserver", "(started by mlflow-init --serve) do the jobs' MLflow work in one process"),
+    "mlflow-serve": ("ncn.trackserver", "(started by mlflow-init --serve) run the jobs and their MLflow work in forks of one process"),
     "train": ("ncn.train", "train one (variant, size, seed) run; resumes from its checkpoint"),
     "evaluate": ("ncn.evaluate", "validation loss, perplexity and bits-per-byte of a run"),
     "export": ("ncn.hub", "write a run as a Hugging Face-style folder RUN/hf (safetensors, card)"),
@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
               + "\n\nRun 'ncn <stage> --help' for a stage's options, 'ncn --help' for more.", file=sys.stderr)
         return 2
     ns = _top_parser().parse_args(argv)
+    if "NCN_MLFLOW_PIPELINE" in os.environ:  # a pipeline's job: run it in a fork of the pipeline's server if one answers
+        from ncn.trackserver import delegate
+
+        rc = delegate(ns.stage, ns.args)
+        if rc is not None:
+            return rc
     keep_freed_memory()  # before torch's import: its first large tensors come from the kept heap (ncn.allocator)
     module_name, _ = COMMANDS[ns.stage]
     module = importlib.import_module(module_name)

@@ -1,26 +1,37 @@
-"""One process per Snakemake invocation that does the jobs' MLflow work, MLflow imported once.
+"""One process per Snakemake invocation that imports torch and MLflow once: the jobs' MLflow work
+runs in forks of it, and so do the jobs themselves.
 
 Why. A job that logs to MLflow itself pays for MLflow in every process: `import mlflow` (~2-3 s
 of CPU), the SQLite store's SQLAlchemy models (~1-1.5 s) and `mlflow.pytorch` before it logs
-anything. A smoke-profile training job trains for about a second, so most of its time was
-MLflow's (`bench/README.md`, "Start-up"). On the tracker's worker thread that work also holds the
-GIL that a small model's Python-bound steps need, so it slowed the steps it overlapped.
+anything. On the tracker's worker thread that work also holds the GIL that a small model's
+Python-bound steps need, so it slowed the steps it overlapped. And every job imports torch
+(1.5-2.4 s on this project's CPUs) before its first step: a smoke-profile training job trains for
+about a second (`bench/README.md`, "Start-up").
 
 What. `ncn mlflow-init --serve` (the Snakefile's onstart) starts `ncn mlflow-serve`, detached. It
-imports torch, MLflow, the SQL store's module and `mlflow.pytorch`, then listens on a Unix socket
-named after the pipeline marker (`socket_path`). For each job that connects it forks a child. The
-child has every import already and runs the same `Tracker` (or `log_eval`) the job would have run,
-with the job's working directory, environment and stderr (passed over the socket), so its
-warnings land in the job's log. A training job's `TrackerThread` talks to it through `Remote`;
-calls keep their order and `finish`/`fail` return once the child has closed the run, as before.
-A job that is killed closes its socket; its child then stops, as the worker thread would have died
-with the process.
+imports torch, MLflow, the SQL store's module, `mlflow.pytorch` and the modules of the stages in
+`FORKED_STAGES` (pandas, matplotlib and seaborn with the analyses), then listens on a Unix socket
+named after the pipeline marker (`socket_path`). For each job that connects it forks a child,
+which takes the job's working directory, environment and file descriptors (passed over the socket):
+- kind "job" (`delegate`, called by `ncn.cli.main` for `FORKED_STAGES`): the child runs the job's
+  `ncn <stage> ...` as a new `ncn` process would (`_as_a_fresh_process`). The job's own process
+  only waits: it passes on the signals it gets and exits with the child's status; if it is
+  killed, the child kills itself. Such a job starts its first step ~0.1 s after its process starts.
+- kind "tracker" / "log_eval": the child runs the same `Tracker` (or `log_eval`) the job would have
+  run in-process, its warnings in the job's log. A training job's `TrackerThread` talks to it
+  through `Remote`; calls keep their order and `finish`/`fail` return once the child has closed
+  the run. A job that is killed closes its socket; its child then stops.
+
+Accounting. A forked job's CPU and memory are the server's child's, so the job's Snakemake
+`benchmark:` file counts only its waiting process (its wall time is right); the server's log names
+every fork and any that failed or was killed.
 
 Fallback. Where no server answers (a run by hand, a cluster node without the head's /tmp, a
-server that failed to start or died), a job tracks in its own process as before. The records are
-the same either way. `ncn mlflow-end` stops the server; it also exits when Snakemake's process is
-gone. The server forks only after its imports, and it never opens the store itself, so no child
-inherits a database connection.
+server that failed to start or died), a job runs and tracks in its own process as before;
+NCN_FORK_JOBS=0 keeps just the jobs in their own processes, NCN_MLFLOW_SERVER=0 turns the server
+off. The records and outputs are the same either way. `ncn mlflow-end` stops the server; it also
+exits when Snakemake's process is gone. The server forks only after its imports, never opens the
+store or CUDA itself, so no child inherits a database connection or a CUDA context.
 """
 
 from __future__ import annotations
@@ -48,6 +59,11 @@ LATER_IMPORTS = ("alembic.command", "alembic.config", "git", "mlflow.pyfunc", "m
                  "mlflow.store.tracking.sqlalchemy_workspace_store", "mlflow.tracing.processor.otel",
                  "sqlalchemy.dialects.sqlite.pysqlite", "torch.utils.serialization")
 ENV_OFF = "NCN_MLFLOW_SERVER"  # "0": jobs never use a server (they track in-process)
+ENV_FORK = "NCN_FORK_JOBS"  # "0": jobs run in their own process (only their MLflow work in the server)
+FORKED_STAGES = ("train", "evaluate", "generate", "analyze")  # the stages whose jobs run in a fork of the server
+PASSED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_IN_FORK = False  # True in the server's forks: a job never forks again
+_FRESH_WARNINGS: list = []  # the warning filters before the server's imports: a forked job starts with them
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -71,18 +87,18 @@ def _open(ready: str | Path, timeout_s: float) -> socket.socket:
         raise
 
 
-def connect(kind: str, ready: str | Path | None = None) -> Connection | None:
-    """A connection to this pipeline's server, its child set up for `kind` ("tracker" or
-    "log_eval") with this process's directory, environment, stdout and stderr, or None if no
-    server answers (then the caller tracks in its own process)."""
+def connect(kind: str, ready: str | Path | None = None, fds: tuple[int, ...] = (1, 2), **hello) -> Connection | None:
+    """A connection to this pipeline's server, its child set up for `kind` ("tracker", "log_eval"
+    or "job") with this process's directory, environment and file descriptors `fds` (`hello`: more
+    for the child), or None if no server answers (then the caller works in its own process)."""
     ready = ready or os.environ.get("NCN_MLFLOW_PIPELINE")
     if not ready or os.environ.get(ENV_OFF) == "0":
         return None
     conn = None
     try:
         conn = Connection(_open(ready, CONNECT_TIMEOUT_S).detach())
-        conn.send({"kind": kind, "pid": os.getpid(), "cwd": os.getcwd(), "env": dict(os.environ)})
-        for fd in (1, 2):
+        conn.send({"kind": kind, "pid": os.getpid(), "cwd": os.getcwd(), "env": dict(os.environ), "fds": fds, **hello})
+        for fd in fds:
             send_handle(conn, fd, 0)
         if conn.poll(CONNECT_TIMEOUT_S) and conn.recv() == "ready":
             return conn
@@ -156,16 +172,71 @@ def remote_log_eval(run_dir: Path, values: dict) -> bool:
         conn.close()
 
 
+def delegate(stage: str, args: list[str]) -> int | None:
+    """Run `ncn <stage> args` in a fork of this pipeline's server, which has torch and the stage's
+    modules imported already, and return its exit status; None where the caller should run it
+    itself: no server answers, a stage not in `FORKED_STAGES`, NCN_FORK_JOBS=0, a tracer or
+    profiler in this process (coverage, cProfile), a torchrun world, or this process already a fork.
+
+    This process stays the job that Snakemake waits for: the fork gets its directory,
+    environment, argv, umask, stdin, stdout and stderr; signals sent to this process are sent on
+    to the fork, and if this process is killed the fork kills itself. Its exit status is the fork's.
+    """
+    if (stage not in FORKED_STAGES or _IN_FORK or os.environ.get(ENV_FORK) == "0" or sys.gettrace()
+            or sys.getprofile() or int(os.environ.get("WORLD_SIZE") or 1) > 1):
+        return None
+    umask = os.umask(0o022)
+    os.umask(umask)
+    conn = connect("job", fds=(0, 1, 2), argv=[sys.argv[0], stage, *args], path=list(sys.path), umask=umask)
+    if conn is None:
+        return None
+    try:
+        pid = conn.recv()
+    except (EOFError, OSError):
+        pid = None  # the server's fork failed before it began
+    if pid is None:  # ... or declined (`_cuda_unusable`): run here
+        conn.close()
+        return None
+    return _wait_for(conn, pid)
+
+
+def _wait_for(conn: Connection, pid: int) -> int:
+    """The forked job's exit status, passing on the signals this process gets meanwhile."""
+    sent: list[int] = []
+
+    def pass_on(signum, frame):
+        sent.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    old = {s: signal.signal(s, pass_on) for s in PASSED_SIGNALS}
+    try:
+        return int(conn.recv())  # its exit status, sent after its exit handlers ran
+    except (EOFError, OSError):  # it died without one: by a signal
+        if sent:  # ours: die of it too, as the job would have
+            signal.signal(sent[-1], signal.SIG_DFL)
+            os.kill(os.getpid(), sent[-1])
+        print(f"ncn: the job's process {pid}, a fork of the pipeline's MLflow server, ended without an exit "
+              "status (killed?); the server's log (results/<profile>/logs/mlflow-serve.log) says how",
+              file=sys.stderr)
+        return 1
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        conn.close()
+
+
 # ---- the server and its children -------------------------------------------------------------
 
 
-def _child(conn: Connection, hello: dict) -> None:
-    """Serve one job: take its directory, environment, stdout and stderr, then run its calls."""
+def _child(conn: Connection, hello: dict) -> int:
+    """Serve one job: take its directory, environment and file descriptors, then run its calls (or,
+    for kind "job", the job itself); the exit status for the fork."""
     import random
 
     from ncn import tracking
 
-    for fd in (1, 2):
+    for fd in hello.get("fds", (1, 2)):
         theirs = recv_handle(conn)
         os.dup2(theirs, fd)
         os.close(theirs)
@@ -175,21 +246,110 @@ def _child(conn: Connection, hello: dict) -> None:
     tracking._jitter.seed()  # each child its own retry jitter (forked children share the parent's state)
     random.seed()
     conn.send("ready")
+    if hello["kind"] == "job":
+        return _job(conn, hello)
     if hello["kind"] == "log_eval":
         run_dir, values = conn.recv()
         tracking.log_eval_here(run_dir, values)
         conn.send("done")
-        return
+        return 0
     cfg, run_dir = conn.recv()
     tracker = tracking.Tracker(cfg, run_dir)
     while True:
         try:
             name, args = conn.recv()
         except (EOFError, OSError):  # the job ended or was killed
-            return
+            return 0
         tracking.run_call(tracker, name, args)
         if name in ("finish", "fail"):
             conn.send("done")
+
+
+def _job(conn: Connection, hello: dict) -> int:
+    """Run `ncn <stage> ...` (`delegate`) as a fresh `ncn` process would, then send its exit status."""
+    import atexit
+    import threading
+
+    global _IN_FORK
+    _IN_FORK = True
+    sys.argv, sys.path[:] = hello["argv"], hello["path"]
+    os.umask(hello["umask"])
+    if _cuda_unusable():  # the server touched CUDA: a fork could not use it, so the job runs in its own process
+        conn.send(None)
+        return 0
+    _as_a_fresh_process()
+    conn.send(os.getpid())
+    done = threading.Event()
+    threading.Thread(target=_die_with, args=(conn, done), daemon=True, name="ncn-job-watch").start()
+    if os.environ.get("NCN_BENCH_PROBE") == "child":
+        from ncn import probe
+
+        probe.install({"forked": probe.now()})
+    rc = _exit_status(hello["argv"][1:])
+    atexit._run_exitfuncs()  # what `ncn.cli.run` does before os._exit
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    done.set()
+    conn.send(rc)
+    return rc
+
+
+def _exit_status(argv: list[str]) -> int:
+    """`ncn.cli.main(argv)`'s exit status as the interpreter would make it (SystemExit, a traceback)."""
+    import traceback
+
+    from ncn import cli
+
+    try:
+        return int(cli.main(argv) or 0)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    except BaseException:  # noqa: BLE001 - what an uncaught exception does to a process
+        traceback.print_exc()
+        return 1
+
+
+def _as_a_fresh_process() -> None:
+    """Undo what the server's own set-up left that a new process would not have: its logging
+    handler and level, the warning filters its imports added, block-buffered stdout (a fresh
+    process line-buffers a terminal), its signal handlers; and take the job's torch threads
+    from its environment (OMP_NUM_THREADS), as torch's import would have."""
+    import warnings
+
+    for handler in list(logging.root.handlers):
+        logging.root.removeHandler(handler)
+    logging.root.setLevel(logging.WARNING)
+    warnings.filters[:] = _FRESH_WARNINGS
+    warnings._filters_mutated()
+    with contextlib.suppress(Exception):
+        sys.stdout.reconfigure(line_buffering=os.isatty(1))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    threads = os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:  # what torch reads at its import, in a new process
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def _cuda_unusable() -> bool:
+    """True if this fork inherited an initialised CUDA (torch's "bad fork"), where CUDA would fail."""
+    torch = sys.modules.get("torch")
+    check = getattr(getattr(torch, "cuda", None), "_is_in_bad_fork", None)
+    return bool(check and check())
+
+
+def _die_with(conn: Connection, done) -> None:
+    """The forked job's watch: its job process never writes after the hello, so a read returns only
+    when that process is gone. Killed before the job was `done`, it would have taken the job with
+    it: die the same way."""
+    with contextlib.suppress(EOFError, OSError):
+        conn.recv()
+    if not done.is_set():
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fork_child(conn: Connection, hello: dict) -> int:
@@ -200,7 +360,7 @@ def _fork_child(conn: Connection, hello: dict) -> int:
     code = 0
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        _child(conn, hello)
+        code = _child(conn, hello)
     except BaseException as e:  # noqa: BLE001 - a child must never return into the server loop
         with contextlib.suppress(Exception):
             log.warning("MLflow server child: %s: %s", type(e).__name__, e)
@@ -227,11 +387,20 @@ def _preload() -> None:
 
     for key, value in MLFLOW_ENV:
         os.environ.setdefault(key, value)
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # torch.cuda.is_available() here must not initialise CUDA (forks)
     import mlflow  # noqa: F401
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import torch  # noqa: F401
 
+    import ncn.evaluate  # noqa: F401 - the forked stages' modules (FORKED_STAGES)
+    import ncn.generate  # noqa: F401
     import ncn.model  # noqa: F401
+    import ncn.train  # noqa: F401
+    from ncn.analysis.cli import ANALYSES
+
+    for module, _ in ANALYSES.values():  # pandas, matplotlib, seaborn with them
+        with contextlib.suppress(Exception):  # a broken analysis fails in its own job, as before
+            importlib.import_module(module)
 
     import_mlflow_pytorch()
     # log_model checks the model's pip requirements against the installed packages through a map of
@@ -249,7 +418,12 @@ def _preload() -> None:
 
 def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     """Accept jobs until told to stop or until `watch_pid` (Snakemake) is gone; fork a child each."""
+    import gc
+    import warnings
+
+    _FRESH_WARNINGS[:] = warnings.filters
     _preload()
+    gc.freeze()  # the imports' objects: never scanned again by a fork's collections, nor copied by them
     path = socket_path(ready)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -262,7 +436,7 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     srv.listen(64)
     srv.settimeout(idle_check_s)
     print(f"MLflow server: pid {os.getpid()}, socket {path}", flush=True)
-    children: set[int] = set()
+    children: dict[int, str] = {}
     try:
         while watch_pid is None or _alive(watch_pid):
             _reap(children)
@@ -284,8 +458,10 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
                 conn.send("stopped")
                 conn.close()
                 break
-            children.add(_fork_child(conn, hello))
-            log.info("%s for job pid %s", hello["kind"], hello["pid"])
+            what = f"{hello['kind']} for job pid {hello['pid']}" + (
+                f": ncn {' '.join(hello['argv'][1:])[:300]}" if hello["kind"] == "job" else "")
+            children[_fork_child(conn, hello)] = what
+            log.info("%s", what)
     finally:
         srv.close()
         with contextlib.suppress(FileNotFoundError):
@@ -293,16 +469,23 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     return 0
 
 
-def _reap(children: set[int]) -> None:
-    """Collect the children that have exited (or are no longer ours) and drop them from the set."""
-    for pid in list(children):
+def _reap(children: dict[int, str]) -> None:
+    """Collect the children that have exited (or are no longer ours), drop them, and log any that
+    failed or was killed."""
+    for pid, what in list(children.items()):
+        status = 0
         with contextlib.suppress(ChildProcessError):
-            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == 0:
                 continue
-        children.discard(pid)
+        if os.WIFSIGNALED(status):
+            log.warning("pid %s (%s) was killed by signal %s", pid, what, os.WTERMSIG(status))
+        elif os.WIFEXITED(status) and os.WEXITSTATUS(status):
+            log.warning("pid %s (%s) exited with status %s", pid, what, os.WEXITSTATUS(status))
+        del children[pid]
 
 
-def _wait_children(children: set[int], timeout: float) -> None:
+def _wait_children(children: dict[int, str], timeout: float) -> None:
     end = time.monotonic() + timeout
     while children and time.monotonic() < end:
         _reap(children)
@@ -353,10 +536,10 @@ def stop(ready: Path, timeout_s: float = 150.0) -> bool:
 def main_mlflow_serve(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="ncn mlflow-serve",
-        description="Do the MLflow work of a pipeline's jobs in one process that imports MLflow once "
-        "(started detached by 'ncn mlflow-init --serve', stopped by 'ncn mlflow-end'). Jobs find it "
-        f"through their pipeline marker; with {ENV_OFF}=0, or when it is not running, a job tracks in its "
-        "own process.")
+        description="Run a pipeline's jobs and their MLflow work in forks of one process that imports torch "
+        "and MLflow once (started detached by 'ncn mlflow-init --serve', stopped by 'ncn mlflow-end'). Jobs "
+        f"find it through their pipeline marker; the stages {', '.join(FORKED_STAGES)} run in a fork (not with "
+        f"{ENV_FORK}=0). With {ENV_OFF}=0, or when it is not running, a job runs and tracks in its own process.")
     p.add_argument("--ready", required=True, help="the pipeline marker, e.g. results/smoke/mlflow.ready")
     p.add_argument("--watch-pid", type=int, default=None, help="exit when this process (Snakemake) is gone")
     a = p.parse_args(argv)

@@ -1,7 +1,9 @@
-"""The smoke profile from scratch, with the jobs' MLflow work in `ncn mlflow-serve` (on) and in each
-job's own process (off, NCN_MLFLOW_SERVER=0), interleaved off/on/on/off, as tests/conftest.py's
-smoke_session runs it (a copy of the repo, a test-made corpus, --cores 2). Prints one row per run:
-wall seconds, and the per-stage job seconds of results/smoke/timing/stages.csv."""
+"""The smoke profile from scratch, as tests/conftest.py's smoke_session runs it (a copy of the repo, a
+test-made corpus, --cores 2), in the modes named on the command line, in that order:
+  fork: the default: the train, evaluate, generate and analyze jobs run in forks of `ncn mlflow-serve`
+  own:  NCN_FORK_JOBS=0: every job in its own process, its MLflow work in the server (the sixth session's)
+  off:  NCN_MLFLOW_SERVER=0: every job in its own process, logging from it
+Prints one row per run: wall seconds, and the per-stage job seconds of results/smoke/timing/stages.csv."""
 
 import csv
 import os
@@ -10,17 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from test_workflow import copy_repo, snakemake, write_corpus  # noqa: E402
 
 base = Path(sys.argv[1])
 corpus = write_corpus(base / "corpus")
-for i, mode in enumerate(sys.argv[2:] or ["off", "on", "on", "off"]):
+for i, mode in enumerate(sys.argv[2:] or ["own", "fork", "fork", "own"]):
     repo = base / f"repo{i}"
     shutil.rmtree(repo, ignore_errors=True)
     copy_repo(repo)
-    env = {"NCN_DATA_DIR": str(corpus), **({"NCN_MLFLOW_SERVER": "0"} if mode == "off" else {})}
+    env = {"NCN_DATA_DIR": str(corpus), **{"fork": {}, "own": {"NCN_FORK_JOBS": "0"}, "off": {"NCN_MLFLOW_SERVER": "0"}}[mode]}
     t0 = time.monotonic()
     r = snakemake(repo, "--cores", "2", "--configfile", "config/smoke.yaml", env=env, timeout=1800)
     wall = time.monotonic() - t0
