@@ -667,8 +667,10 @@ def test_a_job_forked_by_the_server_is_the_job_its_own_process_would_be(tmp_path
         for env in ({**served, "NCN_FORK_JOBS": "0"}, served):
             r = probed_job(["train", *train_args(cfg, tmp_path / "bad", data), *bad], env)
             assert r.returncode == rc and says in r.stderr, (env, r.returncode, r.stderr[-2000:])
-    assert "job for job pid" in (tmp_path / "logs" / "mlflow-serve.log").read_text()
     assert ncn_subprocess(["mlflow-end", "--ready", str(ready), "--results", str(tmp_path)]).returncode == 0
+    served = (tmp_path / "logs" / "mlflow-serve.log").read_text()  # each fork's job, then its CPU and RSS
+    fork = served.split(": job for job pid")[0].rsplit("pid ", 1)[1]
+    assert f"pid {fork} done: CPU " in served and "exited with status 2" in served, served[-3000:]
 
 
 def assert_same_tensors(a, b) -> None:

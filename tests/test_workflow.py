@@ -309,7 +309,7 @@ def test_smoke_records_a_pipeline_run_with_nested_training_and_evaluation_runs(s
     served = (res / "logs" / "mlflow-serve.log").read_text()
     assert served.count("tracker for job pid") >= len(expected) <= served.count("log_eval for job pid"), served[-2000:]
     # ... and the train, evaluate and analyze jobs ran in its forks (ncn.trackserver.delegate)
-    assert served.count(": ncn train --config") >= len(expected) <= served.count(": ncn evaluate --run"), served[-2000:]
+    assert served.count(": ncn train --config") >= len(expected) <= served.count(": ncn evaluate --"), served[-2000:]
     assert ": ncn analyze claims" in served and ": ncn generate" in served, served[-2000:]
     assert not Path(socket_path(res / "mlflow.ready")).exists()
     unfinished = [(r.info.run_name, r.info.status) for r in nested + [pipeline] if r.info.status != "FINISHED"]

@@ -605,6 +605,8 @@ STAGE_OF = {"data": "data", "mlflow_init": "train", "train": "train", "evaluate"
             "generate": "evaluate", "analysis": "analysis", "paper": "paper"}
 STAGES = ("data", "train", "evaluate", "analysis", "paper", "other")
 STAGE_COLUMNS = ["stage", "jobs", "job_s", "cpu_s", "busy_s", "max_rss_mb", "note"]
+FORKED_NOTE = ("cpu_s, max_rss_mb: the jobs' own processes; a job run in a fork of the pipeline's server "
+               "(ncn.trackserver) does its work there: logs/mlflow-serve.log has each fork's CPU and RSS")
 
 
 def read_benchmarks(folder: Path, skip: str = "timing") -> list[dict]:
@@ -657,7 +659,8 @@ def stage_rows(jobs: list[dict], run_start: float | None) -> list[dict]:
             rows.append(dict(stage=stage, jobs=len(js), job_s=round(sum(j["s"] for j in js), 2),
                              cpu_s=round(sum(j["cpu_s"] for j in js), 2),
                              busy_s=round(union_seconds((j["start"], j["end"]) for j in js), 2),
-                             max_rss_mb=round(max(j["rss"] for j in js), 1), note=""))
+                             max_rss_mb=round(max(j["rss"] for j in js), 1),
+                             note=FORKED_NOTE if stage in ("train", "evaluate", "analysis") else ""))
     this = [j for j in jobs if run_start is None or j["end"] >= run_start]
     if not this:
         return rows

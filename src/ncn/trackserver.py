@@ -10,8 +10,8 @@ about a second (`bench/README.md`, "Start-up").
 
 What. `ncn mlflow-init --serve` (the Snakefile's onstart) starts `ncn mlflow-serve`, detached. It
 imports torch, MLflow, the SQL store's module, `mlflow.pytorch` and the modules of the stages in
-`FORKED_STAGES` (pandas, matplotlib and seaborn with the analyses), then listens on a Unix socket
-named after the pipeline marker (`socket_path`). For each job that connects it forks a child,
+`FORKED_STAGES`, then listens on a Unix socket named after the pipeline marker (`socket_path`);
+the analyses' modules (pandas, matplotlib, seaborn) it imports the first time it is idle. For each job that connects it forks a child,
 which takes the job's working directory, environment and file descriptors (passed over the socket):
 - kind "job" (`delegate`, called by `ncn.cli.main` for `FORKED_STAGES`): the child runs the job's
   `ncn <stage> ...` as a new `ncn` process would (`_as_a_fresh_process`). The job's own process
@@ -23,8 +23,8 @@ which takes the job's working directory, environment and file descriptors (passe
   the run. A job that is killed closes its socket; its child then stops.
 
 Accounting. A forked job's CPU and memory are the server's child's, so the job's Snakemake
-`benchmark:` file counts only its waiting process (its wall time is right); the server's log names
-every fork and any that failed or was killed.
+`benchmark:` file counts only its waiting process (its wall time is right). The server's log names
+every fork with its job, and when it ends its CPU seconds and peak RSS, and whether it failed.
 
 Fallback. Where no server answers (a run by hand, a cluster node without the head's /tmp, a
 server that failed to start or died), a job runs and tracks in its own process as before;
@@ -396,11 +396,6 @@ def _preload() -> None:
     import ncn.generate  # noqa: F401
     import ncn.model  # noqa: F401
     import ncn.train  # noqa: F401
-    from ncn.analysis.cli import ANALYSES
-
-    for module, _ in ANALYSES.values():  # pandas, matplotlib, seaborn with them
-        with contextlib.suppress(Exception):  # a broken analysis fails in its own job, as before
-            importlib.import_module(module)
 
     import_mlflow_pytorch()
     # log_model checks the model's pip requirements against the installed packages through a map of
@@ -414,6 +409,19 @@ def _preload() -> None:
     for name in LATER_IMPORTS:  # what a child would import on its first run (a name gone in a later
         with contextlib.suppress(Exception):  # MLflow costs the children the import again, nothing else)
             importlib.import_module(name)
+
+
+def _preload_when_idle() -> None:
+    """The analyses' modules (pandas, matplotlib and seaborn with them, ~2-3 s): imported the first
+    time the server is idle, not before it answers, since a pipeline's analyses come last."""
+    import gc
+
+    from ncn.analysis.cli import ANALYSES
+
+    for module, _ in ANALYSES.values():
+        with contextlib.suppress(Exception):  # a broken analysis fails in its own job, as before
+            importlib.import_module(module)
+    gc.freeze()
 
 
 def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
@@ -437,12 +445,15 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     srv.settimeout(idle_check_s)
     print(f"MLflow server: pid {os.getpid()}, socket {path}", flush=True)
     children: dict[int, str] = {}
+    idle_work = [_preload_when_idle]
     try:
         while watch_pid is None or _alive(watch_pid):
             _reap(children)
             try:
                 sock, _ = srv.accept()
             except TimeoutError:
+                if idle_work:
+                    idle_work.pop()()
                 continue
             sock.settimeout(None)
             conn = Connection(sock.detach())
@@ -460,8 +471,9 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
                 break
             what = f"{hello['kind']} for job pid {hello['pid']}" + (
                 f": ncn {' '.join(hello['argv'][1:])[:300]}" if hello["kind"] == "job" else "")
-            children[_fork_child(conn, hello)] = what
-            log.info("%s", what)
+            pid = _fork_child(conn, hello)
+            children[pid] = what
+            log.info("pid %s: %s", pid, what)
     finally:
         srv.close()
         with contextlib.suppress(FileNotFoundError):
@@ -470,18 +482,23 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
 
 
 def _reap(children: dict[int, str]) -> None:
-    """Collect the children that have exited (or are no longer ours), drop them, and log any that
-    failed or was killed."""
+    """Collect the children that have exited (or are no longer ours), drop them, and log how each
+    ended with its CPU seconds and peak RSS (a forked job's are not in its Snakemake benchmark)."""
     for pid, what in list(children.items()):
-        status = 0
-        with contextlib.suppress(ChildProcessError):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done == 0:
-                continue
+        try:
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+        except ChildProcessError:
+            del children[pid]
+            continue
+        if done == 0:
+            continue
+        used = f"CPU {usage.ru_utime + usage.ru_stime:.2f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MiB with the server's shared pages"
         if os.WIFSIGNALED(status):
-            log.warning("pid %s (%s) was killed by signal %s", pid, what, os.WTERMSIG(status))
-        elif os.WIFEXITED(status) and os.WEXITSTATUS(status):
-            log.warning("pid %s (%s) exited with status %s", pid, what, os.WEXITSTATUS(status))
+            log.warning("pid %s (%s) was killed by signal %s; %s", pid, what, os.WTERMSIG(status), used)
+        elif os.WEXITSTATUS(status):
+            log.warning("pid %s (%s) exited with status %s; %s", pid, what, os.WEXITSTATUS(status), used)
+        else:
+            log.info("pid %s done: %s", pid, used)
         del children[pid]
 
 

@@ -40,8 +40,9 @@ BENCH = f"{RES}/benchmarks"
 # if needed and opens one run per invocation when jobs are about to run (onstart, below), and
 # writes this marker naming it; the training and evaluation jobs nest their runs under it (they
 # find it through NCN_MLFLOW_PIPELINE); onsuccess/onerror log the results to it and close it.
-# `--serve` also starts `ncn mlflow-serve`, which does the jobs' MLflow work with MLflow imported
-# once (ncn.trackserver); `ncn mlflow-end` stops it, and it exits with Snakemake in any case.
+# `--serve` also starts `ncn mlflow-serve`, which imports torch and MLflow once (ncn.trackserver):
+# the train, evaluate, generate and analyze jobs run in forks of it, and so does the jobs' MLflow
+# work; `ncn mlflow-end` stops it, and it exits with Snakemake in any case.
 # Neither the marker nor the store is an output: Snakemake deletes outputs before rerunning a job,
 # and the store holds every run ever recorded.
 MLFLOW_READY = f"{RES}/mlflow.ready"
