@@ -11,3 +11,7 @@ NCN_DATA_DIR=$(realpath ../shared/data/tinystories) ncn bench startup --repeats 
 rm -rf /tmp/fork-ab && mkdir -p /tmp/fork-ab
 .venv/bin/python bench/smoke_ab.py /tmp/fork-ab own fork fork own | tee $D/smoke_ab.log
 (echo "run,mode,wall_s,stage,jobs,job_s,cpu_s,busy_s,max_rss_mb,note"; cat /tmp/fork-ab/stages.csv) > $D/smoke_ab_stages.csv
+# 3. After the analyses' imports moved to the server's first idle moment (main at 2a186e6): fork/own/fork.
+rm -rf /tmp/fork-ab2 && mkdir -p /tmp/fork-ab2
+.venv/bin/python bench/smoke_ab.py /tmp/fork-ab2 fork own fork | tee $D/smoke_ab_idle.log
+(echo "run,mode,wall_s,stage,jobs,job_s,cpu_s,busy_s,max_rss_mb,note"; cat /tmp/fork-ab2/stages.csv) > $D/smoke_ab_idle_stages.csv
