@@ -667,10 +667,50 @@ def test_a_job_forked_by_the_server_is_the_job_its_own_process_would_be(tmp_path
         for env in ({**served, "NCN_FORK_JOBS": "0"}, served):
             r = probed_job(["train", *train_args(cfg, tmp_path / "bad", data), *bad], env)
             assert r.returncode == rc and says in r.stderr, (env, r.returncode, r.stderr[-2000:])
+    # a job whose start-up environment differs from the server's runs in its own process
+    r = probed_job(["train", *train_args(cfg, tmp_path / "bad", data), "--threads", "0"], {**served, "PYTHONHASHSEED": "7"})
+    assert r.returncode == 2 and "TORCH_IMPORTED True" in r.stderr, r.stderr[-2000:]
+    assert "(its start-up environment differs: PYTHONHASHSEED): it runs in its own process" in r.stderr, r.stderr[-2000:]
     assert ncn_subprocess(["mlflow-end", "--ready", str(ready), "--results", str(tmp_path)]).returncode == 0
     served = (tmp_path / "logs" / "mlflow-serve.log").read_text()  # each fork's job, then its CPU and RSS
     fork = served.split(": job for job pid")[0].rsplit("pid ", 1)[1]
     assert f"pid {fork} done: CPU " in served and "exited with status 2" in served, served[-3000:]
+
+
+def test_a_fork_declines_a_job_that_would_not_start_as_it_would_in_its_own_process(monkeypatch):
+    """`_declines`: another interpreter, container or cgroup, or an environment read at start-up that
+    differs from the server's, sends the job back to its own process; the thread counts that
+    Snakemake sets per job do not (the fork applies them); one the server had and the job lacks does."""
+    from ncn import trackserver as ts
+
+    monkeypatch.setattr(ts, "_START_ENV", {"HOME": "/h", "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "1"})
+    here = ts._where()
+    job = lambda **env: {"where": here, "env": {"HOME": "/x", "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": "1", **env}}  # noqa: E731
+    assert ts._declines(job()) is None
+    assert ts._declines(job(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", SNAKEMAKE_X="y")) is None
+    assert "PYTHONHASHSEED" in ts._declines(job(PYTHONHASHSEED="2"))
+    assert "MALLOC_ARENA_MAX" in ts._declines(job(MALLOC_ARENA_MAX="2"))
+    assert "NCN_SCHEMA" in ts._declines(job(NCN_SCHEMA="/other.yaml"))
+    lacking = job()
+    del lacking["env"]["OMP_NUM_THREADS"]
+    assert "OMP_NUM_THREADS" in ts._declines(lacking)
+    assert "interpreter" in ts._declines({**job(), "where": ("/other/python", *here[1:])})
+    assert "interpreter" in ts._declines({**job(), "where": (*here[:4], "0::/slurm/job_1\n")})
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    assert ts._threads("OMP_NUM_THREADS", "MKL_NUM_THREADS") == 3
+    monkeypatch.setenv("MKL_NUM_THREADS", "junk")
+    assert ts._threads("MKL_NUM_THREADS", "OMP_NUM_THREADS") is None
+
+
+def test_the_server_and_its_jobs_check_that_the_other_end_is_this_user():
+    import socket
+
+    from ncn import trackserver as ts
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        assert ts._same_user(a) and ts._same_user(b)
 
 
 def assert_same_tensors(a, b) -> None:

@@ -16,7 +16,7 @@ which takes the job's working directory, environment and file descriptors (passe
 - kind "job" (`delegate`, called by `ncn.cli.main` for `FORKED_STAGES`): the child runs the job's
   `ncn <stage> ...` as a new `ncn` process would (`_as_a_fresh_process`). The job's own process
   only waits: it passes on the signals it gets and exits with the child's status; if it is
-  killed, the child kills itself. Such a job starts its first step ~0.1 s after its process starts.
+  killed, the child kills itself. Such a job starts its first step ~0.2 s after its process starts.
 - kind "tracker" / "log_eval": the child runs the same `Tracker` (or `log_eval`) the job would have
   run in-process, its warnings in the job's log. A training job's `TrackerThread` talks to it
   through `Remote`; calls keep their order and `finish`/`fail` return once the child has closed
@@ -64,7 +64,15 @@ FORKED_STAGES = ("train", "evaluate", "generate", "analyze")  # the stages whose
 PASSED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _IN_FORK = False  # True in the server's forks: a job never forks again
 _FRESH_WARNINGS: list = []  # the warning filters before the server's imports: a forked job starts with them
+_START_ENV: dict = {}  # the server's environment before its imports
+# environment read once, at start-up or import (the interpreter, malloc, OpenMP, BLAS, torch, our
+# schema path): a job whose values differ from the server's runs in its own process. The thread
+# counts (Snakemake sets them per job) are applied in the fork instead.
+STARTUP_ENV = ("PYTHON", "MALLOC_", "GLIBC_TUNABLES", "LD_", "OMP_", "GOMP_", "KMP_", "MKL_", "OPENBLAS_", "GOTO_",
+               "PYTORCH_", "TORCH", "NCN_SCHEMA")
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS")
 CONNECT_TIMEOUT_S = 5.0
+EXIT_WAIT_S = 60.0  # how long a job's process waits for its fork to be gone after its exit status
 
 
 def socket_path(ready: str | Path) -> str:
@@ -75,16 +83,43 @@ def socket_path(ready: str | Path) -> str:
 
 
 def _open(ready: str | Path, timeout_s: float) -> socket.socket:
-    """A socket connected to the server of a pipeline marker (OSError if none listens), blocking."""
+    """A socket connected to the server of a pipeline marker (OSError if none listens, or if its
+    listener is another user's: the path is in the shared temp folder), blocking."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout_s)
         sock.connect(socket_path(ready))
         sock.settimeout(None)
+        if not _same_user(sock):
+            raise OSError(f"{socket_path(ready)} is another user's socket")
         return sock
     except OSError:
         sock.close()
         raise
+
+
+def _same_user(sock: socket.socket) -> bool:
+    """Whether the process at the other end of a Unix socket is this user's (Linux's SO_PEERCRED;
+    elsewhere the socket file's owner-only mode is the check)."""
+    import struct
+
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid == os.getuid()
+
+
+def _where() -> tuple:
+    """Where a process runs, as far as a fork of the server must match it: its interpreter and
+    environment prefix, its mount and PID namespaces (a container) and its cgroup (a cluster job's
+    limits). None for what this system does not have."""
+    def read(fn, path):
+        with contextlib.suppress(OSError):
+            return fn(path)
+        return None
+
+    return (os.path.realpath(sys.executable), sys.prefix, read(os.readlink, "/proc/self/ns/mnt"),
+            read(os.readlink, "/proc/self/ns/pid"), read(lambda p: Path(p).read_text(), "/proc/self/cgroup"))
 
 
 def connect(kind: str, ready: str | Path | None = None, fds: tuple[int, ...] = (1, 2), **hello) -> Connection | None:
@@ -182,19 +217,25 @@ def delegate(stage: str, args: list[str]) -> int | None:
     environment, argv, umask, stdin, stdout and stderr; signals sent to this process are sent on
     to the fork, and if this process is killed the fork kills itself. Its exit status is the fork's.
     """
+    import threading
+
     if (stage not in FORKED_STAGES or _IN_FORK or os.environ.get(ENV_FORK) == "0" or sys.gettrace()
-            or sys.getprofile() or int(os.environ.get("WORLD_SIZE") or 1) > 1):
+            or sys.getprofile() or int(os.environ.get("WORLD_SIZE") or 1) > 1
+            or threading.current_thread() is not threading.main_thread()):  # signals are the main thread's
         return None
     umask = os.umask(0o022)
     os.umask(umask)
-    conn = connect("job", fds=(0, 1, 2), argv=[sys.argv[0], stage, *args], path=list(sys.path), umask=umask)
+    conn = connect("job", fds=(0, 1, 2), argv=[sys.argv[0], stage, *args], path=list(sys.path), umask=umask,
+                   where=_where())
     if conn is None:
         return None
     try:
         pid = conn.recv()
+        if pid is not None:
+            conn.send("go")  # the fork starts the job only now: it runs here or there, never both
     except (EOFError, OSError):
         pid = None  # the server's fork failed before it began
-    if pid is None:  # ... or declined (`_cuda_unusable`): run here
+    if pid is None:  # ... or declined (`_declines`): run here
         conn.close()
         return None
     return _wait_for(conn, pid)
@@ -211,7 +252,11 @@ def _wait_for(conn: Connection, pid: int) -> int:
 
     old = {s: signal.signal(s, pass_on) for s in PASSED_SIGNALS}
     try:
-        return int(conn.recv())  # its exit status, sent after its exit handlers ran
+        rc = int(conn.recv())  # its exit status, sent after its exit handlers ran
+        with contextlib.suppress(EOFError, OSError):  # then until it is gone (its memory, a GPU's context
+            while conn.poll(EXIT_WAIT_S):  # freed) before Snakemake gives its threads to the next job
+                conn.recv()
+        return rc
     except (EOFError, OSError):  # it died without one: by a signal
         if sent:  # ours: die of it too, as the job would have
             signal.signal(sent[-1], signal.SIG_DFL)
@@ -272,13 +317,21 @@ def _job(conn: Connection, hello: dict) -> int:
 
     global _IN_FORK
     _IN_FORK = True
-    sys.argv, sys.path[:] = hello["argv"], hello["path"]
-    os.umask(hello["umask"])
-    if _cuda_unusable():  # the server touched CUDA: a fork could not use it, so the job runs in its own process
+    why = _declines(hello)
+    if why:
+        log.info("pid %s declined job pid %s (%s): it runs in its own process", os.getpid(), hello["pid"], why)
         conn.send(None)
         return 0
+    sys.argv, sys.path[:] = hello["argv"], hello["path"]
+    os.umask(hello["umask"])
     _as_a_fresh_process()
     conn.send(os.getpid())
+    try:
+        go = conn.recv()
+    except (EOFError, OSError):  # its process gave up waiting (and runs the job itself) or is gone
+        go = None
+    if go != "go":
+        return 0
     done = threading.Event()
     threading.Thread(target=_die_with, args=(conn, done), daemon=True, name="ncn-job-watch").start()
     if os.environ.get("NCN_BENCH_PROBE") == "child":
@@ -313,11 +366,31 @@ def _exit_status(argv: list[str]) -> int:
         return 1
 
 
+def _declines(hello: dict) -> str | None:
+    """Why a job must not run in this fork, or None: it runs elsewhere than the server (another
+    interpreter or environment, a container, a cluster job's cgroup), its start-up environment
+    differs from the server's (`STARTUP_ENV`), or the server touched CUDA."""
+    if tuple(hello.get("where") or ()) != _where():
+        return "another interpreter, container or cgroup"
+    env = hello["env"]
+    differ = sorted(k for k in set(env) | set(_START_ENV) if k.startswith(STARTUP_ENV) and k not in THREAD_ENV
+                    and env.get(k) != _START_ENV.get(k))
+    differ += [k for k in THREAD_ENV if k in _START_ENV and k not in env]
+    if differ:
+        return "its start-up environment differs: " + ", ".join(differ[:5])
+    if _cuda_unusable():
+        return "the server initialised CUDA"
+    return None
+
+
 def _as_a_fresh_process() -> None:
     """Undo what the server's own set-up left that a new process would not have: its logging
     handler and level, the warning filters its imports added, block-buffered stdout (a fresh
-    process line-buffers a terminal), its signal handlers; and take the job's torch threads
-    from its environment (OMP_NUM_THREADS), as torch's import would have."""
+    process line-buffers a terminal), its signal handlers, its temp folder, matplotlib's removal
+    of its temporary config folder at exit; and take the job's torch and BLAS threads from its
+    environment (Snakemake's OMP_NUM_THREADS, ...), as their libraries' start-up would have."""
+    import atexit
+    import shutil
     import warnings
 
     for handler in list(logging.root.handlers):
@@ -328,11 +401,28 @@ def _as_a_fresh_process() -> None:
     with contextlib.suppress(Exception):
         sys.stdout.reconfigure(line_buffering=os.isatty(1))
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    threads = os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")
-    if threads and threads.isdigit() and int(threads) > 0:  # what torch reads at its import, in a new process
+    tempfile.tempdir = None  # the job's TMPDIR
+    atexit.unregister(shutil.rmtree)  # matplotlib's, for the server's config folder (an unwritable HOME)
+    threads = _threads("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    if threads:  # what torch reads at its import, in a new process
         import torch
 
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
+    threads = _threads("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+    if threads:  # numpy's OpenBLAS read them at the server's import
+        with contextlib.suppress(ImportError):
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(threads, user_api="blas")
+
+
+def _threads(*names: str) -> int | None:
+    """The first of these environment variables that is set, as a positive count, else None."""
+    for name in names:
+        value = os.environ.get(name, "")
+        if value.strip():
+            return int(value) if value.strip().isdigit() and int(value) > 0 else None
+    return None
 
 
 def _cuda_unusable() -> bool:
@@ -352,13 +442,14 @@ def _die_with(conn: Connection, done) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fork_child(conn: Connection, hello: dict) -> int:
+def _fork_child(conn: Connection, hello: dict, srv: socket.socket) -> int:
     pid = os.fork()
     if pid:
         conn.close()
         return pid
     code = 0
     try:
+        srv.close()  # the server's: a fork must not keep its socket alive
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         code = _child(conn, hello)
     except BaseException as e:  # noqa: BLE001 - a child must never return into the server loop
@@ -411,16 +502,14 @@ def _preload() -> None:
             importlib.import_module(name)
 
 
-def _preload_when_idle() -> None:
-    """The analyses' modules (pandas, matplotlib and seaborn with them, ~2-3 s): imported the first
-    time the server is idle, not before it answers, since a pipeline's analyses come last."""
+def _import_when_idle(module: str) -> None:
+    """One of the analyses' modules (with them pandas, matplotlib and seaborn: ~2-3 s in all),
+    imported when the server is idle, one a second, not before it answers: a pipeline's analyses
+    come last."""
     import gc
 
-    from ncn.analysis.cli import ANALYSES
-
-    for module, _ in ANALYSES.values():
-        with contextlib.suppress(Exception):  # a broken analysis fails in its own job, as before
-            importlib.import_module(module)
+    with contextlib.suppress(Exception):  # a broken analysis fails in its own job, as before
+        importlib.import_module(module)
     gc.freeze()
 
 
@@ -430,6 +519,7 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     import warnings
 
     _FRESH_WARNINGS[:] = warnings.filters
+    _START_ENV.update(os.environ)
     _preload()
     gc.freeze()  # the imports' objects: never scanned again by a fork's collections, nor copied by them
     path = socket_path(ready)
@@ -445,40 +535,56 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     srv.settimeout(idle_check_s)
     print(f"MLflow server: pid {os.getpid()}, socket {path}", flush=True)
     children: dict[int, str] = {}
-    idle_work = [_preload_when_idle]
+    from ncn.analysis.cli import ANALYSES
+
+    idle_imports = [module for module, _ in ANALYSES.values()]
     try:
         while watch_pid is None or _alive(watch_pid):
             _reap(children)
             try:
                 sock, _ = srv.accept()
             except TimeoutError:
-                if idle_work:
-                    idle_work.pop()()
+                if idle_imports:
+                    _import_when_idle(idle_imports.pop(0))
                 continue
-            sock.settimeout(None)
-            conn = Connection(sock.detach())
-            try:  # a job's hello, a stop request, or nothing (`_ping` only connects)
-                hello = conn.recv() if conn.poll(CONNECT_TIMEOUT_S) else None
-            except (EOFError, OSError):
-                hello = None
-            if hello is None:
-                conn.close()
-                continue
-            if hello == "stop":
-                _wait_children(children, 120.0)
-                conn.send("stopped")
-                conn.close()
+            if _take(sock, srv, children) == "stop":
                 break
-            what = f"{hello['kind']} for job pid {hello['pid']}" + (
-                f": ncn {' '.join(hello['argv'][1:])[:300]}" if hello["kind"] == "job" else "")
-            pid = _fork_child(conn, hello)
-            children[pid] = what
-            log.info("pid %s: %s", pid, what)
     finally:
         srv.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
     return 0
+
+
+def _take(sock: socket.socket, srv: socket.socket, children: dict[int, str]) -> str | None:
+    """One connection: a job's hello (fork a child for it), a stop request ("stop", once the
+    children are done), or nothing (`_ping` only connects; another user; a broken hello)."""
+    sock.settimeout(None)
+    if not _same_user(sock):
+        sock.close()
+        return None
+    conn = Connection(sock.detach())
+    try:
+        hello = conn.recv() if conn.poll(CONNECT_TIMEOUT_S) else None
+    except Exception:  # noqa: BLE001 - EOF, a reset, a hello that does not unpickle: not the server's end
+        hello = None
+    if hello == "stop":
+        _wait_children(children, 120.0)
+        conn.send("stopped")
+    if not isinstance(hello, dict):
+        conn.close()
+        return "stop" if hello == "stop" else None
+    what = f"{hello.get('kind')} for job pid {hello.get('pid')}" + (
+        f": ncn {' '.join(hello['argv'][1:])[:300]}" if hello.get("kind") == "job" else "")
+    try:
+        pid = _fork_child(conn, hello, srv)
+    except OSError as e:  # no fork (memory, process limits): the job works in its own process
+        log.warning("no fork for %s: %s", what, e)
+        conn.close()
+        return None
+    children[pid] = what
+    log.info("pid %s: %s", pid, what)
+    return None
 
 
 def _reap(children: dict[int, str]) -> None:
