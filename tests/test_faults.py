@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from conftest import reproducible_files
-from test_workflow import copy_repo, snakemake, write_corpus
+from test_workflow import copy_repo, snakemake, snakemake_env, write_corpus
 
 RUN = "results/smoke/runs/causal/xs/seed0"
 TARGET = f"{RUN}/metrics.json"
@@ -80,14 +80,13 @@ def test_sigkilled_snakemake_and_job_resume_to_the_uninterrupted_result(tmp_path
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1", TARGET, "--configfile", "config/smoke.yaml"]
     with open(tmp_path / "killed.out", "w") as out:
         p = subprocess.Popen(cmd, cwd=repo, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                             env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **env,
-                                  "NCN_FAULT_STEP_DELAY_S": STEP_DELAY_S})
+                             env=snakemake_env({**env, "NCN_FAULT_STEP_DELAY_S": STEP_DELAY_S}))
         deadline = time.monotonic() + 300
         while not ((run / FIRST_CKPT).exists() and (run / "mlflow_run.json").exists()):  # MLflow starts beside the steps
             assert p.poll() is None, f"Snakemake ended before the first checkpoint: {(tmp_path / 'killed.out').read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint after 300 s"
             time.sleep(0.02)
-        os.killpg(p.pid, signal.SIGKILL)  # Snakemake, the job's shell and `ncn train`: one group
+        os.killpg(p.pid, signal.SIGKILL)  # Snakemake, the job's shell and `ncn train`: one group (a fork running the job kills itself)
         p.wait()
     assert not (run / "metrics.json").exists(), "the run finished before the kill: the test proves nothing"
     # nothing that looks finished: no output of the job exists (the live log is the partial one)

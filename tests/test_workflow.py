@@ -54,12 +54,19 @@ def copy_repo(dst: Path) -> Path:
     return dst
 
 
+def snakemake_env(env: dict | None = None) -> dict:
+    """A Snakemake run's environment: offline, `env` added, and its MLflow store the profile's own,
+    not one that an earlier test's in-process MLflow named in MLFLOW_TRACKING_URI
+    (mlflow.set_tracking_uri sets it for subprocesses)."""
+    mine = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")}
+    return {**mine, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+
+
 def snakemake(cwd: Path, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run this environment's Snakemake in cwd; stdout and stderr together in .stdout."""
-    run_env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    """Run this environment's Snakemake in cwd (`snakemake_env`); stdout and stderr together in .stdout."""
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *args],
-        cwd=cwd, env=run_env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+        cwd=cwd, env=snakemake_env(env), text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
     )
 
 

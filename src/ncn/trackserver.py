@@ -63,7 +63,7 @@ ENV_FORK = "NCN_FORK_JOBS"  # "0": jobs run in their own process (only their MLf
 FORKED_STAGES = ("train", "evaluate", "generate", "analyze")  # the stages whose jobs run in a fork of the server
 PASSED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _IN_FORK = False  # True in the server's forks: a job never forks again
-_FRESH_WARNINGS: list = []  # the warning filters before the server's imports: a forked job starts with them
+_FRESH_WARNINGS: list = []  # the warning filters a new job process has (`_preload`): a forked job starts with them
 _START_ENV: dict = {}  # the server's environment before its imports
 # environment read once, at start-up or import (the interpreter, malloc, OpenMP, BLAS, torch, our
 # schema path): a job whose values differ from the server's runs in its own process. The thread
@@ -473,20 +473,26 @@ def _alive(pid: int) -> bool:
 
 
 def _preload() -> None:
-    """What the children need, imported once: torch, MLflow, the SQL store's models, mlflow.pytorch."""
-    from ncn.tracking import MLFLOW_ENV, import_mlflow_pytorch
+    """What the children need, imported once: torch and the forked stages' modules (after them, the
+    warning filters a new job process has: `_FRESH_WARNINGS`), MLflow, the SQL store's models,
+    mlflow.pytorch."""
+    import warnings
 
-    for key, value in MLFLOW_ENV:
-        os.environ.setdefault(key, value)
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # torch.cuda.is_available() here must not initialise CUDA (forks)
-    import mlflow  # noqa: F401
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import torch  # noqa: F401
 
     import ncn.evaluate  # noqa: F401 - the forked stages' modules (FORKED_STAGES)
     import ncn.generate  # noqa: F401
     import ncn.model  # noqa: F401
     import ncn.train  # noqa: F401
+
+    _FRESH_WARNINGS[:] = warnings.filters
+    from ncn.tracking import MLFLOW_ENV, import_mlflow_pytorch
+
+    for key, value in MLFLOW_ENV:
+        os.environ.setdefault(key, value)
+    import mlflow  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
     import_mlflow_pytorch()
     # log_model checks the model's pip requirements against the installed packages through a map of
@@ -507,18 +513,19 @@ def _import_when_idle(module: str) -> None:
     imported when the server is idle, one a second, not before it answers: a pipeline's analyses
     come last."""
     import gc
+    import warnings
 
+    before = list(warnings.filters)
     with contextlib.suppress(Exception):  # a broken analysis fails in its own job, as before
         importlib.import_module(module)
+    _FRESH_WARNINGS[:0] = [f for f in warnings.filters if f not in before]  # an analysis job's imports add them too
     gc.freeze()
 
 
 def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     """Accept jobs until told to stop or until `watch_pid` (Snakemake) is gone; fork a child each."""
     import gc
-    import warnings
 
-    _FRESH_WARNINGS[:] = warnings.filters
     _START_ENV.update(os.environ)
     _preload()
     gc.freeze()  # the imports' objects: never scanned again by a fork's collections, nor copied by them
