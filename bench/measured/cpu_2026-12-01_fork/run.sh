@@ -15,3 +15,9 @@ rm -rf /tmp/fork-ab && mkdir -p /tmp/fork-ab
 rm -rf /tmp/fork-ab2 && mkdir -p /tmp/fork-ab2
 .venv/bin/python bench/smoke_ab.py /tmp/fork-ab2 fork own fork | tee $D/smoke_ab_idle.log
 (echo "run,mode,wall_s,stage,jobs,job_s,cpu_s,busy_s,max_rss_mb,note"; cat /tmp/fork-ab2/stages.csv) > $D/smoke_ab_idle_stages.csv
+# 4. After the review's hardening (main at ad2beea: declines, the "go" handshake, waiting for the fork
+#    to be gone): the startup bench again, and fork/own once more.
+NCN_DATA_DIR=$(realpath ../shared/data/tinystories) ncn bench startup --repeats 5 --out $D/startup_final.csv | tee $D/startup_final.log
+rm -rf /tmp/fork-ab3 && mkdir -p /tmp/fork-ab3
+.venv/bin/python bench/smoke_ab.py /tmp/fork-ab3 fork own | tee $D/smoke_ab_final.log
+(echo "run,mode,wall_s,stage,jobs,job_s,cpu_s,busy_s,max_rss_mb,note"; cat /tmp/fork-ab3/stages.csv) > $D/smoke_ab_final_stages.csv
