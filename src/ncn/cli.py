@@ -90,16 +90,22 @@ def run() -> None:
     of every module and object, 1.5 s of CPU after a training job (3 s with MLflow) for nothing
     a finished job needs (`ncn bench startup`). An exception still exits the normal way, and so
     does a process under a profiler or tracer (cProfile, coverage, pdb)."""
-    import atexit
-
     rc = main()
     if sys.getprofile() or sys.gettrace():  # cProfile, coverage, a debugger: their output is written at teardown
         sys.exit(rc)
+    run_exit_handlers()
+    os._exit(rc)
+
+
+def run_exit_handlers() -> None:
+    """What a normal exit runs before the interpreter's teardown: the exit handlers, then stdout and
+    stderr flushed (`run`, and a job forked by ncn.trackserver before it reports its status)."""
+    import atexit
+
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed stream (BrokenPipeError above)
             stream.flush()
-    os._exit(rc)
 
 
 if __name__ == "__main__":

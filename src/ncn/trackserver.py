@@ -312,8 +312,9 @@ def _child(conn: Connection, hello: dict) -> int:
 
 def _job(conn: Connection, hello: dict) -> int:
     """Run `ncn <stage> ...` (`delegate`) as a fresh `ncn` process would, then send its exit status."""
-    import atexit
     import threading
+
+    from ncn import cli
 
     global _IN_FORK
     _IN_FORK = True
@@ -339,10 +340,7 @@ def _job(conn: Connection, hello: dict) -> int:
 
         probe.install({"forked": probe.now()})
     rc = _exit_status(hello["argv"][1:])
-    atexit._run_exitfuncs()  # what `ncn.cli.run` does before os._exit
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
+    cli.run_exit_handlers()  # what `ncn.cli.run` does before os._exit
     done.set()
     conn.send(rc)
     return rc
