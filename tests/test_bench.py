@@ -233,6 +233,49 @@ def test_stages_cli_and_snakemake_log(tmp_path, capsys):
         bench.main(["stages", "--benchmarks", str(b), "--out", str(out)])
 
 
+def write_ledger(path, rows):
+    from ncn.trackserver import LEDGER_COLUMNS
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(["\t".join(LEDGER_COLUMNS), *("\t".join(map(str, r)) for r in rows)]) + "\n")
+
+
+def test_stages_add_the_cpu_of_the_server_forks_that_ran_their_jobs(tmp_path, capsys):
+    """A forked job's benchmark file has only its waiting process: the ledger's forks that ended
+    inside a job of their stage add their CPU (job and MLflow work) and peak RSS to it; a fork of a
+    job whose file is gone (run again since), one of another stage, a repeated header and a cut
+    row do not; without a ledger the columns stay empty."""
+    t0 = 1_700_000_000.0
+    b = tmp_path / "benchmarks"
+    write_tsv(b, "train/causal/s/seed0.tsv", 20, t0 + 30, cpu=0.2)
+    write_tsv(b, "evaluate/causal/s/seed0.tsv", 5, t0 + 40, cpu=0.1)
+    write_tsv(b, "paper/latexmk.tsv", 5, t0 + 50, cpu=4.0)
+    ledger = tmp_path / "logs" / "forks.tsv"
+    write_ledger(ledger, [
+        (t0 - 100, 9, 8, "job", "train", 50.0, 900.0, 0, "train --old"),  # an earlier run of the job
+        (t0 + 29, 11, 10, "job", "train", 18.5, 700.0, 0, "train --config c"),
+        (t0 + 29.5, 12, 10, "tracker", "tracker", 1.5, 650.0, 0, ""),
+        (t0 + 39, 14, 13, "job", "evaluate", 4.0, 600.0, "signal 9", "evaluate --run r"),
+        (t0 + 39, 15, 13, "log_eval", "log_eval", 0.5, 500.0, 0, ""),
+        (t0 + 48, 17, 16, "job", "analyze", 7.0, 800.0, 0, "analyze ab"),  # inside the paper job: not its stage
+        "end_unix\tpid".split("\t"),
+        (t0 + 45, 16),
+    ])
+    forks = bench.read_forks(ledger)
+    assert [f["stage"] for f in forks] == ["train", "train", "train", "evaluate", "evaluate", "analysis"]
+    rows = {r["stage"]: r for r in bench.stage_rows(bench.read_benchmarks(b), t0, forks)}
+    assert rows["train"]["cpu_s"] == 0.2 and rows["train"]["fork_cpu_s"] == 20.0 and rows["train"]["fork_max_rss_mb"] == 700.0
+    assert rows["evaluate"]["fork_cpu_s"] == 4.5 and rows["paper"]["fork_cpu_s"] == ""
+    assert rows["all_jobs"]["fork_cpu_s"] == 24.5 and rows["all_jobs"]["cpu_s"] == pytest.approx(4.3)
+    assert bench.read_forks(tmp_path / "missing.tsv") == [] and bench.read_forks(None) == []
+    out = tmp_path / "stages.csv"
+    assert bench.main(["stages", "--benchmarks", str(b), "--forks", str(ledger), "--snakemake-log", str(tmp_path / "none"),
+                       "--out", str(out)]) == 0
+    assert float({r["stage"]: r for r in read_csv(out)}["train"]["fork_cpu_s"]) == 20.0
+    assert bench.main(["stages", "--benchmarks", str(b), "--out", str(out)]) == 0
+    assert {r["fork_cpu_s"] for r in read_csv(out)} == {""}
+
+
 # ---- startup ------------------------------------------------------------------------------------
 
 

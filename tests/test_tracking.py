@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -675,6 +676,17 @@ def test_a_job_forked_by_the_server_is_the_job_its_own_process_would_be(tmp_path
     served = (tmp_path / "logs" / "mlflow-serve.log").read_text()  # each fork's job, then its CPU and RSS
     fork = served.split(": job for job pid")[0].rsplit("pid ", 1)[1]
     assert f"pid {fork} done: CPU " in served and "exited with status 2" in served, served[-3000:]
+    # ... and each fork's row in the ledger (ncn bench stages adds its CPU to its stage's)
+    from ncn.trackserver import LEDGER_COLUMNS, ledger_path
+
+    lines = ledger_path(ready).read_text().splitlines()
+    assert lines[0].split("\t") == list(LEDGER_COLUMNS)
+    rows = [dict(zip(LEDGER_COLUMNS, line.split("\t"))) for line in lines[1:]]
+    mine = next(r for r in rows if r["pid"] == fork)
+    assert mine["kind"] == "job" and mine["stage"] == "train" and mine["status"] == "0", rows
+    assert float(mine["cpu_s"]) > 0.1 and float(mine["max_rss_mb"]) > 100 and mine["command"].startswith("train --config")
+    assert {r["status"] for r in rows if r["kind"] == "job"} == {"0", "2"}
+    assert any(r["kind"] == "tracker" and float(r["cpu_s"]) > 0 for r in rows), rows
 
 
 def test_a_fork_declines_a_job_that_would_not_start_as_it_would_in_its_own_process(monkeypatch):
@@ -731,36 +743,57 @@ def assert_same_tensors(a, b) -> None:
         assert a == b
 
 
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (R, S, T stopped, Z, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _until(check, what: str, tries: int = 100) -> None:
+    for _ in range(tries):
+        if check():
+            return
+        time.sleep(0.1)
+    pytest.fail(what)
+
+
 @pytest.mark.slow
 def test_a_forked_job_dies_of_the_signal_its_job_process_gets(tmp_path):
-    """SIGTERM to a job's process while its fork trains: the fork gets it and dies, and the job's
-    process dies of SIGTERM too, as a job in its own process would."""
+    """Signals to a job's process while its fork trains, as a job in its own process would take them:
+    Ctrl-Z (SIGTSTP) stops both and SIGCONT continues both; SIGTERM kills the fork and the job's
+    process dies of SIGTERM. A fork killed by a signal its job's process did not pass on (the OOM
+    killer, kill -9 of the fork) makes that process die of the same signal (the server says which)."""
     import signal
 
     data = make_data(tmp_path / "data")
     cfg, ready, server = start_server(tmp_path)
     cfg = tiny_config(tmp_path, "long.yaml", mlflow={"enabled": True}, train={"tokens": 4000 * 4 * 16})
-    job = probed_job(["train", *train_args(cfg, tmp_path / "run", data)], {"NCN_MLFLOW_PIPELINE": str(ready)}, wait=False)
-    for _ in range(600):  # until it trains
-        if (tmp_path / "run" / "train_log.partial.csv").exists():
-            break
+    for n, (sig, to_fork) in enumerate(((signal.SIGTERM, False), (signal.SIGKILL, True))):
+        run = tmp_path / f"run{n}"
+        job = probed_job(["train", *train_args(cfg, run, data)], {"NCN_MLFLOW_PIPELINE": str(ready)}, wait=False)
+        _until(lambda: (run / "train_log.partial.csv").exists() or job.poll() is not None, "it does not train", 600)
         assert job.poll() is None, job.communicate()[1][-3000:]
-        time.sleep(0.1)
-    forks = children_of(server)
-    assert forks, "the job does not run in a fork of the server"
-    job.send_signal(signal.SIGTERM)
-    assert job.wait(timeout=60) == -signal.SIGTERM
-    for _ in range(100):
-        if not children_of(server):
-            break
-        time.sleep(0.1)
-    assert not children_of(server), "the job's fork is still running"
-    for _ in range(50):  # the server reaps its forks once a second
-        if "was killed by signal 15" in (tmp_path / "logs" / "mlflow-serve.log").read_text():
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the server's log does not say that the job's fork died of SIGTERM")
+        served = tmp_path / "logs" / "mlflow-serve.log"
+        _until(lambda: f": job for job pid {job.pid}:" in served.read_text(), "the server did not log the fork")
+        fork = int(re.search(rf"pid (\d+): job for job pid {job.pid}:", served.read_text()).group(1))
+        assert fork in children_of(server)
+        if not to_fork:
+            job.send_signal(signal.SIGTSTP)
+            _until(lambda: _state(fork) == "T" and _state(job.pid) == "T", "Ctrl-Z did not stop the fork and the job")
+            job.send_signal(signal.SIGCONT)
+            _until(lambda: _state(fork) != "T" and _state(job.pid) != "T", "SIGCONT did not continue both")
+            job.send_signal(sig)
+        else:
+            os.kill(fork, sig)
+        assert job.wait(timeout=60) == -sig, job.communicate()[1][-3000:]
+        _until(lambda: fork not in children_of(server), "the job's fork is still running")
+        says = job.communicate()[1]
+        assert (f"was killed by signal {sig}" in says) == to_fork, says[-2000:]  # not said of the signal it passed on
+        _until(lambda: f"pid {fork} (job for job pid {job.pid}" in served.read_text(), "the server did not log the end")
+        assert f"was killed by signal {int(sig)}" in served.read_text()
+    from ncn.trackserver import ledger_path
+
+    killed = [line.split("\t") for line in ledger_path(ready).read_text().splitlines() if "\tsignal " in line]
+    assert sorted(row[7] for row in killed if row[3] == "job") == ["signal 15", "signal 9"], killed
     assert ncn_subprocess(["mlflow-end", "--ready", str(ready), "--results", str(tmp_path)]).returncode == 0
 
 

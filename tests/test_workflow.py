@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ncn.fileio import read_csv_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("smoke", "default", "paper")
 DATA_RULES = {"fetch_data", "train_tokenizer", "tokenize"}
@@ -318,6 +320,11 @@ def test_smoke_records_a_pipeline_run_with_nested_training_and_evaluation_runs(s
     # ... and the train, evaluate and analyze jobs ran in its forks (ncn.trackserver.delegate)
     assert served.count(": ncn train --config") >= len(expected) <= served.count(": ncn evaluate --"), served[-2000:]
     assert ": ncn analyze claims" in served and ": ncn generate" in served, served[-2000:]
+    # ... whose CPU the timing table adds to their stages (a forked job's benchmark has only its waiting process)
+    stages = {r["stage"]: r for r in read_csv_rows(res / "timing" / "stages.csv")}
+    for stage in ("train", "evaluate", "analysis"):
+        assert float(stages[stage]["fork_cpu_s"]) > float(stages[stage]["cpu_s"]), stages[stage]
+    assert stages["data"]["fork_cpu_s"] == "", stages["data"]
     assert not Path(socket_path(res / "mlflow.ready")).exists()
     unfinished = [(r.info.run_name, r.info.status) for r in nested + [pipeline] if r.info.status != "FINISHED"]
     assert not unfinished, unfinished  # a job's MLflow failure is only a warning in its log: find it there

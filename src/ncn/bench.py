@@ -604,9 +604,13 @@ def main_startup(a) -> int:
 STAGE_OF = {"data": "data", "mlflow_init": "train", "train": "train", "evaluate": "evaluate",
             "generate": "evaluate", "analysis": "analysis", "paper": "paper"}
 STAGES = ("data", "train", "evaluate", "analysis", "paper", "other")
-STAGE_COLUMNS = ["stage", "jobs", "job_s", "cpu_s", "busy_s", "max_rss_mb", "note"]
-FORKED_NOTE = ("cpu_s, max_rss_mb: the jobs' own processes; a job run in a fork of the pipeline's server "
-               "(ncn.trackserver) does its work there: logs/mlflow-serve.log has each fork's CPU and RSS")
+STAGE_COLUMNS = ["stage", "jobs", "job_s", "cpu_s", "busy_s", "max_rss_mb", "fork_cpu_s", "fork_max_rss_mb", "note"]
+# the server's forks (ncn.trackserver's ledger, kind or forked stage) -> stage
+STAGE_OF_FORK = {"train": "train", "tracker": "train", "evaluate": "evaluate", "log_eval": "evaluate",
+                 "generate": "evaluate", "analyze": "analysis"}
+FORKED_NOTE = ("cpu_s, max_rss_mb: the jobs' own processes (a forked job's: only its waiting process); fork_cpu_s, "
+               "fork_max_rss_mb: the forks of the pipeline's server that ran these jobs and their MLflow work "
+               "(logs/forks.tsv; RSS with the server's shared pages)")
 
 
 def read_benchmarks(folder: Path, skip: str = "timing") -> list[dict]:
@@ -651,7 +655,36 @@ def snakemake_run_start(log_dir: Path) -> float | None:
     return max(stamps) if stamps else None
 
 
-def stage_rows(jobs: list[dict], run_start: float | None) -> list[dict]:
+def read_forks(path: Path | None) -> list[dict]:
+    """The server's forks (ncn.trackserver's ledger): one dict each with stage, end, cpu_s, rss. No
+    ledger (no server, MLflow off): none."""
+    if path is None or not Path(path).is_file():
+        return []
+    forks = []
+    for line in Path(path).read_text().splitlines()[1:]:
+        cells = line.split("\t")
+        try:
+            end, cpu, rss = float(cells[0]), float(cells[5]), float(cells[6])
+        except (IndexError, ValueError):
+            continue  # the header again, or a row cut short when the disk filled
+        forks.append(dict(stage=STAGE_OF_FORK.get(cells[4], "other"), end=end, cpu_s=cpu, rss=rss))
+    return forks
+
+
+def forks_of(forks: list[dict], jobs: list[dict], slack_s: float = 1.0) -> list[dict]:
+    """The forks that served these jobs: a fork of a job's stage that ended inside the job (a forked
+    job's process exits after its fork; its MLflow child ends before it). An earlier run's fork of a
+    job run again since is not counted: its job's benchmark file is gone."""
+    return [f for f in forks if any(j["stage"] == f["stage"] and j["start"] - slack_s <= f["end"] <= j["end"] + slack_s
+                                    for j in jobs)]
+
+
+def _fork_cells(forks: list[dict]) -> dict:
+    return dict(fork_cpu_s=round(sum(f["cpu_s"] for f in forks), 2) if forks else "",
+                fork_max_rss_mb=round(max(f["rss"] for f in forks), 1) if forks else "")
+
+
+def stage_rows(jobs: list[dict], run_start: float | None, forks: list[dict] = ()) -> list[dict]:
     rows = []
     for stage in STAGES:
         js = [j for j in jobs if j["stage"] == stage]
@@ -660,6 +693,7 @@ def stage_rows(jobs: list[dict], run_start: float | None) -> list[dict]:
                              cpu_s=round(sum(j["cpu_s"] for j in js), 2),
                              busy_s=round(union_seconds((j["start"], j["end"]) for j in js), 2),
                              max_rss_mb=round(max(j["rss"] for j in js), 1),
+                             **_fork_cells(forks_of(forks, js)),
                              note=FORKED_NOTE if stage in ("train", "evaluate", "analysis") else ""))
     this = [j for j in jobs if run_start is None or j["end"] >= run_start]
     if not this:
@@ -670,7 +704,8 @@ def stage_rows(jobs: list[dict], run_start: float | None) -> list[dict]:
     since = "the Snakemake log's start" if run_start else "the first job's start (no .snakemake/log found)"
     rows.append(dict(stage="all_jobs", jobs=len(this), job_s=round(sum(j["s"] for j in this), 2),
                      cpu_s=round(sum(j["cpu_s"] for j in this), 2), busy_s=round(busy, 2),
-                     max_rss_mb=round(max(j["rss"] for j in this), 1), note="jobs of the latest run"))
+                     max_rss_mb=round(max(j["rss"] for j in this), 1), **_fork_cells(forks_of(forks, this)),
+                     note="jobs of the latest run"))
     rows.append(dict(stage="snakemake_overhead", jobs="", job_s="", cpu_s="", busy_s=round(wall - busy, 2),
                      max_rss_mb="", note="wall time in which no job ran (DAG, scheduling, gaps)"))
     rows.append(dict(stage="wall", jobs="", job_s="", cpu_s="", busy_s=round(wall, 2), max_rss_mb="",
@@ -685,10 +720,12 @@ def main_stages(a) -> int:
     jobs = read_benchmarks(folder)
     if not jobs:
         raise NCNError(f"--benchmarks {folder}: no benchmark .tsv files in it")
-    rows = stage_rows(jobs, snakemake_run_start(Path(a.snakemake_log)) if a.snakemake_log else None)
-    print(f"{'stage':<20} {'jobs':>5} {'job s':>9} {'busy s':>9}")
+    run_start = snakemake_run_start(Path(a.snakemake_log)) if a.snakemake_log else None
+    rows = stage_rows(jobs, run_start, read_forks(a.forks))
+    print(f"{'stage':<20} {'jobs':>5} {'job s':>9} {'busy s':>9} {'CPU s':>9} {'forks CPU s':>12}")
     for r in rows:
-        print(f"{r['stage']:<20} {r['jobs']!s:>5} {r['job_s']!s:>9} {r['busy_s']!s:>9}")
+        print(f"{r['stage']:<20} {r['jobs']!s:>5} {r['job_s']!s:>9} {r['busy_s']!s:>9} {r['cpu_s']!s:>9} "
+              f"{r.get('fork_cpu_s', '')!s:>12}")
     write_csv_rows(a.out, STAGE_COLUMNS, rows)
     print(f"wrote {a.out}")
     return 0
@@ -744,6 +781,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--benchmarks", default="results/benchmarks", help="folder of benchmark TSVs (default: %(default)s)")
     g.add_argument("--snakemake-log", default=".snakemake/log",
                    help="Snakemake's log folder: the newest log names the run's start (default: %(default)s)")
+    g.add_argument("--forks", help="the pipeline server's ledger of its forks (results/<profile>/logs/forks.tsv): "
+                   "their CPU and RSS, which a forked job's benchmark file lacks (default: none)")
     g.add_argument("--out", default="results/timing/stages.csv", help="CSV to write (default: %(default)s)")
     return p
 

@@ -23,8 +23,15 @@ which takes the job's working directory, environment and file descriptors (passe
   the run. A job that is killed closes its socket; its child then stops.
 
 Accounting. A forked job's CPU and memory are the server's child's, so the job's Snakemake
-`benchmark:` file counts only its waiting process (its wall time is right). The server's log names
-every fork with its job, and when it ends its CPU seconds and peak RSS, and whether it failed.
+`benchmark:` file counts only its waiting process (its wall time is right). Each fork appends a row
+with its job, CPU seconds and peak RSS to the pipeline's ledger (`ledger_path`: logs/forks.tsv) as
+it exits, and `ncn bench stages` adds them to the stages' (results/<profile>/timing/stages.csv).
+The server's log names every fork with its job, and how it ended.
+
+Exit. The job's process exits with its fork's status; if the fork is killed by a signal (the OOM
+killer, `kill -9` of the fork), the server tells the job's process which (`_fate`) and it dies of
+the same signal, so Snakemake sees what it would have seen of a job in its own process. Ctrl-Z
+stops both, and `fg` continues both.
 
 Fallback. Where no server answers (a run by hand, a cluster node without the head's /tmp, a
 server that failed to start or died), a job runs and tracks in its own process as before;
@@ -42,6 +49,7 @@ import hashlib
 import importlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -62,6 +70,8 @@ ENV_OFF = "NCN_MLFLOW_SERVER"  # "0": jobs never use a server (they track in-pro
 ENV_FORK = "NCN_FORK_JOBS"  # "0": jobs run in their own process (only their MLflow work in the server)
 FORKED_STAGES = ("train", "evaluate", "generate", "analyze")  # the stages whose jobs run in a fork of the server
 PASSED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+# SIGTSTP (Ctrl-Z) stops the fork with SIGSTOP (the fork's process group is orphaned: the kernel drops a SIGTSTP
+# to it), then the job's process; SIGCONT continues both
 _IN_FORK = False  # True in the server's forks: a job never forks again
 _FRESH_WARNINGS: list = []  # the warning filters a new job process has (`_preload`): a forked job starts with them
 _START_ENV: dict = {}  # the server's environment before its imports
@@ -73,6 +83,12 @@ STARTUP_ENV = ("PYTHON", "MALLOC_", "GLIBC_TUNABLES", "LD_", "OMP_", "GOMP_", "K
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS")
 CONNECT_TIMEOUT_S = 5.0
 EXIT_WAIT_S = 60.0  # how long a job's process waits for its fork to be gone after its exit status
+FATE_WAIT_S = 5.0  # how long the server waits for a fork that closed its socket to be reapable (`_fate`)
+# the pipeline's record of its forks (`ledger_path`): a row per fork, written by the fork as it exits
+# (by the server for one killed by a signal); `ncn bench stages` adds their CPU to the stages'
+LEDGER_COLUMNS = ("end_unix", "pid", "job_pid", "kind", "stage", "cpu_s", "max_rss_mb", "status", "command")
+_LEDGER: Path | None = None  # this server's ledger (set by `serve`)
+_ENDED: dict[int, int] = {}  # wait statuses of the latest reaped forks (`_fate`)
 
 
 def socket_path(ready: str | Path) -> str:
@@ -80,6 +96,11 @@ def socket_path(ready: str | Path) -> str:
     under ~100 bytes), named by the user and the marker's absolute path."""
     key = hashlib.sha256(str(Path(ready).resolve()).encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"ncn-mlflow-{os.getuid()}-{key}.sock")
+
+
+def ledger_path(ready: str | Path) -> Path:
+    """The pipeline's record of the server's forks, beside its log: results/<profile>/logs/forks.tsv."""
+    return Path(ready).parent / "logs" / "forks.tsv"
 
 
 def _open(ready: str | Path, timeout_s: float) -> socket.socket:
@@ -238,11 +259,12 @@ def delegate(stage: str, args: list[str]) -> int | None:
     if pid is None:  # ... or declined (`_declines`): run here
         conn.close()
         return None
-    return _wait_for(conn, pid)
+    return _wait_for(conn, pid, os.environ["NCN_MLFLOW_PIPELINE"])
 
 
-def _wait_for(conn: Connection, pid: int) -> int:
-    """The forked job's exit status, passing on the signals this process gets meanwhile."""
+def _wait_for(conn: Connection, pid: int, ready: str) -> int:
+    """The forked job's exit status, passing on the signals this process gets meanwhile. If the fork
+    dies of a signal, this process dies of the same one (the server says which: `_fate`)."""
     sent: list[int] = []
 
     def pass_on(signum, frame):
@@ -250,25 +272,61 @@ def _wait_for(conn: Connection, pid: int) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    old = {s: signal.signal(s, pass_on) for s in PASSED_SIGNALS}
+    def stop_too(signum, frame):  # Ctrl-Z: stop the fork, then this process, until SIGCONT
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, stop_too)
+
+    def go_on(signum, frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+    handlers = {**{s: pass_on for s in PASSED_SIGNALS}, signal.SIGTSTP: stop_too, signal.SIGCONT: go_on}
+    old = {s: signal.signal(s, handler) for s, handler in handlers.items()}
     try:
         rc = int(conn.recv())  # its exit status, sent after its exit handlers ran
         with contextlib.suppress(EOFError, OSError):  # then until it is gone (its memory, a GPU's context
             while conn.poll(EXIT_WAIT_S):  # freed) before Snakemake gives its threads to the next job
                 conn.recv()
         return rc
-    except (EOFError, OSError):  # it died without one: by a signal
-        if sent:  # ours: die of it too, as the job would have
-            signal.signal(sent[-1], signal.SIG_DFL)
-            os.kill(os.getpid(), sent[-1])
-        print(f"ncn: the job's process {pid}, a fork of the pipeline's MLflow server, ended without an exit "
-              "status (killed?); the server's log (results/<profile>/logs/mlflow-serve.log) says how",
-              file=sys.stderr)
-        return 1
+    except (EOFError, OSError):  # it ended without one: killed by a signal
+        return _died(pid, _ask_fate(ready, pid), sent)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
         conn.close()
+
+
+def _died(pid: int, status: int | None, sent: list[int]) -> int:
+    """A fork ended without an exit status (its wait status, if the server had it): die of its signal,
+    as the job in its own process would have, or return its exit code."""
+    signum = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
+    if signum is None and status is None and sent:  # no word from the server: the signal we passed on
+        signum = sent[-1]
+    if signum not in sent:
+        how = f"was killed by signal {signum} ({signal.Signals(signum).name})" if signum else (
+            f"exited with status {os.WEXITSTATUS(status)}" if status is not None else "ended without an exit status")
+        print(f"ncn: the job's process {pid}, a fork of the pipeline's MLflow server, {how} before it could send "
+              "its exit status; the server's log (results/<profile>/logs/mlflow-serve.log) has more", file=sys.stderr)
+    if signum:
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL's cannot be set
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+        return 128 + signum  # a signal whose default is not to end the process (never a fork's death)
+    return os.WEXITSTATUS(status) or 1 if status is not None else 1
+
+
+def _ask_fate(ready: str, pid: int) -> int | None:
+    """The wait status of the server's fork `pid` (`_fate`), or None if the server cannot say."""
+    try:
+        with Connection(_open(ready, CONNECT_TIMEOUT_S).detach()) as conn:
+            conn.send(("fate", pid))
+            return conn.recv() if conn.poll(FATE_WAIT_S + CONNECT_TIMEOUT_S) else None
+    except (OSError, EOFError):
+        return None
 
 
 # ---- the server and its children -------------------------------------------------------------
@@ -456,8 +514,27 @@ def _fork_child(conn: Connection, hello: dict, srv: socket.socket) -> int:
         code = 1
     finally:
         with contextlib.suppress(Exception):
+            _book(os.getpid(), hello, str(code), resource.getrusage(resource.RUSAGE_SELF))
+        with contextlib.suppress(Exception):
             logging.shutdown()
         os._exit(code)
+
+
+def _book(pid: int, hello: dict, status: str, usage) -> None:
+    """Append a fork's row to the ledger (`LEDGER_COLUMNS`): its job, CPU seconds (all its threads) and
+    peak RSS (with the server's pages it shares). One write of one line: rows never interleave."""
+    if _LEDGER is None:
+        return
+    kind, argv = hello.get("kind"), hello.get("argv") or []
+    stage = argv[1] if kind == "job" and len(argv) > 1 else kind
+    command = " ".join(argv[1:])[:300].replace("\t", " ").replace("\n", " ")
+    row = (f"{time.time():.3f}", pid, hello.get("pid"), kind, stage, f"{usage.ru_utime + usage.ru_stime:.3f}",
+           f"{usage.ru_maxrss / 1024:.1f}", status, command)
+    fd = os.open(_LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, ("\t".join(map(str, row)) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:
@@ -524,7 +601,13 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     """Accept jobs until told to stop or until `watch_pid` (Snakemake) is gone; fork a child each."""
     import gc
 
+    global _LEDGER
     _START_ENV.update(os.environ)
+    _LEDGER = ledger_path(ready)
+    with contextlib.suppress(OSError):
+        _LEDGER.parent.mkdir(parents=True, exist_ok=True)
+        if not _LEDGER.exists() or not _LEDGER.stat().st_size:
+            _LEDGER.write_text("\t".join(LEDGER_COLUMNS) + "\n")
     _preload()
     gc.freeze()  # the imports' objects: never scanned again by a fork's collections, nor copied by them
     path = socket_path(ready)
@@ -539,7 +622,7 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     srv.listen(64)
     srv.settimeout(idle_check_s)
     print(f"MLflow server: pid {os.getpid()}, socket {path}", flush=True)
-    children: dict[int, str] = {}
+    children: dict[int, tuple[str, dict]] = {}
     from ncn.analysis.cli import ANALYSES
 
     idle_imports = [module for module, _ in ANALYSES.values()]
@@ -561,9 +644,10 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     return 0
 
 
-def _take(sock: socket.socket, srv: socket.socket, children: dict[int, str]) -> str | None:
+def _take(sock: socket.socket, srv: socket.socket, children: dict[int, tuple[str, dict]]) -> str | None:
     """One connection: a job's hello (fork a child for it), a stop request ("stop", once the
-    children are done), or nothing (`_ping` only connects; another user; a broken hello)."""
+    children are done), a job's question how its fork ended (("fate", pid): `_fate`), or nothing
+    (`_ping` only connects; another user; a broken hello)."""
     sock.settimeout(None)
     if not _same_user(sock):
         sock.close()
@@ -576,6 +660,9 @@ def _take(sock: socket.socket, srv: socket.socket, children: dict[int, str]) -> 
     if hello == "stop":
         _wait_children(children, 120.0)
         conn.send("stopped")
+    if isinstance(hello, tuple) and len(hello) == 2 and hello[0] == "fate":
+        with contextlib.suppress(OSError):
+            conn.send(_fate(hello[1], children))
     if not isinstance(hello, dict):
         conn.close()
         return "stop" if hello == "stop" else None
@@ -587,15 +674,16 @@ def _take(sock: socket.socket, srv: socket.socket, children: dict[int, str]) -> 
         log.warning("no fork for %s: %s", what, e)
         conn.close()
         return None
-    children[pid] = what
+    children[pid] = (what, {k: hello.get(k) for k in ("kind", "pid", "argv")})
     log.info("pid %s: %s", pid, what)
     return None
 
 
-def _reap(children: dict[int, str]) -> None:
+def _reap(children: dict[int, tuple[str, dict]]) -> None:
     """Collect the children that have exited (or are no longer ours), drop them, and log how each
-    ended with its CPU seconds and peak RSS (a forked job's are not in its Snakemake benchmark)."""
-    for pid, what in list(children.items()):
+    ended with its CPU seconds and peak RSS (a forked job's are not in its Snakemake benchmark); the
+    ledger gets the row of one killed by a signal (the others wrote their own)."""
+    for pid, (what, hello) in list(children.items()):
         try:
             done, status, usage = os.wait4(pid, os.WNOHANG)
         except ChildProcessError:
@@ -606,14 +694,30 @@ def _reap(children: dict[int, str]) -> None:
         used = f"CPU {usage.ru_utime + usage.ru_stime:.2f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MiB with the server's shared pages"
         if os.WIFSIGNALED(status):
             log.warning("pid %s (%s) was killed by signal %s; %s", pid, what, os.WTERMSIG(status), used)
+            with contextlib.suppress(Exception):
+                _book(pid, hello, f"signal {os.WTERMSIG(status)}", usage)
         elif os.WEXITSTATUS(status):
             log.warning("pid %s (%s) exited with status %s; %s", pid, what, os.WEXITSTATUS(status), used)
         else:
             log.info("pid %s done: %s", pid, used)
         del children[pid]
+        _ENDED[pid] = status
+        while len(_ENDED) > 4096:
+            del _ENDED[next(iter(_ENDED))]
 
 
-def _wait_children(children: dict[int, str], timeout: float) -> None:
+def _fate(pid: int, children: dict[int, tuple[str, dict]]) -> int | None:
+    """The wait status of fork `pid`, which has closed its socket, so it is exiting: reaped now, if it
+    was not already; None if it is no fork of this server's or not gone within FATE_WAIT_S."""
+    end = time.monotonic() + FATE_WAIT_S
+    while pid in children and time.monotonic() < end:
+        _reap(children)
+        if pid in children:
+            time.sleep(0.01)
+    return _ENDED.get(pid)
+
+
+def _wait_children(children: dict[int, tuple[str, dict]], timeout: float) -> None:
     end = time.monotonic() + timeout
     while children and time.monotonic() < end:
         _reap(children)

@@ -13,6 +13,7 @@ rule timing_stages:
         STAGES_CSV,
     params:
         benchmarks=BENCH,
+        forks=f"{LOGS}/forks.tsv",  # ncn.trackserver.ledger_path: the server's forks, their CPU and RSS
     log:
         f"{LOGS}/timing/stages.log",
     benchmark:
@@ -21,7 +22,8 @@ rule timing_stages:
     conda:
         CONDA_ENV
     shell:
-        "ncn bench stages --benchmarks {params.benchmarks} --snakemake-log .snakemake/log --out {output}"
+        "ncn bench stages --benchmarks {params.benchmarks} --forks {params.forks} --snakemake-log .snakemake/log"
+        " --out {output}"
         " > {log} 2>&1"
 
 
