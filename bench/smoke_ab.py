@@ -3,7 +3,8 @@ test-made corpus, --cores 2), in the modes named on the command line, in that or
   fork: the default: the train, evaluate, generate and analyze jobs run in forks of `ncn mlflow-serve`
   own:  NCN_FORK_JOBS=0: every job in its own process, its MLflow work in the server (the sixth session's)
   off:  NCN_MLFLOW_SERVER=0: every job in its own process, logging from it
-Prints one row per run: wall seconds, and the per-stage job seconds of results/smoke/timing/stages.csv."""
+Prints one row per run: wall seconds, and the per-stage job seconds of results/smoke/timing/stages.csv;
+appends each run's stages.csv rows, with its number, mode and wall seconds, to <dir>/stages.csv."""
 
 import csv
 import os
@@ -29,7 +30,12 @@ for i, mode in enumerate(sys.argv[2:] or ["own", "fork", "fork", "own"]):
     assert r.returncode == 0, r.stdout[-3000:]
     rows = list(csv.DictReader(open(repo / "results" / "smoke" / "timing" / "stages.csv")))
     print(mode, f"wall_s={wall:.1f}", " ".join(f"{r[k]}" for r in rows for k in list(r)[:3]), flush=True)
-    with open(base / "stages.csv", "a") as f:
+    out = base / "stages.csv"
+    new = not out.exists()
+    with open(out, "a", newline="") as f:  # csv quotes the notes' commas
+        w = csv.writer(f)
+        if new:
+            w.writerow(["run", "mode", "wall_s", *rows[0]])
         for row in rows:
-            f.write(f"{i},{mode},{wall:.1f}," + ",".join(row.values()) + "\n")
+            w.writerow([i, mode, f"{wall:.1f}", *row.values()])
     shutil.rmtree(repo / "results", ignore_errors=True)
