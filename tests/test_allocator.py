@@ -6,6 +6,10 @@ logits are 16 MiB), 10 steps after 3 warm-up steps; a run's number is the median
 (the mean let one 16 MiB block mapped once in a run read as 820 a step). Known answers both ways:
 with glibc's defaults a step faulted in 2,700-11,000 pages again (13 runs); with the setting, none,
 or one 16 MiB block once in a run.
+
+Inference (`keep_freed_memory(inference=True)`, an evaluation's forward under no_grad at batch 16:
+32 MiB of logits): the threshold alone still maps them at every forward; mmap off keeps them, and
+the process's memory settles.
 """
 
 import json
@@ -64,3 +68,39 @@ def test_a_users_own_malloc_setting_is_left_alone():
     got = probe("on", MALLOC_TRIM_THRESHOLD_="131072")
     assert got["applied"] is False
     assert got["faults_per_step"] > 1500  # glibc's behaviour as the user set it
+
+
+INFER = """
+import json, resource, sys
+from ncn.allocator import keep_freed_memory
+applied = keep_freed_memory(inference=sys.argv[1] == "inference")
+import torch
+from ncn.model import ModelConfig, Transformer
+torch.manual_seed(0)
+model = Transformer(ModelConfig(vocab_size=4096, block_size=128, d_model=64, n_layer=2, n_head=2, d_ff=256, ncn="causal"))
+model.eval()
+idx = torch.randint(0, 4096, (16, 128))
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+faults, sizes = [], []
+with torch.inference_mode():
+    for i in range(40):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        loss = torch.nn.functional.cross_entropy(model(idx).logits.view(-1, 4096), idx.view(-1), reduction="sum")
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        sizes.append(rss())
+print(json.dumps({"applied": applied, "faults": sorted(faults[3:])[len(faults[3:]) // 2], "rss_10": sizes[9], "rss_40": sizes[39]}))
+"""
+
+
+def infer(mode: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", INFER, mode], env=clean, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_an_inference_stage_keeps_even_32_mib_logits_and_its_memory_settles():
+    assert infer("training")["faults"] > 5000  # 2 x 32 MiB = 16,384 pages mapped again at every forward
+    got = infer("inference")
+    assert got["applied"] is True and got["faults"] < 600
+    assert got["rss_40"] <= got["rss_10"] + 16  # MiB: no growth after the first forwards

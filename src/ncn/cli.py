@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mlflow-sync": ("ncn.tracking", "replay finished runs' files into the MLflow store"),
     "bench": ("ncn.bench", "speed benchmarks (tables, never test asserts)"),
 }
+# stages that only run models forward: their malloc keeps even the largest freed blocks (ncn.allocator)
+INFERENCE_STAGES = ("evaluate", "generate", "analyze")
 
 
 def stages_text() -> str:
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         rc = delegate(ns.stage, ns.args)
         if rc is not None:
             return rc
-    keep_freed_memory()  # before torch's import: its first large tensors come from the kept heap (ncn.allocator)
+    # before torch's import: its first large tensors come from the kept heap (ncn.allocator)
+    keep_freed_memory(inference=ns.stage in INFERENCE_STAGES)
     module_name, _ = COMMANDS[ns.stage]
     module = importlib.import_module(module_name)
     entry = getattr(module, "main_" + ns.stage.replace("-", "_"), None) or module.main
