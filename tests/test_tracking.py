@@ -532,11 +532,12 @@ def start_server(tmp: Path) -> tuple[Path, Path, int]:
     return cfg, ready, int(r.stdout.split("(pid ")[1].split(",")[0])
 
 
-def probed_job(args: list[str], env: dict, wait: bool = True):
+def probed_job(args: list[str], env: dict, wait: bool = True, **popen):
     cmd = [sys.executable, "-c", PROBE, *args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     if not wait:
-        return subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                **popen)
     return subprocess.run(cmd, env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
@@ -759,30 +760,34 @@ def _until(check, what: str, tries: int = 100) -> None:
 @pytest.mark.slow
 def test_a_forked_job_dies_of_the_signal_its_job_process_gets(tmp_path):
     """Signals to a job's process while its fork trains, as a job in its own process would take them:
-    Ctrl-Z (SIGTSTP) stops both and SIGCONT continues both; SIGTERM kills the fork and the job's
-    process dies of SIGTERM. A fork killed by a signal its job's process did not pass on (the OOM
-    killer, kill -9 of the fork) makes that process die of the same signal (the server says which)."""
+    Ctrl-Z (SIGTSTP) stops both and SIGCONT continues both, in a process group a shell could continue
+    (in an orphaned one, where the kernel drops a SIGTSTP, neither stops); SIGTERM kills the fork and
+    the job's process dies of SIGTERM. A fork killed by a signal its job's process did not pass on
+    (the OOM killer, kill -9 of the fork) makes that process die of the same signal (the server says which)."""
     import signal
 
     data = make_data(tmp_path / "data")
     cfg, ready, server = start_server(tmp_path)
     cfg = tiny_config(tmp_path, "long.yaml", mlflow={"enabled": True}, train={"tokens": 4000 * 4 * 16})
-    for n, (sig, to_fork) in enumerate(((signal.SIGTERM, False), (signal.SIGKILL, True))):
+    cases = ((signal.SIGTERM, False, {"process_group": 0}), (signal.SIGKILL, True, {"start_new_session": True}))
+    for n, (sig, to_fork, group) in enumerate(cases):  # a process group of this session; an orphaned one
         run = tmp_path / f"run{n}"
-        job = probed_job(["train", *train_args(cfg, run, data)], {"NCN_MLFLOW_PIPELINE": str(ready)}, wait=False)
+        job = probed_job(["train", *train_args(cfg, run, data)], {"NCN_MLFLOW_PIPELINE": str(ready)}, wait=False, **group)
         _until(lambda: (run / "train_log.partial.csv").exists() or job.poll() is not None, "it does not train", 600)
         assert job.poll() is None, job.communicate()[1][-3000:]
         served = tmp_path / "logs" / "mlflow-serve.log"
         _until(lambda: f": job for job pid {job.pid}:" in served.read_text(), "the server did not log the fork")
         fork = int(re.search(rf"pid (\d+): job for job pid {job.pid}:", served.read_text()).group(1))
         assert fork in children_of(server)
+        job.send_signal(signal.SIGTSTP)
         if not to_fork:
-            job.send_signal(signal.SIGTSTP)
             _until(lambda: _state(fork) == "T" and _state(job.pid) == "T", "Ctrl-Z did not stop the fork and the job")
             job.send_signal(signal.SIGCONT)
             _until(lambda: _state(fork) != "T" and _state(job.pid) != "T", "SIGCONT did not continue both")
             job.send_signal(sig)
-        else:
+        else:  # an orphaned process group: the kernel drops the job's SIGTSTP, and the fork goes on
+            time.sleep(1.0)
+            assert _state(fork) != "T" and _state(job.pid) != "T", (_state(fork), _state(job.pid))
             os.kill(fork, sig)
         assert job.wait(timeout=60) == -sig, job.communicate()[1][-3000:]
         _until(lambda: fork not in children_of(server), "the job's fork is still running")

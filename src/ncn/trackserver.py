@@ -71,7 +71,8 @@ ENV_FORK = "NCN_FORK_JOBS"  # "0": jobs run in their own process (only their MLf
 FORKED_STAGES = ("train", "evaluate", "generate", "analyze")  # the stages whose jobs run in a fork of the server
 PASSED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 # SIGTSTP (Ctrl-Z) stops the fork with SIGSTOP (the fork's process group is orphaned: the kernel drops a SIGTSTP
-# to it), then the job's process; SIGCONT continues both
+# to it), then the job's process; SIGCONT continues both. Where the job's own process group is orphaned
+# (no shell to continue it) the kernel drops its SIGTSTP, and the fork goes on too, as the job would have
 _IN_FORK = False  # True in the server's forks: a job never forks again
 _FRESH_WARNINGS: list = []  # the warning filters a new job process has (`_preload`): a forked job starts with them
 _START_ENV: dict = {}  # the server's environment before its imports
@@ -272,12 +273,14 @@ def _wait_for(conn: Connection, pid: int, ready: str) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
-    def stop_too(signum, frame):  # Ctrl-Z: stop the fork, then this process, until SIGCONT
+    def stop_too(signum, frame):  # Ctrl-Z: stop the fork, then this process, until SIGCONT continues both
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGSTOP)
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTSTP)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stops here; or the kernel drops it (an orphaned process group)
         signal.signal(signal.SIGTSTP, stop_too)
+        with contextlib.suppress(ProcessLookupError):  # continued, or never stopped: so is the fork
+            os.kill(pid, signal.SIGCONT)
 
     def go_on(signum, frame):
         with contextlib.suppress(ProcessLookupError):
