@@ -20,10 +20,11 @@ Inference stages (`inference=True`: evaluate, generate, analyze) also turn mmap 
 (M_MMAP_MAX 0), so blocks of 32 MiB and more come from the heap too. An evaluation forward at
 eval.batch_size 16 x 128 x vocabulary 4096 makes exactly 32 MiB of logits, which the threshold
 above still mapped and unmapped at every forward: a default-profile `ncn evaluate` spent 5.4-6.3
-of its 14.7-17.6 s in the kernel, and 10.2-10.8 s with mmap off (bench/README.md, "The allocator").
-Training keeps mmap for them: with mmap off the heap cannot reuse a freed block for an aligned
-request of the same size until fragmentation settles, and a loop of two large tensors held ~6x
-their size (a training step holds many large blocks; an inference forward two or three).
+of its 14.7-17.6 s in the kernel, and takes 10.2-11.3 s with mmap off (bench/README.md, "The
+allocator"). Training keeps mmap for them: with mmap off the heap cannot reuse a freed block for an
+aligned request of the same size until fragmentation settles, and a loop of two large tensors kept
+~5x their size beyond what the process held before (a training step holds many large blocks; an
+inference forward two or three).
 """
 
 from __future__ import annotations

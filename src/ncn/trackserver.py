@@ -309,7 +309,7 @@ def _died(pid: int, status: int | None, sent: list[int]) -> int:
     if signum is None and status is None and sent:  # no word from the server: the signal we passed on
         signum = sent[-1]
     if signum not in sent:
-        how = f"was killed by signal {signum} ({signal.Signals(signum).name})" if signum else (
+        how = f"was killed by signal {signum} ({signal.strsignal(signum)})" if signum else (
             f"exited with status {os.WEXITSTATUS(status)}" if status is not None else "ended without an exit status")
         print(f"ncn: the job's process {pid}, a fork of the pipeline's MLflow server, {how} before it could send "
               "its exit status; the server's log (results/<profile>/logs/mlflow-serve.log) has more", file=sys.stderr)
