@@ -763,42 +763,57 @@ def test_a_forked_job_dies_of_the_signal_its_job_process_gets(tmp_path):
     Ctrl-Z (SIGTSTP) stops both and SIGCONT continues both, in a process group a shell could continue
     (in an orphaned one, where the kernel drops a SIGTSTP, neither stops); SIGTERM kills the fork and
     the job's process dies of SIGTERM. A fork killed by a signal its job's process did not pass on
-    (the OOM killer, kill -9 of the fork) makes that process die of the same signal (the server says which)."""
+    (the OOM killer, kill -9 of the fork) makes that process die of the same signal (the server says which).
+    A stopped fork whose job's process is killed is killed by the server."""
     import signal
 
     data = make_data(tmp_path / "data")
     cfg, ready, server = start_server(tmp_path)
     cfg = tiny_config(tmp_path, "long.yaml", mlflow={"enabled": True}, train={"tokens": 4000 * 4 * 16})
-    cases = ((signal.SIGTERM, False, {"process_group": 0}), (signal.SIGKILL, True, {"start_new_session": True}))
-    for n, (sig, to_fork, group) in enumerate(cases):  # a process group of this session; an orphaned one
-        run = tmp_path / f"run{n}"
-        job = probed_job(["train", *train_args(cfg, run, data)], {"NCN_MLFLOW_PIPELINE": str(ready)}, wait=False, **group)
-        _until(lambda: (run / "train_log.partial.csv").exists() or job.poll() is not None, "it does not train", 600)
-        assert job.poll() is None, job.communicate()[1][-3000:]
-        served = tmp_path / "logs" / "mlflow-serve.log"
-        _until(lambda: f": job for job pid {job.pid}:" in served.read_text(), "the server did not log the fork")
-        fork = int(re.search(rf"pid (\d+): job for job pid {job.pid}:", served.read_text()).group(1))
-        assert fork in children_of(server)
-        job.send_signal(signal.SIGTSTP)
-        if not to_fork:
-            _until(lambda: _state(fork) == "T" and _state(job.pid) == "T", "Ctrl-Z did not stop the fork and the job")
-            job.send_signal(signal.SIGCONT)
-            _until(lambda: _state(fork) != "T" and _state(job.pid) != "T", "SIGCONT did not continue both")
-            job.send_signal(sig)
-        else:  # an orphaned process group: the kernel drops the job's SIGTSTP, and the fork goes on
-            time.sleep(1.0)
-            assert _state(fork) != "T" and _state(job.pid) != "T", (_state(fork), _state(job.pid))
-            os.kill(fork, sig)
-        assert job.wait(timeout=60) == -sig, job.communicate()[1][-3000:]
-        _until(lambda: fork not in children_of(server), "the job's fork is still running")
-        says = job.communicate()[1]
-        assert (f"was killed by signal {sig}" in says) == to_fork, says[-2000:]  # not said of the signal it passed on
-        _until(lambda: f"pid {fork} (job for job pid {job.pid}" in served.read_text(), "the server did not log the end")
-        assert f"was killed by signal {int(sig)}" in served.read_text()
+    # the signal that ends it and where it goes (the job's process, its fork, the job's process once both are
+    # stopped), and the job's process group: one of this session, or an orphaned one
+    cases = ((signal.SIGTERM, "job", {"process_group": 0}), (signal.SIGKILL, "fork", {"start_new_session": True}),
+             (signal.SIGKILL, "stopped job", {"process_group": 0}))
+    jobs = []
+    try:
+        for n, (sig, to, group) in enumerate(cases):
+            run = tmp_path / f"run{n}"
+            job = probed_job(["train", *train_args(cfg, run, data)], {"NCN_MLFLOW_PIPELINE": str(ready)}, wait=False, **group)
+            jobs.append(job)
+            _until(lambda: (run / "train_log.partial.csv").exists() or job.poll() is not None, "it does not train", 600)
+            assert job.poll() is None, job.communicate()[1][-3000:]
+            served = tmp_path / "logs" / "mlflow-serve.log"
+            _until(lambda: f": job for job pid {job.pid}:" in served.read_text(), "the server did not log the fork")
+            fork = int(re.search(rf"pid (\d+): job for job pid {job.pid}:", served.read_text()).group(1))
+            assert fork in children_of(server)
+            job.send_signal(signal.SIGTSTP)
+            if to == "fork":  # an orphaned process group: the kernel drops the job's SIGTSTP, and the fork goes on
+                time.sleep(1.0)
+                assert _state(fork) != "T" and _state(job.pid) != "T", (_state(fork), _state(job.pid))
+                os.kill(fork, sig)
+            else:
+                _until(lambda: _state(fork) == "T" and _state(job.pid) == "T", "Ctrl-Z did not stop the fork and the job")
+                if to == "job":
+                    job.send_signal(signal.SIGCONT)
+                    _until(lambda: _state(fork) != "T" and _state(job.pid) != "T", "SIGCONT did not continue both")
+                job.send_signal(sig)  # a stopped fork cannot kill itself when its job's process is killed: the server does
+            assert job.wait(timeout=60) == -sig, job.communicate()[1][-3000:]
+            _until(lambda: fork not in children_of(server), "the job's fork is still running")
+            says = job.communicate()[1]
+            assert (f"was killed by signal {sig}" in says) == (to == "fork"), says[-2000:]  # not said of the signal it passed on
+            _until(lambda: f"pid {fork} (job for job pid {job.pid}" in served.read_text(), "the server did not log the end")
+            assert f"was killed by signal {int(sig)}" in served.read_text()
+    finally:  # a failure must not leave a stopped fork, its tracker or its job behind
+        for job in jobs:
+            with contextlib.suppress(ProcessLookupError):
+                job.kill()
+        for pid in children_of(server):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     from ncn.trackserver import ledger_path
 
     killed = [line.split("\t") for line in ledger_path(ready).read_text().splitlines() if "\tsignal " in line]
-    assert sorted(row[7] for row in killed if row[3] == "job") == ["signal 15", "signal 9"], killed
+    assert sorted(row[7] for row in killed if row[3] == "job") == ["signal 15", "signal 9", "signal 9"], killed
     assert ncn_subprocess(["mlflow-end", "--ready", str(ready), "--results", str(tmp_path)]).returncode == 0
 
 

@@ -31,7 +31,8 @@ The server's log names every fork with its job, and how it ended.
 Exit. The job's process exits with its fork's status; if the fork is killed by a signal (the OOM
 killer, `kill -9` of the fork), the server tells the job's process which (`_fate`) and it dies of
 the same signal, so Snakemake sees what it would have seen of a job in its own process. Ctrl-Z
-stops both, and `fg` continues both.
+stops both, and `fg` continues both; a stopped fork whose job's process is killed is killed by the
+server (`_end_orphans`).
 
 Fallback. Where no server answers (a run by hand, a cluster node without the head's /tmp, a
 server that failed to start or died), a job runs and tracks in its own process as before;
@@ -632,6 +633,7 @@ def serve(ready: Path, watch_pid: int | None, idle_check_s: float = 1.0) -> int:
     try:
         while watch_pid is None or _alive(watch_pid):
             _reap(children)
+            _end_orphans(children)
             try:
                 sock, _ = srv.accept()
             except TimeoutError:
@@ -707,6 +709,15 @@ def _reap(children: dict[int, tuple[str, dict]]) -> None:
         _ENDED[pid] = status
         while len(_ENDED) > 4096:
             del _ENDED[next(iter(_ENDED))]
+
+
+def _end_orphans(children: dict[int, tuple[str, dict]]) -> None:
+    """Kill a forked job whose job process is gone. A running fork does that itself (`_die_with`);
+    a stopped one (Ctrl-Z, then its job's process killed) cannot, and would wait forever."""
+    for pid, (_, hello) in children.items():
+        if hello.get("kind") == "job" and hello.get("pid") and not _alive(hello["pid"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _fate(pid: int, children: dict[int, tuple[str, dict]]) -> int | None:
