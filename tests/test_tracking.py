@@ -552,6 +552,19 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (R, S, T stopped, Z, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _until(check, what: str, tries: int = 100) -> None:
+    for _ in range(tries):
+        if check():
+            return
+        time.sleep(0.1)
+    pytest.fail(what)
+
+
 def test_server_records_what_an_in_process_job_records_and_the_job_never_imports_mlflow(store, tmp_path):
     """Training and evaluation through `ncn mlflow-serve`: the job process never imports MLflow,
     and the store holds the same params, metrics, tags, dataset, files and loadable model as the
@@ -598,12 +611,7 @@ def test_server_records_what_an_in_process_job_records_and_the_job_never_imports
     r = ncn_subprocess(["mlflow-end", "--ready", str(ready), "--results", str(tmp_path)])
     assert r.returncode == 0, r.stderr
     assert not Path(socket_path(ready)).exists()
-    for _ in range(50):
-        if not Path(f"/proc/{server}").exists() or "Z" in Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1][:3]:
-            break
-        time.sleep(0.1)
-    else:
-        pytest.fail("the server did not exit at mlflow-end")
+    _until(lambda: not Path(f"/proc/{server}").exists() or _state(server) == "Z", "the server did not exit at mlflow-end", 50)
 
 
 @pytest.mark.slow
@@ -627,11 +635,7 @@ def test_a_killed_job_ends_its_server_child_and_its_resumed_job_continues_the_ru
     assert children_of(server), "the job's tracking does not run in a child of the server"
     job.send_signal(signal.SIGKILL)
     job.communicate()
-    for _ in range(100):
-        if not children_of(server):
-            break
-        time.sleep(0.1)
-    assert not children_of(server), "the killed job's child is still running"
+    _until(lambda: not children_of(server), "the killed job's child is still running")
     first = json.loads((run / "mlflow_run.json").read_text())["run_id"]
     r = probed_job(["train", *train_args(cfg, run, data)], env)
     assert r.returncode == 0 and "MLFLOW_IMPORTED False" in r.stderr, r.stderr[-3000:]
@@ -742,19 +746,6 @@ def assert_same_tensors(a, b) -> None:
             assert_same_tensors(x, y)
     else:
         assert a == b
-
-
-def _state(pid: int) -> str:
-    """A process's state letter from /proc (R, S, T stopped, Z, ...)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
-def _until(check, what: str, tries: int = 100) -> None:
-    for _ in range(tries):
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(what)
 
 
 @pytest.mark.slow

@@ -658,16 +658,18 @@ def snakemake_run_start(log_dir: Path) -> float | None:
 def read_forks(path: Path | None) -> list[dict]:
     """The server's forks (ncn.trackserver's ledger): one dict each with stage, end, cpu_s, rss. No
     ledger (no server, MLflow off): none."""
+    from ncn.trackserver import LEDGER_COLUMNS
+
     if path is None or not Path(path).is_file():
         return []
     forks = []
     for line in Path(path).read_text().splitlines()[1:]:
-        cells = line.split("\t")
+        row = dict(zip(LEDGER_COLUMNS, line.split("\t")))
         try:
-            end, cpu, rss = float(cells[0]), float(cells[5]), float(cells[6])
-        except (IndexError, ValueError):
+            end, cpu, rss = float(row["end_unix"]), float(row["cpu_s"]), float(row["max_rss_mb"])
+        except (KeyError, ValueError):
             continue  # the header again, or a row cut short when the disk filled
-        forks.append(dict(stage=STAGE_OF_FORK.get(cells[4], "other"), end=end, cpu_s=cpu, rss=rss))
+        forks.append(dict(stage=STAGE_OF_FORK.get(row["stage"], "other"), end=end, cpu_s=cpu, rss=rss))
     return forks
 
 

@@ -269,23 +269,23 @@ def _wait_for(conn: Connection, pid: int, ready: str) -> int:
     dies of a signal, this process dies of the same one (the server says which: `_fate`)."""
     sent: list[int] = []
 
-    def pass_on(signum, frame):
-        sent.append(signum)
+    def tell(signum):  # the fork, unless it is gone already
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
 
+    def pass_on(signum, frame):
+        sent.append(signum)
+        tell(signum)
+
     def stop_too(signum, frame):  # Ctrl-Z: stop the fork, then this process, until SIGCONT continues both
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
+        tell(signal.SIGSTOP)
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTSTP)  # stops here; or the kernel drops it (an orphaned process group)
         signal.signal(signal.SIGTSTP, stop_too)
-        with contextlib.suppress(ProcessLookupError):  # continued, or never stopped: so is the fork
-            os.kill(pid, signal.SIGCONT)
+        tell(signal.SIGCONT)  # continued, or never stopped: so is the fork
 
     def go_on(signum, frame):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+        tell(signal.SIGCONT)
 
     handlers = {**{s: pass_on for s in PASSED_SIGNALS}, signal.SIGTSTP: stop_too, signal.SIGCONT: go_on}
     old = {s: signal.signal(s, handler) for s, handler in handlers.items()}
@@ -320,7 +320,7 @@ def _died(pid: int, status: int | None, sent: list[int]) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
         os.kill(os.getpid(), signum)
         return 128 + signum  # a signal whose default is not to end the process (never a fork's death)
-    return os.WEXITSTATUS(status) or 1 if status is not None else 1
+    return (os.WEXITSTATUS(status) or 1) if status is not None else 1
 
 
 def _ask_fate(ready: str, pid: int) -> int | None:
@@ -532,13 +532,18 @@ def _book(pid: int, hello: dict, status: str, usage) -> None:
     kind, argv = hello.get("kind"), hello.get("argv") or []
     stage = argv[1] if kind == "job" and len(argv) > 1 else kind
     command = " ".join(argv[1:])[:300].replace("\t", " ").replace("\n", " ")
-    row = (f"{time.time():.3f}", pid, hello.get("pid"), kind, stage, f"{usage.ru_utime + usage.ru_stime:.3f}",
-           f"{usage.ru_maxrss / 1024:.1f}", status, command)
+    cpu_s, rss_mib = _cpu_rss(usage)
+    row = (f"{time.time():.3f}", pid, hello.get("pid"), kind, stage, f"{cpu_s:.3f}", f"{rss_mib:.1f}", status, command)
     fd = os.open(_LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, ("\t".join(map(str, row)) + "\n").encode())
     finally:
         os.close(fd)
+
+
+def _cpu_rss(usage) -> tuple[float, float]:
+    """CPU seconds (user + system, all threads) and peak RSS in MiB of a `resource` rusage."""
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def _alive(pid: int) -> bool:
@@ -696,7 +701,7 @@ def _reap(children: dict[int, tuple[str, dict]]) -> None:
             continue
         if done == 0:
             continue
-        used = f"CPU {usage.ru_utime + usage.ru_stime:.2f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MiB with the server's shared pages"
+        used = "CPU %.2f s, peak RSS %.0f MiB with the server's shared pages" % _cpu_rss(usage)
         if os.WIFSIGNALED(status):
             log.warning("pid %s (%s) was killed by signal %s; %s", pid, what, os.WTERMSIG(status), used)
             with contextlib.suppress(Exception):
