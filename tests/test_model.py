@@ -130,6 +130,24 @@ def test_prefix_softmax_pool_gradients_match_naive(T, chunk, spread):
         assert torch.equal(out.detach(), M.prefix_softmax_pool(scores, v, chunk=chunk))
 
 
+@pytest.mark.parametrize("T,chunk", [(16, 4), (13, 4), (7, 32)])
+def test_prefix_pool_autograd_path_matches_the_hand_written_backward(T, chunk):
+    """The path that autograd differentiates (CUDA, autocast: autograd through _prefix_pool_forward)
+    gives the forward without autograd bit for bit and _PrefixPoolFn's gradients."""
+    torch.manual_seed(T)
+    scores, v, g = torch.randn(2, T, 3) * 10, torch.randn(2, T, 3, 5), torch.randn(2, T, 3, 5)
+    sa, va = scores.clone().requires_grad_(), v.clone().requires_grad_()
+    out = M._prefix_pool_forward(sa, va, chunk)[0]
+    assert out.grad_fn is not None and "PrefixPoolFn" not in type(out.grad_fn).__name__
+    out.backward(g)
+    sb, vb = scores.clone().requires_grad_(), v.clone().requires_grad_()
+    M.prefix_softmax_pool(sb, vb, chunk=chunk).backward(g)
+    with torch.no_grad():
+        assert torch.equal(out.detach(), M._prefix_pool_forward(scores, v, chunk)[0])
+    torch.testing.assert_close(sa.grad, sb.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(va.grad, vb.grad, atol=1e-6, rtol=1e-6)
+
+
 def test_prefix_pool_implementations_agree():
     model = make("causal")
     e = torch.randn(3, 16, 32) * 5.0  # wide score range
