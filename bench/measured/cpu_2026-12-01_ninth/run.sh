@@ -13,3 +13,6 @@ PYTHONPATH=src .venv/bin/python $D/pool_ab.py --rounds 30 --steps 3 | grep -v "i
 # 3. causal / none at s, 2 threads, 6 fresh processes (the model is that of the fifth and eighth sessions' runs):
 .venv/bin/ncn bench model --processes 6 --threads 2 --clock wall --shapes s --variants none causal --steps 20 \
     --out $D/model_s_2threads_6proc.csv > $D/model_s_2threads_6proc.log 2>&1
+# 4. d256/L6/T256 (training MFU on this machine type), 1 process, 2 threads, 10 rounds:
+.venv/bin/ncn bench model --shapes d256/L6/T256 --variants none causal --steps 10 --threads 2 \
+    --out $D/model_d256_2threads.csv > $D/model_d256_2threads.log 2>&1
