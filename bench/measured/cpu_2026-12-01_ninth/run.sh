@@ -8,8 +8,9 @@ D=bench/measured/cpu_2026-12-01_ninth
 #    NCN_DATA_DIR=<shared>/data/tinystories time .venv/bin/snakemake --cores all      -> 89 min 09 s (default_time.txt)
 #    copied: results/default/timing/stages.csv (default_stages.csv), logs/forks.tsv (default_forks.tsv),
 #    tables/ab.csv (default_ab.csv), the verdicts of claims.json (default_claims.txt)
-# 2. A pool change tried and not kept (in-place exp chains, cached masks; bitwise the same), against 42add60's pool:
-PYTHONPATH=src .venv/bin/python $D/pool_ab.py --rounds 30 --steps 3 | grep -v "it (" > $D/pool_ab_s_2threads.txt
+# 2. A pool change tried and not kept (pool_inplace.patch: in-place exp chains, masks made once; bitwise the same)
+#    against 42add60's pool (the pool then and now):
+.venv/bin/python $D/pool_ab.py --rounds 30 --steps 3 | grep -v "it (" > $D/pool_ab_s_2threads.txt
 # 3. causal / none at s, 2 threads, 6 fresh processes (the model is that of the fifth and eighth sessions' runs):
 .venv/bin/ncn bench model --processes 6 --threads 2 --clock wall --shapes s --variants none causal --steps 20 \
     --out $D/model_s_2threads_6proc.csv > $D/model_s_2threads_6proc.log 2>&1
