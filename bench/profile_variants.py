@@ -11,7 +11,7 @@ For each shape (sizes of --config or d<d>/L<layers>/T<context>, as `ncn bench mo
   3. proposed replacements for ncn.model, timed the same way, with their largest deviation from
      the current code (forward bitwise where stated): a custom-backward RMSNorm, the pool's key
      folded into its query (no key projection), the gain folded into the residual add, the
-     prefix-pool chunk, the SDPA pool;
+     chunked prefix pool (two chunk sizes), the SDPA pool;
   4. with --profiler, torch.profiler's self CPU time per op and step for the three models.
 --cpu-clock times with the thread's CPU clock (use it with --threads 1 on a shared machine).
 Writes --out (default results/bench/profile.csv). Never asserts.
@@ -113,7 +113,7 @@ def pool_with(pool, e, impl, chunk):
         try:
             pool(e, causal=True).sum().backward()
         finally:
-            M.PREFIX_POOL_IMPL, M.POOL_CHUNK = "chunked", 32
+            M.PREFIX_POOL_IMPL, M.POOL_CHUNK = "auto", 32
     return run
 
 
@@ -140,7 +140,7 @@ def pieces(shape, a):
         "trunk norm: nn.RMSNorm": (fwd_bwd(rms, x), 2 * L + 1),
         "trunk norm: nn.LayerNorm (reference)": (fwd_bwd(ln, x), 2 * L + 1),
         "pool: kv Linear d->2d": (fwd_bwd(ctrl.pool.kv, x), 1),
-        "pool: prefix softmax (chunk 32)": (pool_with(ctrl.pool, x, "chunked", 32), 1),
+        "pool: the module (auto: cumulative)": (pool_with(ctrl.pool, x, "auto", 32), 1),
         "pool: out Linear d->d": (fwd_bwd(ctrl.pool.proj, x), 1),
         "controller head (RMSNorm, fc1, tanh, fc2)": (fwd_bwd(ctrl.head, x, x), 1),
         "signal_map": (fwd_bwd(M.signal_map, z, 4.0), 1),
@@ -180,8 +180,9 @@ def proposals(ctx, shape, a):
         "RMSNormFn (custom backward)": (fwd_bwd(lambda h: RMSNormFn.apply(h, rms.weight, 1e-6), x), 2 * L + 2),
         "nn.RMSNorm (current)": (fwd_bwd(rms, x), 2 * L + 2),
         "pool with the key folded into the query": (fwd_bwd(lambda h: pool_folded(pool, h), x), 1),
-        "pool (current, chunk 32)": (pool_with(pool, x, "chunked", 32), 1),
-        "pool, chunk 16": (pool_with(pool, x, "chunked", 16), 1),
+        "pool (current: cumulative)": (pool_with(pool, x, "auto", 32), 1),
+        "pool, chunked 32 (until 2026-12-02)": (pool_with(pool, x, "chunked", 32), 1),
+        "pool, chunked 16": (pool_with(pool, x, "chunked", 16), 1),
         "pool, sdpa": (pool_with(pool, x, "sdpa", 32), 1),
         "block with the gain in the residual add": (fwd_bwd(lambda h: block_gain_folded(blk, h, sig[:, :, 0]), x), L),
         "block with signals (current)": (fwd_bwd(lambda h: blk(h, sig[:, :, 0])[0], x), L),

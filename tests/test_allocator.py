@@ -55,7 +55,11 @@ def probe(mode: str, **env) -> dict:
 
 
 def test_with_glibcs_defaults_each_step_faults_its_pages_in_again():
-    assert probe("off")["faults_per_step"] > 1500  # the known answer the next test must beat
+    """The known answer the next test must beat. Not every run shows it: glibc's dynamic mmap
+    threshold rises past a block once such a block is freed, and a run whose warm-up did that
+    faulted nothing (1 run of 10 on 2026-12-02, before and after that day's model change); so up
+    to three fresh runs, one of which must fault."""
+    assert any(probe("off")["faults_per_step"] > 1500 for _ in range(3))
 
 
 def test_with_the_setting_a_step_reuses_the_memory_the_last_one_freed():
@@ -103,4 +107,7 @@ def test_an_inference_stage_keeps_even_32_mib_logits_and_its_memory_settles():
     assert infer("training")["faults"] > 5000  # 2 x 32 MiB = 16,384 pages mapped again at every forward
     got = infer("inference")
     assert got["applied"] is True and got["faults"] < 600
-    assert got["rss_40"] <= got["rss_10"] + 16  # MiB: no growth after the first forwards
+    # MiB: at most one more 32 MiB block after the first forwards (in 6 runs of 120 forwards on
+    # 2026-12-02, RSS stepped up by one block at forward 8 or 14 in 3, then stayed flat); keeping a
+    # block a forward would grow it by ~960 MiB here
+    assert got["rss_40"] <= got["rss_10"] + 40

@@ -45,9 +45,9 @@ def make(ncn, seed=0, lively=False, **kw):
     return model
 
 
-@pytest.fixture(params=["chunked", "sdpa"])
+@pytest.fixture(params=["cumulative", "chunked", "sdpa"])
 def pool_impl(request, monkeypatch):
-    """Both prefix-pool implementations must satisfy the causal contracts. The chunk is shrunk
+    """Every prefix-pool implementation must satisfy the causal contracts. The chunk is shrunk
     to 5 so that T = 16 spans several chunks and a padded last one."""
     monkeypatch.setattr(M, "PREFIX_POOL_IMPL", request.param)
     monkeypatch.setattr(M, "POOL_CHUNK", 5)
@@ -100,27 +100,51 @@ def _naive_prefix_pool(scores, v):
     return torch.stack(out, dim=1)
 
 
-@pytest.mark.parametrize("T,chunk", [(16, 4), (13, 4), (7, 32), (30, 7), (1, 4)])
-@pytest.mark.parametrize("spread", [1.0, 1000.0])
-def test_prefix_softmax_pool_matches_naive(T, chunk, spread):
-    torch.manual_seed(T)
-    scores = torch.randn(2, T, 3) * spread  # spread 1000: exp() of raw scores would overflow
-    v = torch.randn(2, T, 3, 5)
+POOL_CASES = [(16, 4), (13, 4), (7, 32), (30, 7), (1, 4)]
+
+
+def _pool_scores(T, spread, seed):
+    """Scores (2, T, 3) and values (2, T, 3, 5). spread 40 crosses POOL_SPREAD part way along
+    the rows (the cumulative pool hands those rows to the chunked one); 1000 crosses it at once,
+    and exp() of raw scores would overflow."""
+    torch.manual_seed(seed)
+    scores = torch.randn(2, T, 3) * spread
+    if spread == 40.0:  # a slow climb: each row's running max passes s_0 + 30 somewhere in the middle
+        scores = torch.randn(2, T, 3) + torch.linspace(0, spread, T).view(1, T, 1)
+    return scores, torch.randn(2, T, 3, 5)
+
+
+@pytest.mark.parametrize("impl", ["cumulative", "chunked"])
+@pytest.mark.parametrize("T,chunk", POOL_CASES)
+@pytest.mark.parametrize("spread", [1.0, 40.0, 1000.0])
+def test_prefix_softmax_pool_matches_naive(T, chunk, spread, impl, monkeypatch):
+    monkeypatch.setattr(M, "PREFIX_POOL_IMPL", impl)
+    scores, v = _pool_scores(T, spread, T)
     got = M.prefix_softmax_pool(scores, v, chunk=chunk)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), _naive_prefix_pool(scores, v), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("T,chunk", [(16, 4), (13, 4), (7, 32), (30, 7), (1, 4)])
-@pytest.mark.parametrize("spread", [1.0, 1000.0])
-def test_prefix_softmax_pool_gradients_match_naive(T, chunk, spread):
-    """The CPU training path (_PrefixPoolFn, a hand-written backward) against autograd through the
-    naive per-position softmax in float64; also its forward is the plain path's, bit for bit."""
-    torch.manual_seed(T)
-    scores, v, g = torch.randn(2, T, 3) * spread, torch.randn(2, T, 3, 5), torch.randn(2, T, 3, 5)
+def test_the_slow_climb_really_mixes_the_two_pools():
+    """The known answer behind spread 40: some rows of each sequence stay in the cumulative pool,
+    the later ones cross POOL_SPREAD, so both halves of the selection are exercised."""
+    scores, _ = _pool_scores(30, 40.0, 30)
+    far = (scores - scores[:, :1]).cummax(dim=1).values > M.POOL_SPREAD
+    assert far.any() and not far.all() and not far[:, 0].any()
+
+
+@pytest.mark.parametrize("impl", ["cumulative", "chunked"])
+@pytest.mark.parametrize("T,chunk", POOL_CASES)
+@pytest.mark.parametrize("spread", [1.0, 40.0, 1000.0])
+def test_prefix_softmax_pool_gradients_match_naive(T, chunk, spread, impl, monkeypatch):
+    """Both training paths (cumulative: _CumulativePoolFn, a hand-written backward, with autograd
+    through the chunked rows it hands over; chunked: autograd) against autograd through the naive
+    per-position softmax in float64; and each forward equals its no-grad forward bit for bit."""
+    monkeypatch.setattr(M, "PREFIX_POOL_IMPL", impl)
+    scores, v = _pool_scores(T, spread, T)
+    g = torch.randn(2, T, 3, 5)
     s32, v32 = scores.clone().requires_grad_(), v.clone().requires_grad_()
     out = M.prefix_softmax_pool(s32, v32, chunk=chunk)
-    assert out.grad_fn is not None and "PrefixPoolFn" in type(out.grad_fn).__name__
     out.backward(g)
     s64, v64 = scores.double().requires_grad_(), v.double().requires_grad_()
     _naive_prefix_pool(s64, v64).backward(g.double())
@@ -130,31 +154,52 @@ def test_prefix_softmax_pool_gradients_match_naive(T, chunk, spread):
         assert torch.equal(out.detach(), M.prefix_softmax_pool(scores, v, chunk=chunk))
 
 
-@pytest.mark.parametrize("T,chunk", [(16, 4), (13, 4), (7, 32)])
-def test_prefix_pool_autograd_path_matches_the_hand_written_backward(T, chunk):
-    """The path that autograd differentiates (CUDA, autocast: autograd through _prefix_pool_forward)
-    gives the forward without autograd bit for bit and _PrefixPoolFn's gradients."""
-    torch.manual_seed(T)
-    scores, v, g = torch.randn(2, T, 3) * 10, torch.randn(2, T, 3, 5), torch.randn(2, T, 3, 5)
-    sa, va = scores.clone().requires_grad_(), v.clone().requires_grad_()
-    out = M._prefix_pool_forward(sa, va, chunk)[0]
-    assert out.grad_fn is not None and "PrefixPoolFn" not in type(out.grad_fn).__name__
-    out.backward(g)
-    sb, vb = scores.clone().requires_grad_(), v.clone().requires_grad_()
-    M.prefix_softmax_pool(sb, vb, chunk=chunk).backward(g)
-    with torch.no_grad():
-        assert torch.equal(out.detach(), M._prefix_pool_forward(scores, v, chunk)[0])
-    torch.testing.assert_close(sa.grad, sb.grad, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(va.grad, vb.grad, atol=1e-6, rtol=1e-6)
+@pytest.mark.parametrize("impl", ["cumulative", "chunked"])
+@pytest.mark.parametrize("future", [1.0, 1000.0])
+def test_prefix_softmax_pool_is_causal_bit_for_bit(impl, future, monkeypatch):
+    """Rows ≤ t do not change by a single bit when the scores and values after t change, not
+    even when the future's scores leap far past POOL_SPREAD (future 1000: the cumulative pool
+    then pools those later rows by chunks, and must leave the earlier rows as they were); and no
+    gradient from rows ≤ t reaches a later position."""
+    monkeypatch.setattr(M, "PREFIX_POOL_IMPL", impl)
+    monkeypatch.setattr(M, "POOL_CHUNK", 5)
+    torch.manual_seed(3)
+    T, t = 23, 8
+    scores, v = torch.randn(2, T, 3), torch.randn(2, T, 3, 5)
+    other_s, other_v = scores.clone(), v.clone()
+    other_s[:, t + 1 :] = torch.randn(2, T - t - 1, 3) * future
+    other_v[:, t + 1 :] = torch.randn(2, T - t - 1, 3, 5)
+    a, b = M.prefix_softmax_pool(scores, v), M.prefix_softmax_pool(other_s, other_v)
+    assert torch.equal(a[:, : t + 1], b[:, : t + 1])
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])  # the test can see a change
+    s, vv = other_s.clone().requires_grad_(), other_v.clone().requires_grad_()
+    M.prefix_softmax_pool(s, vv)[:, : t + 1].sum().backward()
+    assert (s.grad[:, t + 1 :] == 0).all() and (vv.grad[:, t + 1 :] == 0).all()
+    assert s.grad[:, : t + 1].abs().sum() > 0 and vv.grad[:, : t + 1].abs().sum() > 0
 
 
-def test_prefix_pool_implementations_agree():
+def test_the_cpu_pools_cumulatively_and_autocast_by_chunks():
+    """PREFIX_POOL_IMPL "auto": the hand-written cumulative pool on the CPU in fp32; under autocast
+    autograd through the chunked pool (as on CUDA), the same values to bf16 rounding."""
+    assert M.PREFIX_POOL_IMPL == "auto"
+    torch.manual_seed(0)
+    scores, v = torch.randn(2, 16, 3, requires_grad=True), torch.randn(2, 16, 3, 5, requires_grad=True)
+    out = M.prefix_softmax_pool(scores, v)
+    assert "CumulativePoolFn" in type(out.grad_fn).__name__
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = M.prefix_softmax_pool(scores.bfloat16(), v.bfloat16())
+    assert "CumulativePoolFn" not in type(mixed.grad_fn).__name__
+    torch.testing.assert_close(mixed.float(), out, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("impl", ["cumulative", "chunked"])
+def test_prefix_pool_implementations_agree(impl, monkeypatch):
     model = make("causal")
     e = torch.randn(3, 16, 32) * 5.0  # wide score range
     with torch.no_grad():
-        M.PREFIX_POOL_IMPL = "sdpa"
+        monkeypatch.setattr(M, "PREFIX_POOL_IMPL", "sdpa")
         ref = model.controller.pool(e, causal=True)
-        M.PREFIX_POOL_IMPL = "chunked"
+        monkeypatch.setattr(M, "PREFIX_POOL_IMPL", impl)
         fast = model.controller.pool(e, causal=True)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
 

@@ -760,8 +760,10 @@ def _model_parser(sub) -> None:
     m.add_argument("--gemm-n", type=int, help="side of the peak-FLOP/s matmul (default: 1024 CPU, 8192 CUDA)")
     m.add_argument("--peak-flops", type=float, help="MFU against this FLOP/s (a datasheet peak) instead of the "
                    "measured GEMM")
-    m.add_argument("--pool-impl", default="chunked", choices=["chunked", "sdpa"],
-                   help="causal prefix pool: O(T·C) chunked prefix softmax or O(T²) SDPA (default: %(default)s)")
+    m.add_argument("--pool-impl", default="auto", choices=["auto", "cumulative", "chunked", "sdpa"],
+                   help="causal prefix pool: auto (the model's choice: cumulative on the CPU, chunked under "
+                   "autocast and on CUDA), O(T) cumulative sums, O(T·C) chunked prefix softmax, or O(T²) SDPA "
+                   "(default: %(default)s)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -56,9 +56,9 @@ Design choices where the description is silent:
   * The pool's key projection has no bias; value and output projections have none unless
     pool_bias. The two MLP Linears have biases.
   * Trunk Linears have no biases (attention, FFN); the baseline and NCN variants share that.
-  * The causal prefix pool is a chunked prefix softmax, O(T·C) with chunks of POOL_CHUNK and
-    stable for any score range (see `prefix_softmax_pool`); generation updates running softmax
-    sums in O(1) per token.
+  * The causal prefix pool is a prefix softmax computed in O(T), exactly causal and stable for
+    any score range (see `prefix_softmax_pool`); generation updates running softmax sums in O(1)
+    per token.
 """
 
 from __future__ import annotations
@@ -244,8 +244,8 @@ class PrefixPool(nn.Module):
     causal=True:  position t pools over positions ≤ t, shape (B, T, d).
 
     The causal pool is a prefix softmax, pooled_t = Σ_{s≤t} exp(a_s) v_s / Σ_{s≤t} exp(a_s),
-    computed by `prefix_softmax_pool` in O(T·C) with chunks of C positions instead of a (T×T)
-    attention. `PREFIX_POOL_IMPL = "sdpa"` switches to the O(T²) reference:
+    computed by `prefix_softmax_pool` in O(T) (cumulative sums, or chunks of C positions)
+    instead of a (T×T) attention. `PREFIX_POOL_IMPL = "sdpa"` switches to the O(T²) reference:
     scaled_dot_product_attention with the query repeated per position.
     """
 
@@ -306,12 +306,68 @@ class PrefixPool(nn.Module):
         return self.proj((num / den.unsqueeze(-1)).reshape(B, 1, d)), (m_new, den, num)
 
 
-PREFIX_POOL_IMPL = "chunked"  # or "sdpa"; both exactly causal (tests check both)
+PREFIX_POOL_IMPL = "auto"  # "cumulative" on the CPU without autocast, else "chunked"; or either of them, or "sdpa"
 POOL_CHUNK = 32
+POOL_SPREAD = 30.0  # the cumulative pool's limit on s_t − s_0: rows past it are pooled by chunks
 
 
 def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """out_t = Σ_{j≤t} softmax_{j≤t}(scores)_j · v_j for every t: scores (B, T, H), v (B, T, H, D).
+
+    Two exactly causal computations (tests check both bit for bit against the future):
+      cumulative  cumulative sums of exp(s_j − s_0)·v_j and exp(s_j − s_0), divided: O(T·D), a
+                  hand-written backward (`_CumulativePoolFn`). The reference s_0 (position 0's
+                  score) is in every row's past, and its own term is 1, so every denominator is
+                  ≥ 1. A row t whose running max strays above s_0 + POOL_SPREAD (an exponent of
+                  e^30 ≈ 1e13 for one weight against another) takes the chunked pool's value
+                  instead; that test looks at s_{≤t} only, so each row's bits still depend on its
+                  past alone. The CPU's choice ("auto"): it does ~2× fewer passes.
+      chunked     positions in chunks of C; see `_chunked_prefix_pool`. Stable for any score
+                  range; differentiated by autograd (CUDA, autocast).
+    """
+    impl = PREFIX_POOL_IMPL
+    if impl == "auto":
+        cpu = scores.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+        impl = "cumulative" if cpu else "chunked"
+    C = min(chunk or POOL_CHUNK, scores.size(1))
+    if impl != "cumulative":
+        return _chunked_prefix_pool(scores, v, C)
+    out = _CumulativePoolFn.apply(scores, v)
+    spread = (scores - scores[:, :1]).detach()
+    if spread.amax() > POOL_SPREAD:  # rare: some rows' running max strays too far; pool them by chunks
+        far = spread.cummax(dim=1).values > POOL_SPREAD  # (B, T, H): row t looks at s_{≤t} only
+        out = torch.where(far.unsqueeze(-1), _chunked_prefix_pool(scores, v, C), out)
+    return out
+
+
+class _CumulativePoolFn(torch.autograd.Function):
+    """The cumulative prefix pool: with e_j = exp(s_j − s_0), N_t = Σ_{j≤t} e_j v_j and
+    Z_t = Σ_{j≤t} e_j, out_t = N_t / Z_t. Backward, with y_t = ∂out_t / Z_t and c_t = y_t · out_t:
+    ∂v_j = e_j Σ_{t≥j} y_t and ∂s_j = e_j (v_j · Σ_{t≥j} y_t − Σ_{t≥j} c_t); the reference s_0
+    is a constant (the ratio does not depend on it). Exponents are capped at POOL_SPREAD; a
+    capped term only enters rows that `prefix_softmax_pool` replaces, whose gradient here is 0."""
+
+    @staticmethod
+    def forward(ctx, scores, v):
+        e = torch.exp((scores - scores[:, :1]).clamp_max(POOL_SPREAD))  # (B, T, H), e_0 = 1
+        den = e.cumsum(1)
+        out = (e.unsqueeze(-1) * v).cumsum(1) / den.unsqueeze(-1)  # (B, T, H, D)
+        ctx.save_for_backward(v, e, den, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        v, e, den, out = ctx.saved_tensors
+        y = g / den.unsqueeze(-1)
+        c = (y * out).sum(-1)
+        Y = y.flip(1).cumsum(1).flip(1)  # Σ_{t≥j}
+        Yc = c.flip(1).cumsum(1).flip(1)
+        return e * ((v * Y).sum(-1) - Yc), e.unsqueeze(-1) * Y
+
+
+def _chunked_prefix_pool(scores, v, C):
+    """The chunked prefix pool, out (B, T, H, D).
 
     Positions are cut into chunks of C. Within a chunk, a masked (C×C) weight matrix; earlier
     chunks enter through their summaries Σ_j exp(s_j − μ_i)·v_j (μ_i = the chunk's max). Every
@@ -320,18 +376,7 @@ def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None
     enter row t (future entries are exact zeros), so the result is exactly causal. The
     reference maxima are detached: the ratio does not depend on them, so this is exact.
     Cost O(T·C·D + T·(T/C)·D): linear in T for a fixed chunk, vs O(T²·D) for attention.
-    On the CPU (no autocast) training uses the same forward with a hand-written backward
-    (`_PrefixPoolFn`): the same gradients to float rounding in far fewer passes.
     """
-    C = min(chunk or POOL_CHUNK, scores.size(1))
-    if (scores.requires_grad or v.requires_grad) and scores.device.type == "cpu" \
-            and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled():
-        return _PrefixPoolFn.apply(scores, v, C)
-    return _prefix_pool_forward(scores, v, C)[0]
-
-
-def _prefix_pool_forward(scores, v, C):
-    """prefix_softmax_pool's computation: (out (B, T, H, D), the pieces its backward needs)."""
     B, T, H = scores.shape
     D = v.size(-1)
     n = -(-T // C)
@@ -349,7 +394,6 @@ def _prefix_pool_forward(scores, v, C):
     w = torch.exp((s.unsqueeze(-2) - r.unsqueeze(-1)).clamp_max(0.0)) * tri  # (B, H, n, C, C)
     num = w @ vv  # (B, H, n, C, D)
     den = w.sum(dim=-1)  # (B, H, n, C)
-    a = e = None
     if n > 1:  # earlier chunks i < k: exp(μ_i − r_t) · Σ_{j∈i} exp(s_j − μ_i) v_j
         e = torch.exp(s - mu.unsqueeze(-1))  # (B, H, n, C)
         summ_num = e.unsqueeze(-2) @ vv  # (B, H, n, 1, D)
@@ -358,35 +402,7 @@ def _prefix_pool_forward(scores, v, C):
         num = num + (a.reshape(B, H, n * C, n) @ summ_num.reshape(B, H, n, D)).view(B, H, n, C, D)
         den = den + (a * e.sum(dim=-1).view(B, H, 1, 1, n)).sum(dim=-1)
     out = num / den.unsqueeze(-1)
-    return out.reshape(B, H, n * C, D)[:, :, :T].transpose(1, 2), (vv, w, a, e, den, out)  # (B, T, H, D)
-
-
-class _PrefixPoolFn(torch.autograd.Function):
-    """The prefix pool with its gradient written out. With P_tj = w_tj / den_t (row t's weights)
-    and c_t = ∂out_t · out_t:  ∂v_j = Σ_{t≥j} P_tj ∂out_t,  ∂s_j = v_j · ∂v_j − Σ_{t≥j} P_tj c_t.
-    Both sums are one (C×C)ᵀ product per chunk plus, for earlier chunks, w_tj = a_ti · e_j."""
-
-    @staticmethod
-    def forward(ctx, scores, v, C):
-        out, saved = _prefix_pool_forward(scores, v, C)
-        ctx.save_for_backward(*saved)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        vv, w, a, e, den, out = ctx.saved_tensors
-        B, H, n, C, D = vv.shape
-        T = g.size(1)
-        gx = F.pad(g.transpose(1, 2), (0, 0, 0, n * C - T)).reshape(B, H, n, C, D)
-        y = torch.cat((gx, (gx * out).sum(-1, keepdim=True)), dim=-1) / den.unsqueeze(-1)  # [∂out, c] / den
-        G = w.transpose(-1, -2) @ y  # (B, H, n, C, D + 1): Σ over later t of this chunk
-        if n > 1:  # later chunks: Σ_t a_ti · y_t, times e_j
-            Z = a.reshape(B, H, n * C, n).transpose(-1, -2) @ y.reshape(B, H, n * C, D + 1)
-            G = torch.addcmul(G, e.unsqueeze(-1), Z.unsqueeze(-2))
-        dv = G[..., :D]
-        ds = (vv * dv).sum(-1) - G[..., D]
-        return ds.reshape(B, H, n * C)[:, :, :T].transpose(1, 2), dv.reshape(B, H, n * C, D)[:, :, :T].transpose(1, 2), None
+    return out.reshape(B, H, n * C, D)[:, :, :T].transpose(1, 2)  # (B, T, H, D)
 
 
 class NCNController(nn.Module):
