@@ -24,3 +24,6 @@ git worktree remove --force /tmp/oldco
 .venv/bin/ncn bench model --processes 6 --threads 1 --clock cpu --shapes s --variants none causal --steps 20 \
     --out $D/model_s_1thread_cpuclock_6proc.csv > $D/model_s_1thread_cpuclock_6proc.log 2>&1
 # (the runs wrote to /tmp/b10 and were copied here; progress lines stripped from the logs)
+# 5. The pool module alone at d256 (2 heads of 128, batch 16), every implementation, 1 and 2 threads:
+for th in 1 2; do echo "threads $th"; .venv/bin/python bench/prefix_pool.py --threads $th --reps 10 --lengths 128 512 1024; done \
+    > $D/prefix_pool_d256.txt
