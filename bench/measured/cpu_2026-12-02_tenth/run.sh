@@ -27,3 +27,4 @@ git worktree remove --force /tmp/oldco
 # 5. The pool module alone at d256 (2 heads of 128, batch 16), every implementation, 1 and 2 threads:
 for th in 1 2; do echo "threads $th"; .venv/bin/python bench/prefix_pool.py --threads $th --reps 10 --lengths 128 512 1024; done \
     > $D/prefix_pool_d256.txt
+.venv/bin/python $D/pool_bare_1thread.py > $D/pool_bare_1thread.txt  # 6. the bare pool, 1 thread
