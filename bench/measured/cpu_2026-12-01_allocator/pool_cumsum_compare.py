@@ -1,3 +1,4 @@
+# Runs at a checkout before f5aae90 (2026-12-02), whose ncn.model still has _PrefixPoolFn and _prefix_pool_forward.
 import sys, time, statistics, torch, ncn.model as M
 sys.path.insert(0, __import__("os").path.dirname(__file__)); import pool_cumsum as pool3
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv)>1 else 1); torch.manual_seed(0)

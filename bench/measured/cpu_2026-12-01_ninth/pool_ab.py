@@ -1,7 +1,9 @@
 """A/B of the pool change tried in the ninth session and not kept (pool_inplace.patch: the prefix pool's exp
 chains in place outside autograd, its masks made once) in one process: `causal` training steps with the
 patched pool internals and with those of 42add60 (the model then and now), interleaved with `none`; and the
-pool alone, with and without autograd. Paired per-round ratios. Run from the repository root."""
+pool alone, with and without autograd. Paired per-round ratios. Run from the repository root of a checkout
+before f5aae90 (2026-12-02): since then ncn.model's pool no longer calls the two names this script swaps, and
+both arms would run the same (cumulative) pool."""
 import argparse
 import importlib.util
 import statistics
