@@ -28,3 +28,4 @@ git worktree remove --force /tmp/oldco
 for th in 1 2; do echo "threads $th"; .venv/bin/python bench/prefix_pool.py --threads $th --reps 10 --lengths 128 512 1024; done \
     > $D/prefix_pool_d256.txt
 .venv/bin/python $D/pool_bare_1thread.py > $D/pool_bare_1thread.txt  # 6. the bare pool, 1 thread
+.venv/bin/python $D/pool_mutants.py > $D/pool_mutants.txt  # 7. twelve hand mutants of the new pool against tests/test_model.py
