@@ -1,6 +1,6 @@
 """Twelve hand-written mutants of the cumulative pool (f5aae90), each run against tests/test_model.py (-x): a
 mutant the tests do not fail would be a gap. Run from the repository root; restores src/ncn/model.py."""
-import subprocess, shutil, sys
+import subprocess
 from pathlib import Path
 src = Path("src/ncn/model.py"); orig = src.read_text()
 mutants = [
