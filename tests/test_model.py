@@ -178,6 +178,12 @@ def test_prefix_softmax_pool_is_causal_bit_for_bit(impl, future, monkeypatch):
     assert s.grad[:, : t + 1].abs().sum() > 0 and vv.grad[:, : t + 1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("impl", ["cumulative", "chunked"])
+def test_prefix_softmax_pool_takes_an_empty_batch(impl, monkeypatch):
+    monkeypatch.setattr(M, "PREFIX_POOL_IMPL", impl)
+    assert M.prefix_softmax_pool(torch.zeros(0, 7, 3), torch.zeros(0, 7, 3, 5)).shape == (0, 7, 3, 5)
+
+
 def test_the_cpu_pools_cumulatively_and_autocast_by_chunks():
     """PREFIX_POOL_IMPL "auto": the hand-written cumulative pool on the CPU in fp32; under autocast
     autograd through the chunked pool (as on CUDA), the same values to bf16 rounding."""

@@ -334,7 +334,7 @@ def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None
         return _chunked_prefix_pool(scores, v, C)
     out = _CumulativePoolFn.apply(scores, v)
     spread = (scores - scores[:, :1]).detach()
-    if spread.amax() > POOL_SPREAD:  # rare: some rows' running max strays too far; pool them by chunks
+    if spread.numel() and spread.amax() > POOL_SPREAD:  # rare: rows whose running max strays too far, by chunks
         far = spread.cummax(dim=1).values > POOL_SPREAD  # (B, T, H): row t looks at s_{≤t} only
         out = torch.where(far.unsqueeze(-1), _chunked_prefix_pool(scores, v, C), out)
     return out
