@@ -46,7 +46,6 @@ def main():
     for T in a.lengths:
         e = torch.randn(a.batch, T, a.d_model, requires_grad=True)
         print(f"{T:>6}" + "".join(f" {time_pool(pool, e, i, a.reps):>15.2f}" for i in impls))
-    M.PREFIX_POOL_IMPL = "auto"
 
 
 if __name__ == "__main__":

@@ -109,11 +109,12 @@ def fwd_bwd(fn, *inputs):
 
 def pool_with(pool, e, impl, chunk):
     def run():
+        before = M.PREFIX_POOL_IMPL, M.POOL_CHUNK
         M.PREFIX_POOL_IMPL, M.POOL_CHUNK = impl, chunk
         try:
             pool(e, causal=True).sum().backward()
         finally:
-            M.PREFIX_POOL_IMPL, M.POOL_CHUNK = "auto", 32
+            M.PREFIX_POOL_IMPL, M.POOL_CHUNK = before
     return run
 
 

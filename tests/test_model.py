@@ -108,9 +108,11 @@ def _pool_scores(T, spread, seed):
     the rows (the cumulative pool hands those rows to the chunked one); 1000 crosses it at once,
     and exp() of raw scores would overflow."""
     torch.manual_seed(seed)
-    scores = torch.randn(2, T, 3) * spread
+    scores = torch.randn(2, T, 3)
     if spread == 40.0:  # a slow climb: each row's running max passes s_0 + 30 somewhere in the middle
-        scores = torch.randn(2, T, 3) + torch.linspace(0, spread, T).view(1, T, 1)
+        scores = scores + torch.linspace(0, spread, T).view(1, T, 1)
+    else:
+        scores = scores * spread
     return scores, torch.randn(2, T, 3, 5)
 
 

@@ -332,8 +332,9 @@ def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None
     C = min(chunk or POOL_CHUNK, scores.size(1))
     if impl != "cumulative":
         return _chunked_prefix_pool(scores, v, C)
-    out = _CumulativePoolFn.apply(scores, v)
-    spread = (scores - scores[:, :1]).detach()
+    rel = scores - scores[:, :1].detach()  # against position 0's score: a constant, the ratio ignores it
+    out = _CumulativePoolFn.apply(rel, v)
+    spread = rel.detach()
     if spread.numel() and spread.amax() > POOL_SPREAD:  # rare: rows whose running max strays too far, by chunks
         far = spread.cummax(dim=1).values > POOL_SPREAD  # (B, T, H): row t looks at s_{≤t} only
         out = torch.where(far.unsqueeze(-1), _chunked_prefix_pool(scores, v, C), out)
@@ -341,15 +342,15 @@ def prefix_softmax_pool(scores: torch.Tensor, v: torch.Tensor, chunk: int | None
 
 
 class _CumulativePoolFn(torch.autograd.Function):
-    """The cumulative prefix pool: with e_j = exp(s_j − s_0), N_t = Σ_{j≤t} e_j v_j and
-    Z_t = Σ_{j≤t} e_j, out_t = N_t / Z_t. Backward, with y_t = ∂out_t / Z_t and c_t = y_t · out_t:
-    ∂v_j = e_j Σ_{t≥j} y_t and ∂s_j = e_j (v_j · Σ_{t≥j} y_t − Σ_{t≥j} c_t); the reference s_0
-    is a constant (the ratio does not depend on it). Exponents are capped at POOL_SPREAD; a
-    capped term only enters rows that `prefix_softmax_pool` replaces, whose gradient here is 0."""
+    """The cumulative prefix pool of the scores relative to position 0's, s_j − s_0: with
+    e_j = exp(s_j − s_0), N_t = Σ_{j≤t} e_j v_j and Z_t = Σ_{j≤t} e_j, out_t = N_t / Z_t.
+    Backward, with y_t = ∂out_t / Z_t and c_t = y_t · out_t: ∂v_j = e_j Σ_{t≥j} y_t and
+    ∂s_j = e_j (v_j · Σ_{t≥j} y_t − Σ_{t≥j} c_t). Exponents are capped at POOL_SPREAD; a capped
+    term only enters rows that `prefix_softmax_pool` replaces, whose gradient here is 0."""
 
     @staticmethod
-    def forward(ctx, scores, v):
-        e = torch.exp((scores - scores[:, :1]).clamp_max(POOL_SPREAD))  # (B, T, H), e_0 = 1
+    def forward(ctx, rel, v):
+        e = torch.exp(rel.clamp_max(POOL_SPREAD))  # (B, T, H), e_0 = 1
         den = e.cumsum(1)
         out = (e.unsqueeze(-1) * v).cumsum(1) / den.unsqueeze(-1)  # (B, T, H, D)
         ctx.save_for_backward(v, e, den, out)
