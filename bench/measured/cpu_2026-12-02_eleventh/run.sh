@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# 2026-12-02, eleventh session, AMD EPYC 2 vCPUs (machine.txt), torch 2.13.0+cpu, idle machine.
+# Set down (and committed) before the run: the design and the rule that decides.
+#
+# causal / none at s with 2 threads has come out undecided four times (6 processes x 20 rounds in the
+# fifth, eighth, ninth and tenth sessions; 12 x 20 in the tenth): medians 1.03-1.05, upper ends 1.06-1.08.
+# power.py reads the tenth session's 18 processes: the spread between their medians (sd 0.020) is what
+# 20 noisy rounds give a median inside one process (sd 0.0185, from each process's own interval), so
+# more rounds per process narrow it. Simulated, with the median at 1.031, a run of 18 processes x 40
+# rounds ends below 1.05 in 99% of runs if the spread is all rounds, in 83% if none of it is
+# (6 x 20: 34%; 12 x 20: 68%). So: ONE run, 18 processes x 40 rounds, s only, none and causal.
+# The verdict is the bench's own: the 95% interval of the median over the 18 processes' paired
+# ratios (ncn.bench.median_ci) at or below 1.05 -> met; above -> not met; across -> undecided.
+# Whatever it says is recorded; no second run of this design replaces it.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+D=bench/measured/cpu_2026-12-02_eleventh
+PYTHONPATH=src .venv/bin/python $D/power.py > $D/power.txt
+.venv/bin/ncn bench model --processes 18 --threads 2 --clock wall --shapes s --variants none causal --steps 40 \
+    --out $D/model_s_2threads_18proc_40rounds.csv > $D/model_s_2threads_18proc_40rounds.log 2>&1
