@@ -18,3 +18,12 @@ D=bench/measured/cpu_2026-12-02_eleventh
 PYTHONPATH=src .venv/bin/python $D/power.py > $D/power.txt
 .venv/bin/ncn bench model --processes 18 --threads 2 --clock wall --shapes s --variants none causal --steps 40 \
     --out $D/model_s_2threads_18proc_40rounds.csv > $D/model_s_2threads_18proc_40rounds.log 2>&1
+
+# Second, set down after the first run's result and before this one: d256/L6/T256 (the first shape),
+# where `none` / reference has only ever been measured in one process (Intel 1 thread 1.014 [0.979, 1.052],
+# AMD 2 threads 0.973 [0.823, 1.014]: undecided both times). No per-process spread is on record at this shape
+# to compute a power from; a step there takes ~2.5 s, so one process of 20 rounds takes ~3.5 min and the design
+# is the one the other sizes used, 6 processes x 20 rounds (the evaluation forwards at batch 16 instead of 64,
+# to keep the run near 20 minutes; only the training ratios are judged). Same decision rule, one run.
+.venv/bin/ncn bench model --processes 6 --threads 2 --clock wall --shapes d256/L6/T256 --variants none causal \
+    --steps 20 --eval-batch 16 --out $D/model_d256_2threads_6proc.csv > $D/model_d256_2threads_6proc.log 2>&1
