@@ -27,3 +27,4 @@ PYTHONPATH=src .venv/bin/python $D/power.py > $D/power.txt
 # to keep the run near 20 minutes; only the training ratios are judged). Same decision rule, one run.
 .venv/bin/ncn bench model --processes 6 --threads 2 --clock wall --shapes d256/L6/T256 --variants none causal \
     --steps 20 --eval-batch 16 --out $D/model_d256_2threads_6proc.csv > $D/model_d256_2threads_6proc.log 2>&1
+# (both runs: the progress lines stripped from the logs; the s run wrote its CSVs here directly)
