@@ -70,6 +70,9 @@ def test_bench_model_writes_reference_and_variants(tmp_path, capsys):
     assert by["reference"]["d_ff"] == by["none"]["d_ff"] != "32"  # the baseline's (iso-parameter) d_ff
     for r in rows:
         assert float(r["tokens_per_s"]) > 0 and float(r["eval_tokens_per_s"]) > 0 and float(r["mfu"]) > 0
+    rounds = read_csv(tmp_path / "model_rounds.csv")  # every timed round: 4 models' steps, the GEMM, 4 forwards
+    assert [(r["phase"], r["variant"]) for r in rounds] == [("train", v) for v in (*by, "gemm")] + [("eval", v) for v in by]
+    assert {r["round"] for r in rounds} == {"1"} and all(float(r["seconds"]) > 0 for r in rounds)
     text = capsys.readouterr().out
     assert "× ref" in text and "causal / none" in text
     with pytest.raises(NCNError, match="steps"):
@@ -124,6 +127,8 @@ def test_bench_model_processes_runs_fresh_processes(tmp_path, capsys):
     assert [r["variant"] for r in rows] == ["reference", "none", "causal"] and {r["processes"] for r in rows} == {"2"}
     assert [(r["process"], r["variant"]) for r in per] == [(k, v) for k in "12" for v in ("reference", "none", "causal")]
     assert {r["shape"] for r in per} == {"d16/L1/T8/H2/F32"} and {r["batch"] for r in per} == {"1"}
+    rounds = read_csv(tmp_path / "model_rounds.csv")  # each process's rounds, tagged with the process
+    assert [r["process"] for r in rounds] == ["1"] * 7 + ["2"] * 7 and set(rounds[0]) == {*bench.ROUND_COLUMNS, "process"}
     text = capsys.readouterr().out
     assert "over 2 processes" in text and "too few processes for an interval" in text
     with pytest.raises(NCNError, match="processes"):

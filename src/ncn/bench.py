@@ -43,6 +43,8 @@ MODEL_COLUMNS = [
     "gemm_flops_per_s", "device", "dtype", "threads", "steps", "pool_impl", "torch", "peak_flops_per_s", "clock",
     "processes",
 ]
+# every timed round (<out>_rounds.csv): phase "train" (the models' steps and the GEMM) or "eval"
+ROUND_COLUMNS = ["shape", "phase", "variant", "round", "seconds"]
 # pooled over processes (--processes): the median of the processes' values (step_s_min: their minimum)
 PROCESS_MEDIANS = ["step_s_median", "tokens_per_s", "ratio_to_reference", "ratio_to_none", "mfu",
                    "eval_tokens_per_s", "eval_ratio_to_reference", "eval_mfu", "gemm_flops_per_s", "peak_flops_per_s"]
@@ -249,8 +251,19 @@ def target_verdict(lo, hi, target: float, unit: str = "rounds") -> str:
     return "met" if hi <= target else "not met" if lo > target else "undecided"
 
 
-def bench_shape(shape: Shape, a) -> list[dict]:
-    """Rows of one shape: training steps (and one GEMM) interleaved, then evaluation forwards."""
+def sibling(out, suffix: str) -> Path:
+    """<out>'s companion table: model.csv -> model<suffix>.csv."""
+    return Path(out).with_name(Path(out).stem + suffix + ".csv")
+
+
+def round_rows(shape: Shape, phase: str, times: dict) -> list[dict]:
+    return [dict(shape=shape.name, phase=phase, variant=k.lstrip("_"), round=i, seconds=round(t, 6))
+            for k, ts in times.items() for i, t in enumerate(ts, 1)]
+
+
+def bench_shape(shape: Shape, a, rounds: list | None = None) -> list[dict]:
+    """Rows of one shape: training steps (and one GEMM) interleaved, then evaluation forwards. Every
+    timed round goes to `rounds` (ROUND_COLUMNS) when given."""
     import torch
 
     import ncn.model as M
@@ -264,6 +277,8 @@ def bench_shape(shape: Shape, a) -> list[dict]:
     train_t = interleave({**train_closures(models, a, dev, autocast), "_gemm": gemm}, a.steps, a.warmup, sync,
                          f"train {shape.name}", clock)
     eval_t = interleave(eval_closures(models, a, dev, autocast), a.steps, a.warmup, sync, f"eval {shape.name}", clock)
+    if rounds is not None:
+        rounds += round_rows(shape, "train", train_t) + round_rows(shape, "eval", eval_t)
     gemm = gemm_flops / statistics.median(train_t.pop("_gemm"))
     peak = a.peak_flops or gemm
     med = {k: statistics.median(v) for k, v in train_t.items()}
@@ -355,10 +370,11 @@ def main_model(a) -> int:
         print(f"\nover {a.processes} processes (medians; ratio intervals over the processes' paired ratios):")
         print(format_model_table(rows))
     else:
-        rows = []
+        rows, rounds = [], []
         for shape in shapes:  # the table grows shape by shape (a long run on a busy machine keeps what it has)
-            rows += bench_shape(shape, a)
+            rows += bench_shape(shape, a, rounds)
             write_csv_rows(a.out, MODEL_COLUMNS, rows)
+            write_csv_rows(sibling(a.out, "_rounds"), ROUND_COLUMNS, rounds)
             print(format_model_table([r for r in rows if r["shape"] == shape.name]), flush=True)
     print("\n".join(model_targets(rows)))
     print(f"wrote {a.out}")
@@ -367,7 +383,7 @@ def main_model(a) -> int:
 
 def run_processes(a, shapes: list[Shape]) -> list[dict]:
     """The bench run `a.processes` times over, each time in a fresh `ncn bench model` process; their
-    rows (a `process` column added) also go to <out>_processes.csv. Rounds inside one process share
+    rows (a `process` column added) also go to <out>_processes.csv, and their rounds to <out>_rounds.csv. Rounds inside one process share
     its memory layout and thread placement, and a ratio can differ between processes by more than
     its in-process interval (bench/README.md), so the process is the unit that repeats."""
     opts = {"--config": a.config, "--steps": a.steps, "--warmup": a.warmup, "--threads": a.threads,
@@ -376,7 +392,7 @@ def run_processes(a, shapes: list[Shape]) -> list[dict]:
             "--pool-impl": a.pool_impl}
     args = [str(x) for k, v in opts.items() if v is not None for x in (k, v)]
     args += ["--shapes", *[s.name for s in shapes], "--variants", *a.variants]
-    rows = []
+    rows, rounds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(1, a.processes + 1):
             print(f"-- process {k}/{a.processes}", flush=True)
@@ -386,7 +402,9 @@ def run_processes(a, shapes: list[Shape]) -> list[dict]:
             if rc:
                 raise NCNError(f"--processes: process {k} of {a.processes} exited with {rc} (its output is above)")
             rows += [{**r, "process": k} for r in read_csv_rows(out)]
-    write_csv_rows(Path(a.out).with_name(Path(a.out).stem + "_processes.csv"), MODEL_COLUMNS + ["process"], rows)
+            rounds += [{**r, "process": k} for r in read_csv_rows(sibling(out, "_rounds"))]
+    write_csv_rows(sibling(a.out, "_processes"), MODEL_COLUMNS + ["process"], rows)
+    write_csv_rows(sibling(a.out, "_rounds"), ROUND_COLUMNS + ["process"], rounds)
     return rows
 
 
@@ -738,7 +756,8 @@ def main_stages(a) -> int:
 
 def _model_parser(sub) -> None:
     m = sub.add_parser("model", help="training and evaluation speed of every variant and of a textbook GPT")
-    m.add_argument("--out", default="results/bench/model.csv", help="CSV to write (default: %(default)s)")
+    m.add_argument("--out", default="results/bench/model.csv", help="CSV to write; every timed round's seconds "
+                   "go to <out>_rounds.csv (default: %(default)s)")
     m.add_argument("--config", default=str(ROOT / "config" / "default.yaml"),
                    help="profile whose sizes are timed (default: config/default.yaml)")
     m.add_argument("--shapes", nargs="+", help=f"sizes of --config or d<d>/L<layers>/T<context>[/H<heads>]"
