@@ -15,7 +15,10 @@
 # 3. cached generation == uncached generation (tokens, logits) for every caching variant,
 #    past block_size;
 # 4. the real CLI path: `ncn train` + `ncn evaluate` of causal on the smoke profile's data on
-#    CUDA (metrics.json must say cuda/bfloat16); with 2+ GPUs also a 2-process DDP run.
+#    CUDA (metrics.json must say cuda/bfloat16); with 2+ GPUs also a 2-process DDP run;
+#    and the pipeline's path: the same job forked by `ncn mlflow-serve` (the server `snakemake` starts,
+#    ncn.trackserver), which must not have touched CUDA; its ledger must show the fork ran the job.
+#    That step needs MLflow (carry its wheels to a bare GPU machine); skipped, and said, without.
 #    Needs the TinyStories excerpt (NCN_DATA_DIR, else ../shared/data/tinystories); skipped without.
 # Exits non-zero if any check fails. Tables land in OUT_DIR (bench_*.csv, checks.txt).
 set -euo pipefail
@@ -90,6 +93,8 @@ cfg = yaml.safe_load(Path("config/smoke.yaml").read_text())
 cfg.setdefault("train", {}).update({"device": device})
 cfg.setdefault("mlflow", {})["enabled"] = False
 (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+cfg["mlflow"].update(enabled=True, tracking_uri=f"sqlite:///{(out / 'served' / 'mlflow.db').resolve()}")
+(out / "config_served.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))  # the forked job's (step 5)
 EOF
   DATA="$OUT/data"
   [[ -f "$DATA/manifest.json" ]] || ncn data fetch --config "$CFG" --out "$DATA"
@@ -105,13 +110,27 @@ EOF
     "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 -m ncn.cli train --config "$CFG" \
       --variant causal --size s --seed 0 --out "${RUNS[1]}" --data "$DATA"
   fi
-  "$PY" - "$DEVICE" "${RUNS[@]}" <<'EOF' | tee -a "$OUT/checks.txt" || FAILED=1
+  READY="$OUT/served/mlflow.ready"
+  if "$PY" -c "import mlflow" 2>/dev/null; then
+    stamp "ncn train forked by the pipeline's server on $DEVICE"
+    RUNS+=("$OUT/runs/causal_forked")
+    rm -rf "${RUNS[-1]}" "$OUT/served"
+    export NCN_MLFLOW_PIPELINE="$READY"  # as the Snakefile sets it, for the server and the job alike
+    ncn mlflow-init --config "$OUT/config_served.yaml" --out "$READY" --serve
+    ncn train --config "$OUT/config_served.yaml" --variant causal --size s --seed 0 --out "${RUNS[-1]}" --data "$DATA" || FAILED=1
+    ncn mlflow-end --ready "$READY" --results "$OUT/served" || FAILED=1
+    unset NCN_MLFLOW_PIPELINE
+  else
+    stamp "MLflow is not importable here: the forked-job check is skipped"
+    echo "skip ncn train forked by the pipeline's server: MLflow is not importable" >> "$OUT/checks.txt"
+  fi
+  "$PY" - "$DEVICE" "$READY" "${RUNS[@]}" <<'EOF' | tee -a "$OUT/checks.txt" || FAILED=1
 import json
 import sys
 from pathlib import Path
 
-device, bad = sys.argv[1], []
-for run in map(Path, sys.argv[2:]):
+device, ready, bad = sys.argv[1], Path(sys.argv[2]), []
+for run in map(Path, sys.argv[3:]):
     m = json.loads((run / "metrics.json").read_text())
     ev = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else {}
     want = ("cuda", "bfloat16") if device == "cuda" else ("cpu", "float32")
@@ -120,6 +139,14 @@ for run in map(Path, sys.argv[2:]):
     val = f", val_loss {ev['val_loss']:.4f}" if ev else ""
     print(f"{'ok  ' if ok else 'FAIL'} ncn train {run}: {m['device']} {m['dtype']}, {m['steps']} steps, "
           f"final loss {m['final_loss']:.4f}{val}, {m['tokens_per_s']:.0f} tokens/s")
+    if run.name == "causal_forked":  # the server's ledger: one fork ran this training job, and exited 0
+        from ncn.trackserver import LEDGER_COLUMNS, ledger_path
+
+        rows = [dict(zip(LEDGER_COLUMNS, line.split("\t"))) for line in ledger_path(ready).read_text().splitlines()[1:]]
+        jobs = [r for r in rows if r["kind"] == "job" and r["stage"] == "train" and str(run) in r["command"]]
+        ok = len(jobs) == 1 and jobs[0]["status"] == "0"
+        bad += [] if ok else [f"{run} (ledger)"]
+        print(f"{'ok  ' if ok else 'FAIL'} the pipeline's server forked that job: {jobs or 'no fork ran it'}")
 sys.exit(1 if bad else 0)
 EOF
 fi

@@ -28,3 +28,8 @@ PYTHONPATH=src .venv/bin/python $D/power.py > $D/power.txt
 .venv/bin/ncn bench model --processes 6 --threads 2 --clock wall --shapes d256/L6/T256 --variants none causal \
     --steps 20 --eval-batch 16 --out $D/model_d256_2threads_6proc.csv > $D/model_d256_2threads_6proc.log 2>&1
 # (both runs: the progress lines stripped from the logs; the s run wrote its CSVs here directly)
+
+# Third: bench/gpu_smoke.sh's new step 5 (the job forked by the pipeline's server) on the CPU plumbing path,
+# once as is and once with NCN_FORK_JOBS=0, where no fork runs the job and the check must FAIL (it did, exit 1):
+DEVICE=cpu bench/gpu_smoke.sh /tmp/gs && cp /tmp/gs/checks.txt $D/gpu_smoke_cpu_checks.txt
+NCN_FORK_JOBS=0 DEVICE=cpu bench/gpu_smoke.sh /tmp/gs2 || cp /tmp/gs2/checks.txt $D/gpu_smoke_cpu_nofork_checks.txt
