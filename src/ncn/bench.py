@@ -383,9 +383,10 @@ def main_model(a) -> int:
 
 def run_processes(a, shapes: list[Shape]) -> list[dict]:
     """The bench run `a.processes` times over, each time in a fresh `ncn bench model` process; their
-    rows (a `process` column added) also go to <out>_processes.csv, and their rounds to <out>_rounds.csv. Rounds inside one process share
-    its memory layout and thread placement, and a ratio can differ between processes by more than
-    its in-process interval (bench/README.md), so the process is the unit that repeats."""
+    rows (a `process` column added) also go to <out>_processes.csv, and their rounds to
+    <out>_rounds.csv. Rounds inside one process share its memory layout and thread placement, and a
+    ratio can differ between processes by more than its in-process interval (bench/README.md), so
+    the process is the unit that repeats."""
     opts = {"--config": a.config, "--steps": a.steps, "--warmup": a.warmup, "--threads": a.threads,
             "--clock": a.clock, "--batch": a.batch, "--eval-batch": a.eval_batch, "--vocab": a.vocab,
             "--device": a.device, "--dtype": a.dtype, "--gemm-n": a.gemm_n, "--peak-flops": a.peak_flops,
