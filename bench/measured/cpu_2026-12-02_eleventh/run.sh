@@ -33,3 +33,9 @@ PYTHONPATH=src .venv/bin/python $D/power.py > $D/power.txt
 # once as is and once with NCN_FORK_JOBS=0, where no fork runs the job and the check must FAIL (it did, exit 1):
 DEVICE=cpu bench/gpu_smoke.sh /tmp/gs && cp /tmp/gs/checks.txt $D/gpu_smoke_cpu_checks.txt
 NCN_FORK_JOBS=0 DEVICE=cpu bench/gpu_smoke.sh /tmp/gs2 || cp /tmp/gs2/checks.txt $D/gpu_smoke_cpu_nofork_checks.txt
+
+# Fourth, set down before it ran: m and l at 1 thread (the pipeline's setting, CPU clock) were last measured in the
+# fifth session, before the allocator, the forks and the cumulative pool. The tenth session's design for s at 1 thread,
+# 6 processes x 20 rounds, run once more for m and l so that every cell of the table is current. Same decision rule.
+.venv/bin/ncn bench model --processes 6 --threads 1 --clock cpu --shapes m l --variants none causal --steps 20 \
+    --out $D/model_ml_1thread_cpuclock_6proc.csv > $D/model_ml_1thread_cpuclock_6proc.log 2>&1
