@@ -140,10 +140,10 @@ for run in map(Path, sys.argv[3:]):
     print(f"{'ok  ' if ok else 'FAIL'} ncn train {run}: {m['device']} {m['dtype']}, {m['steps']} steps, "
           f"final loss {m['final_loss']:.4f}{val}, {m['tokens_per_s']:.0f} tokens/s")
     if run.name == "causal_forked":  # the server's ledger: one fork ran this training job, and exited 0
-        from ncn.trackserver import LEDGER_COLUMNS, ledger_path
+        from ncn.trackserver import ledger_path, read_ledger
 
-        rows = [dict(zip(LEDGER_COLUMNS, line.split("\t"))) for line in ledger_path(ready).read_text().splitlines()[1:]]
-        jobs = [r for r in rows if r["kind"] == "job" and r["stage"] == "train" and str(run) in r["command"]]
+        jobs = [r for r in read_ledger(ledger_path(ready))
+                if r["kind"] == "job" and r["stage"] == "train" and str(run) in r["command"]]
         ok = len(jobs) == 1 and jobs[0]["status"] == "0"
         bad += [] if ok else [f"{run} (ledger)"]
         print(f"{'ok  ' if ok else 'FAIL'} the pipeline's server forked that job: {jobs or 'no fork ran it'}")

@@ -677,13 +677,12 @@ def snakemake_run_start(log_dir: Path) -> float | None:
 def read_forks(path: Path | None) -> list[dict]:
     """The server's forks (ncn.trackserver's ledger): one dict each with stage, end, cpu_s, rss. No
     ledger (no server, MLflow off): none."""
-    from ncn.trackserver import LEDGER_COLUMNS
+    from ncn.trackserver import read_ledger
 
     if path is None or not Path(path).is_file():
         return []
     forks = []
-    for line in Path(path).read_text().splitlines()[1:]:
-        row = dict(zip(LEDGER_COLUMNS, line.split("\t")))
+    for row in read_ledger(path):
         try:
             end, cpu, rss = float(row["end_unix"]), float(row["cpu_s"]), float(row["max_rss_mb"])
         except (KeyError, ValueError):

@@ -105,6 +105,11 @@ def ledger_path(ready: str | Path) -> Path:
     return Path(ready).parent / "logs" / "forks.tsv"
 
 
+def read_ledger(path: str | Path) -> list[dict]:
+    """The ledger's rows after its header, as {LEDGER_COLUMNS name: text} (a row cut short has fewer keys)."""
+    return [dict(zip(LEDGER_COLUMNS, line.split("\t"))) for line in Path(path).read_text().splitlines()[1:]]
+
+
 def _open(ready: str | Path, timeout_s: float) -> socket.socket:
     """A socket connected to the server of a pipeline marker (OSError if none listens, or if its
     listener is another user's: the path is in the shared temp folder), blocking."""
