@@ -47,11 +47,16 @@ print(json.dumps({"applied": applied, "faults_per_step": sorted(faults)[len(faul
 """
 
 
-def probe(mode: str, **env) -> dict:
+def run_fresh(script: str, mode: str, **env) -> dict:
+    """`script` in a fresh interpreter, without the caller's malloc settings (plus `env`); its last line's JSON."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", script, mode], env={**clean, **env}, capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def probe(mode: str, **env) -> dict:
+    return run_fresh(PROBE, mode, **env)
 
 
 def test_with_glibcs_defaults_each_step_faults_its_pages_in_again():
@@ -103,12 +108,11 @@ print(json.dumps({"applied": applied, "faults": sorted(faults[3:])[len(faults[3:
 
 
 def infer(mode: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-c", INFER, mode], env=clean, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_fresh(INFER, mode)
 
 
 BLOCK = 32  # MiB: the logits of one evaluation forward here
+SETTLED = 3 * BLOCK + 8  # MiB: the most RSS may grow from forward 1 to 40 (below)
 
 
 def test_an_inference_stage_keeps_even_32_mib_logits_and_its_memory_settles():
@@ -119,10 +123,10 @@ def test_an_inference_stage_keeps_even_32_mib_logits_and_its_memory_settles():
     # 2026-12-02 RSS stepped up after the first forward by one block in 27, by two in 8 and not at all in 1
     # (at forward 1-6, 19, 34, 38, 44 or 179), never by three. An earlier bound of one block after forward 10 failed a
     # CI run (two there). Three blocks over 40 forwards stays far from a block kept per forward (39).
-    assert got["rss_40"] <= got["rss_1"] + 3 * BLOCK + 8
+    assert got["rss_40"] <= got["rss_1"] + SETTLED
 
 
 def test_the_memory_check_sees_a_block_kept_at_every_forward():
     """The known answer the bound above must be able to fail on."""
     got = infer("leak")
-    assert got["rss_40"] > got["rss_1"] + 3 * BLOCK + 8
+    assert got["rss_40"] > got["rss_1"] + SETTLED
